@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
+/* Every map of the datapath, in one place. */
+#ifndef LL_MAPS_H
+#define LL_MAPS_H
+
+#include "common.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LL_DEFAULT_SERVICES);
+	__type(key, struct ll_svc_key);
+	__type(value, struct ll_svc);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ll_services SEC(".maps");
+
+/* Round-robin cursor per service id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LL_DEFAULT_SERVICES);
+	__type(key, __u32);
+	__type(value, __u32);
+} ll_rr_cursor SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LL_DEFAULT_CT);
+	__type(key, struct ll_ct_key);
+	__type(value, struct ll_ct);
+} ll_conntrack SEC(".maps");
+
+/* Per service id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LL_DEFAULT_SERVICES);
+	__type(key, __u32);
+	__type(value, struct ll_counters);
+} ll_svc_stats SEC(".maps");
+
+/* Per service id * LL_MAX_ENDPOINTS + endpoint index. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LL_DEFAULT_SERVICES * LL_MAX_ENDPOINTS);
+	__type(key, __u32);
+	__type(value, struct ll_counters);
+} ll_ep_stats SEC(".maps");
+
+/* Per enum ll_reason. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LL_R_MAX);
+	__type(key, __u32);
+	__type(value, struct ll_counters);
+} ll_reasons SEC(".maps");
+
+/* Unused by the program: it puts enum ll_reason into BTF (array keys must be
+ * plain integers), so the skeleton gives the daemon the reason names. */
+const volatile enum ll_reason ll_reason_count = LL_R_MAX;
+
+#endif

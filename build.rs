@@ -1,0 +1,46 @@
+//! Builds the BPF datapath into a libbpf-cargo skeleton and the gRPC API into
+//! tonic/prost code. Neither needs anything beyond clang and the UAPI headers.
+use std::env;
+use std::path::PathBuf;
+
+use libbpf_cargo::SkeletonBuilder;
+
+fn main() {
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));
+    build_bpf(&out);
+    build_proto(&out);
+}
+
+fn build_bpf(out: &std::path::Path) {
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").expect("target arch is set by cargo");
+    // Debian keeps asm/ headers under the multiarch include directory.
+    let multiarch = format!("-I/usr/include/{arch}-linux-gnu");
+    SkeletonBuilder::new()
+        .source("bpf/loxilight.bpf.c")
+        .clang_args([
+            "-O2",
+            "-g",
+            "-mcpu=v3",
+            "-Wall",
+            "-Werror",
+            multiarch.as_str(),
+        ])
+        .build_and_generate(out.join("loxilight.skel.rs"))
+        .unwrap_or_else(|e| panic!("building bpf/loxilight.bpf.c failed: {e:#}"));
+    println!("cargo:rerun-if-changed=bpf");
+}
+
+fn build_proto(out: &std::path::Path) {
+    let protoc = protoc_bin_vendored::protoc_bin_path().expect("vendored protoc is available");
+    // SAFETY-free: build scripts are single threaded, and prost-build reads PROTOC.
+    unsafe { env::set_var("PROTOC", protoc) };
+    let protos = [
+        "proto/loxilight/v1/loadbalancer.proto",
+        "proto/loxilight/v1/conntrack.proto",
+    ];
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("loxilight_descriptor.bin"))
+        .compile_protos(&protos, &["proto"])
+        .unwrap_or_else(|e| panic!("compiling proto/ failed: {e}"));
+    println!("cargo:rerun-if-changed=proto");
+}

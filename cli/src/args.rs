@@ -1,0 +1,222 @@
+//! Parsers for loxicmd's compact flag values (`--tcp=80:8080`, `--endpoints=IP:WEIGHT`).
+//!
+//! clap only splits the comma lists; the values are parsed here so that a bad value
+//! yields one line naming the flag instead of clap's multi-line usage report.
+//! Only syntax is checked: address and port ranges are the daemon's to judge.
+
+use std::fmt;
+
+/// An external port and the endpoint port it is translated to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortMap {
+    pub port: u32,
+    pub target_port: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointArg {
+    pub ip: String,
+    pub weight: u32,
+}
+
+/// A flag value that could not be parsed; shown as `--flag: "value": reason`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ArgError {
+    flag: &'static str,
+    value: String,
+    reason: &'static str,
+}
+
+impl fmt::Display for ArgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {:?}: {}", self.flag, self.value, self.reason)
+    }
+}
+
+impl std::error::Error for ArgError {}
+
+fn fail<T>(flag: &'static str, value: &str, reason: &'static str) -> Result<T, ArgError> {
+    Err(ArgError {
+        flag,
+        value: value.to_owned(),
+        reason,
+    })
+}
+
+/// Digits only: `u32::from_str` would also take a leading '+'.
+fn number(s: &str) -> Option<u32> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Parses `PORT:TARGETPORT` values of `--tcp`/`--udp` for `create lb`.
+pub fn parse_port_maps(flag: &'static str, values: &[String]) -> Result<Vec<PortMap>, ArgError> {
+    values
+        .iter()
+        .map(|value| {
+            let Some((port, target)) = value.split_once(':') else {
+                return fail(flag, value, "expected PORT:TARGETPORT");
+            };
+            let Some(port) = number(port) else {
+                return fail(flag, value, "port must be a number");
+            };
+            let Some(target_port) = number(target) else {
+                return fail(flag, value, "target port must be a number");
+            };
+            Ok(PortMap { port, target_port })
+        })
+        .collect()
+}
+
+/// Parses `PORT` values of `--tcp`/`--udp` for `delete lb`; a `:TARGETPORT` suffix is
+/// accepted and ignored so a create command line can be reused as is.
+pub fn parse_ports(flag: &'static str, values: &[String]) -> Result<Vec<u32>, ArgError> {
+    values
+        .iter()
+        .map(|value| {
+            let port = value.split_once(':').map_or(value.as_str(), |(p, _)| p);
+            number(port).map_or_else(|| fail(flag, value, "port must be a number"), Ok)
+        })
+        .collect()
+}
+
+/// Parses `IP[:WEIGHT]` values of `--endpoints`. The weight follows the last ':' so
+/// IPv6 endpoints work when given with a weight (`fd00::2:1` is fd00::2, weight 1).
+pub fn parse_endpoints(values: &[String]) -> Result<Vec<EndpointArg>, ArgError> {
+    const FLAG: &str = "--endpoints";
+    values
+        .iter()
+        .map(|value| {
+            let (ip, weight) = match value.rsplit_once(':') {
+                None => (value.as_str(), 1),
+                Some((ip, weight)) => match number(weight) {
+                    Some(w @ 1..=255) => (ip, w),
+                    _ => return fail(FLAG, value, "weight must be a number 1-255"),
+                },
+            };
+            if ip.is_empty() {
+                return fail(FLAG, value, "missing IP");
+            }
+            Ok(EndpointArg {
+                ip: ip.to_owned(),
+                weight,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(values: &[&str]) -> Vec<String> {
+        values.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn endpoint(ip: &str, weight: u32) -> EndpointArg {
+        EndpointArg {
+            ip: ip.to_owned(),
+            weight,
+        }
+    }
+
+    #[test]
+    fn endpoint_weight_is_after_last_colon() {
+        let parsed = parse_endpoints(&strings(&["31.31.31.1:1", "32.32.32.1:200"])).unwrap();
+        assert_eq!(
+            parsed,
+            vec![endpoint("31.31.31.1", 1), endpoint("32.32.32.1", 200)]
+        );
+    }
+
+    #[test]
+    fn endpoint_without_weight_defaults_to_one() {
+        let parsed = parse_endpoints(&strings(&["31.31.31.1"])).unwrap();
+        assert_eq!(parsed, vec![endpoint("31.31.31.1", 1)]);
+    }
+
+    #[test]
+    fn ipv6_endpoint_keeps_all_but_last_group() {
+        let parsed = parse_endpoints(&strings(&["fd00::2:1", "fd00::3:7"])).unwrap();
+        assert_eq!(parsed, vec![endpoint("fd00::2", 1), endpoint("fd00::3", 7)]);
+    }
+
+    #[test]
+    fn bad_endpoint_weight_names_flag_and_value() {
+        let err = parse_endpoints(&strings(&["31.31.31.1:x"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"--endpoints: "31.31.31.1:x": weight must be a number 1-255"#
+        );
+        for bad in [
+            "31.31.31.1:0",
+            "31.31.31.1:256",
+            "31.31.31.1:",
+            "31.31.31.1:+5",
+        ] {
+            let err = parse_endpoints(&strings(&[bad])).unwrap_err();
+            assert!(err.to_string().contains("weight must be"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn endpoint_without_ip_is_rejected() {
+        let err = parse_endpoints(&strings(&[":3"])).unwrap_err();
+        assert_eq!(err.to_string(), r#"--endpoints: ":3": missing IP"#);
+        assert!(parse_endpoints(&strings(&[""])).is_err());
+    }
+
+    #[test]
+    fn port_map_list() {
+        let maps = parse_port_maps("--tcp", &strings(&["80:8080", "443:8443"])).unwrap();
+        assert_eq!(
+            maps,
+            vec![
+                PortMap {
+                    port: 80,
+                    target_port: 8080
+                },
+                PortMap {
+                    port: 443,
+                    target_port: 8443
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn port_range_is_left_to_the_daemon() {
+        let maps = parse_port_maps("--udp", &strings(&["70000:0"])).unwrap();
+        assert_eq!(
+            maps,
+            vec![PortMap {
+                port: 70000,
+                target_port: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn bad_port_maps_name_the_flag() {
+        let cases = [
+            ("http:8080", r#"--tcp: "http:8080": port must be a number"#),
+            ("80:web", r#"--tcp: "80:web": target port must be a number"#),
+            ("80", r#"--tcp: "80": expected PORT:TARGETPORT"#),
+            ("-1:80", r#"--tcp: "-1:80": port must be a number"#),
+        ];
+        for (value, message) in cases {
+            let err = parse_port_maps("--tcp", &strings(&[value])).unwrap_err();
+            assert_eq!(err.to_string(), message);
+        }
+    }
+
+    #[test]
+    fn delete_ports_ignore_target_port() {
+        let ports = parse_ports("--tcp", &strings(&["2020", "2021:8080", "2022:"])).unwrap();
+        assert_eq!(ports, vec![2020, 2021, 2022]);
+        let err = parse_ports("--udp", &strings(&["x:53"])).unwrap_err();
+        assert_eq!(err.to_string(), r#"--udp: "x:53": port must be a number"#);
+    }
+}

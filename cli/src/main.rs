@@ -1,0 +1,358 @@
+//! loxicmd: command line client for the loxilight daemon, following LoxiLB's
+//! `loxicmd` syntax (`loxicmd create lb 20.20.20.1 --tcp=2020:8080 --endpoints=...`).
+
+mod args;
+mod client;
+mod output;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+
+use crate::args::ArgError;
+use crate::client::Client;
+use crate::output::service_label;
+
+mod pb {
+    tonic::include_proto!("loxilight.v1");
+}
+
+#[derive(Parser)]
+#[command(
+    name = "loxicmd",
+    version,
+    about = "Command line client for the loxilight load balancer"
+)]
+struct Cli {
+    /// Address of the loxilight API server
+    #[arg(
+        short = 's',
+        long,
+        global = true,
+        default_value = "127.0.0.1",
+        help_heading = "Global options"
+    )]
+    apiserver: String,
+    /// Port of the loxilight API server
+    #[arg(
+        short,
+        long,
+        global = true,
+        default_value_t = 11111,
+        help_heading = "Global options"
+    )]
+    port: u16,
+    /// Output format (default: table)
+    #[arg(
+        short,
+        long,
+        global = true,
+        value_enum,
+        help_heading = "Global options"
+    )]
+    output: Option<OutputFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    /// Table with one extra row per endpoint
+    Wide,
+    /// The full response as JSON
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a resource
+    Create {
+        #[command(subcommand)]
+        resource: CreateResource,
+    },
+    /// Delete a resource
+    Delete {
+        #[command(subcommand)]
+        resource: DeleteResource,
+    },
+    /// Show resources
+    Get {
+        #[command(subcommand)]
+        resource: GetResource,
+    },
+}
+
+#[derive(Subcommand)]
+enum CreateResource {
+    /// Create load-balancer rules, one per --tcp/--udp port mapping
+    #[command(alias = "loadbalancer")]
+    Lb(CreateLb),
+}
+
+#[derive(Subcommand)]
+enum DeleteResource {
+    /// Delete the load-balancer rules of the given ports
+    #[command(alias = "loadbalancer")]
+    Lb(DeleteLb),
+}
+
+#[derive(Subcommand)]
+enum GetResource {
+    /// List load-balancer rules
+    #[command(alias = "loadbalancer")]
+    Lb,
+    /// List tracked connections
+    #[command(alias = "conntrack")]
+    Ct,
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("ports").required(true).multiple(true).args(["tcp", "udp"])))]
+struct CreateLb {
+    /// External (virtual) IP address
+    ip: String,
+    /// TCP port mappings, comma separated or repeated
+    #[arg(long, value_name = "PORT:TARGETPORT", value_delimiter = ',')]
+    tcp: Vec<String>,
+    /// UDP port mappings, comma separated or repeated
+    #[arg(long, value_name = "PORT:TARGETPORT", value_delimiter = ',')]
+    udp: Vec<String>,
+    /// Endpoints; the weight (1-255, default 1) follows the last ':'
+    #[arg(long, required = true, value_name = "IP:WEIGHT", value_delimiter = ',')]
+    endpoints: Vec<String>,
+    /// Endpoint selection: rr or hash
+    #[arg(long, default_value = "rr")]
+    select: String,
+    /// Rule name
+    #[arg(long)]
+    name: Option<String>,
+    /// NAT mode
+    #[arg(long, default_value = "default")]
+    mode: String,
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("ports").required(true).multiple(true).args(["tcp", "udp"])))]
+struct DeleteLb {
+    /// External (virtual) IP address
+    ip: String,
+    /// TCP ports (a ":TARGETPORT" suffix is ignored)
+    #[arg(long, value_name = "PORT", value_delimiter = ',')]
+    tcp: Vec<String>,
+    /// UDP ports (a ":TARGETPORT" suffix is ignored)
+    #[arg(long, value_name = "PORT", value_delimiter = ',')]
+    udp: Vec<String>,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        // A bad flag value is a usage error, reported and coded like clap's own.
+        Err(err) if err.is::<ArgError>() => {
+            eprintln!("error: {err}");
+            ExitCode::from(2)
+        }
+        Err(err) => {
+            eprintln!("Error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    // Flag values are parsed before connecting so usage errors never wait on the network.
+    let connect = || Client::connect(&cli.apiserver, cli.port);
+    match cli.command {
+        Command::Create {
+            resource: CreateResource::Lb(lb),
+        } => {
+            let rules = create_requests(&lb)?;
+            let mut client = connect().await?;
+            for rule in rules {
+                let key = rule.service.clone().unwrap_or_default();
+                client.create_lb(rule).await?;
+                let label = service_label(&key.external_ip, key.port, &key.protocol);
+                println!("Created lb {label}");
+            }
+        }
+        Command::Delete {
+            resource: DeleteResource::Lb(lb),
+        } => {
+            let keys = delete_keys(&lb)?;
+            let mut client = connect().await?;
+            for key in keys {
+                let label = service_label(&key.external_ip, key.port, &key.protocol);
+                client.delete_lb(key).await?;
+                println!("Deleted lb {label}");
+            }
+        }
+        Command::Get {
+            resource: GetResource::Lb,
+        } => {
+            let response = connect().await?.list_lbs().await?;
+            match cli.output {
+                None => print!("{}", output::lb_table(&response.load_balancers, false)),
+                Some(OutputFormat::Wide) => {
+                    print!("{}", output::lb_table(&response.load_balancers, true))
+                }
+                Some(OutputFormat::Json) => println!("{}", output::lb_json(response)?),
+            }
+        }
+        Command::Get {
+            resource: GetResource::Ct,
+        } => {
+            let response = connect().await?.list_conntrack().await?;
+            match cli.output {
+                Some(OutputFormat::Json) => println!("{}", output::json(&response)?),
+                None | Some(OutputFormat::Wide) => {
+                    print!("{}", output::ct_table(&response.entries))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One CreateLoadBalancer request per (protocol, port) pair, each with all endpoints.
+fn create_requests(lb: &CreateLb) -> Result<Vec<pb::LoadBalancer>, ArgError> {
+    let endpoints = args::parse_endpoints(&lb.endpoints)?;
+    let mut requests = Vec::new();
+    for (protocol, flag, values) in [("tcp", "--tcp", &lb.tcp), ("udp", "--udp", &lb.udp)] {
+        for map in args::parse_port_maps(flag, values)? {
+            requests.push(pb::LoadBalancer {
+                service: Some(pb::ServiceKey {
+                    external_ip: lb.ip.clone(),
+                    port: map.port,
+                    protocol: protocol.to_owned(),
+                }),
+                name: lb.name.clone().unwrap_or_default(),
+                selection: lb.select.clone(),
+                mode: lb.mode.clone(),
+                endpoints: endpoints
+                    .iter()
+                    .map(|e| pb::Endpoint {
+                        ip: e.ip.clone(),
+                        target_port: map.target_port,
+                        weight: e.weight,
+                        counters: None,
+                    })
+                    .collect(),
+                counters: None,
+            });
+        }
+    }
+    Ok(requests)
+}
+
+fn delete_keys(lb: &DeleteLb) -> Result<Vec<pb::ServiceKey>, ArgError> {
+    let mut keys = Vec::new();
+    for (protocol, flag, values) in [("tcp", "--tcp", &lb.tcp), ("udp", "--udp", &lb.udp)] {
+        for port in args::parse_ports(flag, values)? {
+            keys.push(pb::ServiceKey {
+                external_ip: lb.ip.clone(),
+                port,
+                protocol: protocol.to_owned(),
+            });
+        }
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(line: &str) -> Cli {
+        Cli::try_parse_from(line.split_whitespace()).unwrap()
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn create_makes_one_request_per_protocol_port() {
+        let cli = parse(
+            "loxicmd create lb 20.20.20.1 --tcp=80:8080,443:8443 --udp=53:5353 \
+             --endpoints=31.31.31.1:1,fd00::2:3 --select=hash --name=web -s 10.0.0.1 -p 5000",
+        );
+        assert_eq!((cli.apiserver.as_str(), cli.port), ("10.0.0.1", 5000));
+        let Command::Create {
+            resource: CreateResource::Lb(lb),
+        } = cli.command
+        else {
+            panic!("not create lb");
+        };
+        let requests = create_requests(&lb).unwrap();
+        // One line per request: "proto/port -> ip target_port weight, ..."
+        let summary: Vec<String> = requests
+            .iter()
+            .map(|r| {
+                let key = r.service.clone().unwrap();
+                assert_eq!((r.name.as_str(), r.selection.as_str()), ("web", "hash"));
+                assert_eq!(r.mode, "default");
+                let eps: Vec<String> = r
+                    .endpoints
+                    .iter()
+                    .map(|e| format!("{} {} {}", e.ip, e.target_port, e.weight))
+                    .collect();
+                format!("{}/{} -> {}", key.protocol, key.port, eps.join(", "))
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                "tcp/80 -> 31.31.31.1 8080 1, fd00::2 8080 3",
+                "tcp/443 -> 31.31.31.1 8443 1, fd00::2 8443 3",
+                "udp/53 -> 31.31.31.1 5353 1, fd00::2 5353 3",
+            ]
+        );
+    }
+
+    #[test]
+    fn create_needs_a_port_and_endpoints() {
+        let missing_port = "loxicmd create lb 20.20.20.1 --endpoints=31.31.31.1:1";
+        assert!(Cli::try_parse_from(missing_port.split_whitespace()).is_err());
+        let missing_endpoints = "loxicmd create lb 20.20.20.1 --tcp=80:8080";
+        assert!(Cli::try_parse_from(missing_endpoints.split_whitespace()).is_err());
+    }
+
+    #[test]
+    fn delete_keys_cover_both_protocols() {
+        let cli = parse("loxicmd delete lb 20.20.20.1 --tcp=2020:8080 --tcp 2021 --udp=53");
+        let Command::Delete {
+            resource: DeleteResource::Lb(lb),
+        } = cli.command
+        else {
+            panic!("not delete lb");
+        };
+        let keys: Vec<(u32, String)> = delete_keys(&lb)
+            .unwrap()
+            .into_iter()
+            .map(|k| (k.port, k.protocol))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (2020, "tcp".to_owned()),
+                (2021, "tcp".to_owned()),
+                (53, "udp".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn global_options_go_before_or_after_the_subcommand() {
+        let before = parse("loxicmd -o wide -s ::1 get lb");
+        let after = parse("loxicmd get lb -o wide -s ::1");
+        for cli in [before, after] {
+            assert!(matches!(cli.output, Some(OutputFormat::Wide)));
+            assert_eq!(cli.apiserver, "::1");
+            assert_eq!(cli.port, 11111);
+        }
+    }
+}

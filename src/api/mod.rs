@@ -1,0 +1,67 @@
+//! The gRPC API: translates proto <-> domain and maps errors to status codes.
+mod conntrack;
+mod loadbalancer;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic::Status;
+
+use crate::datapath::{self, Datapath};
+use crate::proto::v1::conntrack_service_server::ConntrackServiceServer;
+use crate::proto::v1::load_balancer_service_server::LoadBalancerServiceServer;
+use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::rules::{self, RuleStore};
+
+impl From<rules::Error> for Status {
+    fn from(e: rules::Error) -> Status {
+        let msg = e.to_string();
+        match e {
+            rules::Error::Invalid { .. } => Status::invalid_argument(msg),
+            rules::Error::AlreadyExists(_) => Status::already_exists(msg),
+            rules::Error::NotFound(_) => Status::not_found(msg),
+            rules::Error::Exhausted(_) => Status::resource_exhausted(msg),
+            rules::Error::Datapath(datapath::Error::MapFull { .. }) => {
+                Status::resource_exhausted(msg)
+            }
+            rules::Error::Datapath(_) => {
+                tracing::error!(error = %msg, "datapath operation failed");
+                Status::internal(msg)
+            }
+        }
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<RuleStore>,
+    dp: Arc<Datapath>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<LoadBalancerServiceServer<loadbalancer::Api>>()
+        .await;
+    health_reporter
+        .set_serving::<ConntrackServiceServer<conntrack::Api>>()
+        .await;
+
+    Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(LoadBalancerServiceServer::new(loadbalancer::Api::new(
+            store.clone(),
+            dp.clone(),
+        )))
+        .add_service(ConntrackServiceServer::new(conntrack::Api::new(store, dp)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,336 @@
+//! The only code that touches BPF: loads the skeleton, pins its maps, attaches
+//! the TC program, and gives typed access to the maps.
+mod pod;
+mod service;
+mod skel;
+mod tc;
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{MapCore, MapFlags, MapHandle, ProgramHandle};
+
+pub use skel::types;
+use skel::LoxilightSkelBuilder;
+use types::{ll_counters, ll_ct, ll_ct_key, ll_reason, ll_svc, ll_svc_key};
+
+/// Endpoints per service and selection slots per service (bpf/lib/common.h).
+pub const MAX_ENDPOINTS: usize = 32;
+pub const MAX_SLOTS: usize = 128;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: {source}")]
+    Bpf {
+        what: String,
+        #[source]
+        source: libbpf_rs::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("map {map} is full")]
+    MapFull { map: &'static str },
+}
+
+impl Error {
+    fn bpf(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Bpf { what, source }
+    }
+
+    fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Io { what, source }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Sizes fixed at load time.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub services: u32,
+    pub conntrack: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            services: 4096,
+            conntrack: 65536,
+        }
+    }
+}
+
+struct Maps {
+    services: MapHandle,
+    rr_cursor: MapHandle,
+    conntrack: MapHandle,
+    svc_stats: MapHandle,
+    ep_stats: MapHandle,
+    reasons: MapHandle,
+}
+
+/// A loaded datapath. Maps and program are held by their own file
+/// descriptors, so this is Send + Sync and outlives the skeleton.
+pub struct Datapath {
+    maps: Maps,
+    prog: ProgramHandle,
+    limits: Limits,
+    ncpus: usize,
+    /// Interfaces the program is attached to.
+    hooks: Mutex<HashSet<u32>>,
+}
+
+/// Outcome of one BPF_PROG_TEST_RUN.
+#[derive(Debug)]
+pub struct TestRun {
+    pub retval: u32,
+    pub data: Vec<u8>,
+    pub duration_ns: u32,
+}
+
+impl Datapath {
+    /// Loads the program, sizing its maps from `limits`. With `pin_dir`, maps
+    /// are pinned there; maps already pinned there are reused (libbpf checks
+    /// that type, sizes and flags match).
+    pub fn load(limits: Limits, pin_dir: Option<&Path>) -> Result<Datapath> {
+        let mut storage = MaybeUninit::uninit();
+        let mut open = LoxilightSkelBuilder::default()
+            .open(&mut storage)
+            .map_err(Error::bpf("opening the BPF object"))?;
+        let eps = limits
+            .services
+            .checked_mul(MAX_ENDPOINTS as u32)
+            .ok_or_else(|| Error::Io {
+                what: "sizing maps".into(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "too many services"),
+            })?;
+        let m = &mut open.maps;
+        for (map, n) in [
+            (&mut m.ll_services, limits.services),
+            (&mut m.ll_rr_cursor, limits.services),
+            (&mut m.ll_svc_stats, limits.services),
+            (&mut m.ll_ep_stats, eps),
+            (&mut m.ll_conntrack, limits.conntrack),
+        ] {
+            map.set_max_entries(n).map_err(Error::bpf("sizing a map"))?;
+        }
+        if let Some(dir) = pin_dir {
+            fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+            // Only our maps: .rodata is frozen and per-load, never shared.
+            for mut map in open.open_object_mut().maps_mut() {
+                if !map.name().as_encoded_bytes().starts_with(b"ll_") {
+                    continue;
+                }
+                let path = dir.join(map.name());
+                map.set_pin_path(&path)
+                    .map_err(Error::bpf(format!("pinning at {}", path.display())))?;
+            }
+        }
+        let skel = open.load().map_err(Error::bpf("loading the BPF program"))?;
+        let handle = |map: &libbpf_rs::Map| {
+            MapHandle::try_from(map).map_err(Error::bpf("taking a map handle"))
+        };
+        let maps = Maps {
+            services: handle(&skel.maps.ll_services)?,
+            rr_cursor: handle(&skel.maps.ll_rr_cursor)?,
+            conntrack: handle(&skel.maps.ll_conntrack)?,
+            svc_stats: handle(&skel.maps.ll_svc_stats)?,
+            ep_stats: handle(&skel.maps.ll_ep_stats)?,
+            reasons: handle(&skel.maps.ll_reasons)?,
+        };
+        let prog = ProgramHandle::try_from(&skel.progs.ll_tc_ingress)
+            .map_err(Error::bpf("taking the program handle"))?;
+        let ncpus = libbpf_rs::num_possible_cpus().map_err(Error::bpf("counting CPUs"))?;
+        Ok(Datapath {
+            maps,
+            prog,
+            limits,
+            ncpus,
+            hooks: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Adds or replaces a service in one map update.
+    fn upsert_service(&self, key: &ll_svc_key, svc: &ll_svc) -> Result<()> {
+        self.maps
+            .services
+            .update(pod::bytes(key), pod::bytes(svc), MapFlags::ANY)
+            .map_err(|e| full_or(e, "ll_services", "writing a service"))
+    }
+
+    /// Removes a service; its flows are removed from conntrack and its
+    /// counters zeroed so that the id can be reused cleanly.
+    fn remove_service(&self, key: &[u8], id: u32) -> Result<()> {
+        match self.maps.services.delete(key) {
+            Ok(()) => {}
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::bpf("deleting a service")(e)),
+        }
+        self.flush_conntrack(|_, ct| ct.svc_id == id)?;
+        self.reset_service_counters(id)
+    }
+
+    /// Removes every service (the rule store is the source of truth).
+    pub fn clear_services(&self) -> Result<()> {
+        let keys: Vec<Vec<u8>> = self.maps.services.keys().collect();
+        for k in keys {
+            self.maps
+                .services
+                .delete(&k)
+                .map_err(Error::bpf("clearing services"))?;
+        }
+        Ok(())
+    }
+
+    fn reset_service_counters(&self, id: u32) -> Result<()> {
+        let zero = vec![pod::bytes(&ll_counters::default()).to_vec(); self.ncpus];
+        let first = id * MAX_ENDPOINTS as u32;
+        let reset = |map: &MapHandle, idx: u32| {
+            map.update_percpu(&idx.to_ne_bytes(), &zero, MapFlags::ANY)
+                .map_err(Error::bpf("resetting counters"))
+        };
+        reset(&self.maps.svc_stats, id)?;
+        self.maps
+            .rr_cursor
+            .update(&id.to_ne_bytes(), &0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(Error::bpf("resetting the round-robin cursor"))?;
+        for idx in first..first + MAX_ENDPOINTS as u32 {
+            reset(&self.maps.ep_stats, idx)?;
+        }
+        Ok(())
+    }
+
+    /// Packets and bytes of a service, summed over CPUs.
+    pub fn service_counters(&self, id: u32) -> Result<ll_counters> {
+        percpu_sum(&self.maps.svc_stats, id)
+    }
+
+    /// Packets and bytes sent to endpoint `idx` of service `id`.
+    pub fn endpoint_counters(&self, id: u32, idx: usize) -> Result<ll_counters> {
+        percpu_sum(&self.maps.ep_stats, id * MAX_ENDPOINTS as u32 + idx as u32)
+    }
+
+    /// Packets and bytes per verdict reason.
+    pub fn reason_counters(&self) -> Result<Vec<(ll_reason, ll_counters)>> {
+        (0..ll_reason::LL_R_MAX.0)
+            .map(|r| Ok((ll_reason(r), percpu_sum(&self.maps.reasons, r)?)))
+            .collect()
+    }
+
+    /// Every conntrack entry (both directions of each flow).
+    pub fn conntrack(&self) -> Vec<(ll_ct_key, ll_ct)> {
+        self.maps
+            .conntrack
+            .keys()
+            .filter_map(|k| {
+                let v = self.maps.conntrack.lookup(&k, MapFlags::ANY).ok()??;
+                Some((pod::read(&k)?, pod::read(&v)?))
+            })
+            .collect()
+    }
+
+    /// Deletes the conntrack entries for which `pred` holds.
+    pub fn flush_conntrack(&self, pred: impl Fn(&ll_ct_key, &ll_ct) -> bool) -> Result<()> {
+        for (k, v) in self.conntrack() {
+            if pred(&k, &v) {
+                match self.maps.conntrack.delete(pod::bytes(&k)) {
+                    Ok(()) => {}
+                    // Evicted by the LRU since we read it.
+                    Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::bpf("deleting a conntrack entry")(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the program once over `pkt` with BPF_PROG_TEST_RUN (`repeat`
+    /// times when timing it).
+    pub fn test_run(&self, pkt: &[u8], repeat: u32) -> Result<TestRun> {
+        use libbpf_rs::libbpf_sys;
+        let mut out = vec![0u8; pkt.len() + 256];
+        // SAFETY: zeroed is a valid bpf_test_run_opts; the pointers stay
+        // valid for the call and the sizes match the buffers.
+        let mut opts: libbpf_sys::bpf_test_run_opts = unsafe { std::mem::zeroed() };
+        opts.sz = std::mem::size_of_val(&opts) as _;
+        opts.data_in = pkt.as_ptr().cast();
+        opts.data_size_in = pkt.len() as u32;
+        opts.data_out = out.as_mut_ptr().cast();
+        opts.data_size_out = out.len() as u32;
+        opts.repeat = repeat.max(1) as _;
+        // SAFETY: see above; the fd is owned by self.prog.
+        let ret =
+            unsafe { libbpf_sys::bpf_prog_test_run_opts(self.prog.as_fd().as_raw_fd(), &mut opts) };
+        if ret != 0 {
+            return Err(Error::Io {
+                what: "BPF_PROG_TEST_RUN".into(),
+                source: io::Error::from_raw_os_error(-ret),
+            });
+        }
+        out.truncate(opts.data_size_out as usize);
+        Ok(TestRun {
+            retval: opts.retval,
+            data: out,
+            duration_ns: opts.duration,
+        })
+    }
+}
+
+fn full_or(e: libbpf_rs::Error, map: &'static str, what: &str) -> Error {
+    // E2BIG from a hash map update means max_entries was reached.
+    if e.kind() == libbpf_rs::ErrorKind::TooBig {
+        Error::MapFull { map }
+    } else {
+        Error::bpf(what)(e)
+    }
+}
+
+fn percpu_sum(map: &MapHandle, idx: u32) -> Result<ll_counters> {
+    let per_cpu = map
+        .lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY)
+        .map_err(Error::bpf("reading counters"))?
+        .unwrap_or_default();
+    Ok(per_cpu
+        .iter()
+        .filter_map(|b| pod::read::<ll_counters>(b))
+        .fold(ll_counters::default(), |acc, c| ll_counters {
+            packets: acc.packets + c.packets,
+            bytes: acc.bytes + c.bytes,
+        }))
+}
+
+/// Sends libbpf's own messages to tracing. Netlink complaints that our code
+/// handles (an existing clsact qdisc) stay at debug level.
+pub fn route_libbpf_logs() {
+    fn log(level: libbpf_rs::PrintLevel, msg: String) {
+        let msg = msg.trim_end();
+        match level {
+            libbpf_rs::PrintLevel::Warn if !msg.starts_with("libbpf: Kernel error message") => {
+                tracing::warn!(target: "libbpf", "{msg}")
+            }
+            _ => tracing::debug!(target: "libbpf", "{msg}"),
+        }
+    }
+    libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, log)));
+}
+
+/// Default pin directory.
+pub fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/loxilight")
+}

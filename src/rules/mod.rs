@@ -1,0 +1,37 @@
+//! The domain model of the rule set, its validation, and the rule store (the
+//! single source of truth that the datapath is programmed from).
+mod model;
+mod store;
+
+pub use model::{
+    parse_ip, parse_port, parse_weight, Endpoint, LbRule, Mode, Protocol, Selection, ServiceKey,
+};
+pub use store::{RuleStore, StoredRule};
+
+use crate::datapath;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request field is wrong; `field` is its path in the API.
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Exhausted(String),
+    #[error(transparent)]
+    Datapath(#[from] datapath::Error),
+}
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,311 @@
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use super::{Error, Result};
+use crate::datapath::MAX_ENDPOINTS;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn parse(field: &str, s: &str) -> Result<Protocol> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            "" => Err(Error::invalid(field, "is required (tcp or udp)")),
+            other => Err(Error::invalid(
+                field,
+                format!("unknown protocol {other:?} (tcp or udp)"),
+            )),
+        }
+    }
+
+    /// IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Protocol> {
+        match n {
+            6 => Some(Protocol::Tcp),
+            17 => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Selection {
+    #[default]
+    RoundRobin,
+    Hash,
+}
+
+impl Selection {
+    pub fn parse(field: &str, s: &str) -> Result<Selection> {
+        match s.to_ascii_lowercase().as_str() {
+            "" | "rr" => Ok(Selection::RoundRobin),
+            "hash" => Ok(Selection::Hash),
+            other => Err(Error::invalid(
+                field,
+                format!("unknown selection {other:?} (rr or hash)"),
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Selection::RoundRobin => "rr",
+            Selection::Hash => "hash",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// DNAT to the endpoint, reverse translation on replies.
+    #[default]
+    Default,
+}
+
+impl Mode {
+    pub fn parse(field: &str, s: &str) -> Result<Mode> {
+        match s.to_ascii_lowercase().as_str() {
+            "" | "default" => Ok(Mode::Default),
+            other => Err(Error::invalid(
+                field,
+                format!("unknown mode {other:?} (default)"),
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Default => "default",
+        }
+    }
+}
+
+/// A unicast IPv4 address that traffic can be sent to or translated to.
+pub fn parse_ip(field: &str, s: &str) -> Result<Ipv4Addr> {
+    if s.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    let ip: Ipv4Addr = s.trim().parse().map_err(|_| {
+        if s.contains(':') {
+            Error::invalid(field, format!("{s:?}: IPv6 is not supported yet"))
+        } else {
+            Error::invalid(field, format!("{s:?} is not an IPv4 address"))
+        }
+    })?;
+    if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+        return Err(Error::invalid(
+            field,
+            format!("{ip} is not a unicast address"),
+        ));
+    }
+    Ok(ip)
+}
+
+pub fn parse_port(field: &str, p: u32) -> Result<u16> {
+    match u16::try_from(p) {
+        Ok(0) => Err(Error::invalid(field, "port 0 is not allowed (1-65535)")),
+        Ok(p) => Ok(p),
+        Err(_) => Err(Error::invalid(
+            field,
+            format!("port {p} is out of range (1-65535)"),
+        )),
+    }
+}
+
+/// 0 (unset) means 1.
+pub fn parse_weight(field: &str, w: u32) -> Result<u8> {
+    match w {
+        0 => Ok(1),
+        1..=255 => Ok(w as u8),
+        _ => Err(Error::invalid(
+            field,
+            format!("weight {w} is out of range (1-255)"),
+        )),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub proto: Protocol,
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.ip, self.port, self.proto.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub weight: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LbRule {
+    pub key: ServiceKey,
+    pub name: String,
+    pub selection: Selection,
+    pub mode: Mode,
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl LbRule {
+    /// Checks what single fields cannot: the endpoint list and the name.
+    /// `field` is the API path of the rule, for error messages.
+    pub fn validate(&self, field: &str) -> Result<()> {
+        if self.endpoints.is_empty() {
+            return Err(Error::invalid(
+                format!("{field}.endpoints"),
+                "at least one endpoint is required",
+            ));
+        }
+        if self.endpoints.len() > MAX_ENDPOINTS {
+            return Err(Error::invalid(
+                format!("{field}.endpoints"),
+                format!(
+                    "{} endpoints, at most {MAX_ENDPOINTS} are allowed",
+                    self.endpoints.len()
+                ),
+            ));
+        }
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if self.endpoints[..i]
+                .iter()
+                .any(|o| o.ip == e.ip && o.port == e.port)
+            {
+                return Err(Error::invalid(
+                    format!("{field}.endpoints[{i}]"),
+                    format!("{}:{} is listed twice", e.ip, e.port),
+                ));
+            }
+        }
+        if self.name.len() > 63
+            || self
+                .name
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(Error::invalid(
+                format!("{field}.name"),
+                "must be at most 63 characters, without spaces or control characters",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(endpoints: Vec<Endpoint>) -> LbRule {
+        LbRule {
+            key: ServiceKey {
+                ip: Ipv4Addr::new(20, 20, 20, 1),
+                port: 2020,
+                proto: Protocol::Tcp,
+            },
+            name: String::new(),
+            selection: Selection::RoundRobin,
+            mode: Mode::Default,
+            endpoints,
+        }
+    }
+
+    fn ep(last: u8) -> Endpoint {
+        Endpoint {
+            ip: Ipv4Addr::new(31, 31, 31, last),
+            port: 8080,
+            weight: 1,
+        }
+    }
+
+    #[test]
+    fn ports_are_checked_and_named() {
+        assert_eq!(parse_port("p", 1).unwrap(), 1);
+        assert_eq!(parse_port("p", 65535).unwrap(), 65535);
+        assert_eq!(
+            parse_port("svc.port", 0).unwrap_err().to_string(),
+            "svc.port: port 0 is not allowed (1-65535)"
+        );
+        assert!(parse_port("p", 65536)
+            .unwrap_err()
+            .to_string()
+            .contains("65536 is out of range"));
+    }
+
+    #[test]
+    fn addresses_must_be_unicast_ipv4() {
+        assert_eq!(
+            parse_ip("ip", "20.20.20.1").unwrap(),
+            Ipv4Addr::new(20, 20, 20, 1)
+        );
+        for bad in [
+            "",
+            "300.1.1.1",
+            "abc",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "127.0.0.1",
+            "fd00::1",
+        ] {
+            let e = parse_ip("x.ip", bad).unwrap_err().to_string();
+            assert!(e.starts_with("x.ip: "), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn enums_parse_case_insensitively_and_refuse_unknown() {
+        assert_eq!(Protocol::parse("p", "TCP").unwrap(), Protocol::Tcp);
+        assert!(Protocol::parse("p", "sctp")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown protocol"));
+        assert_eq!(Selection::parse("s", "").unwrap(), Selection::RoundRobin);
+        assert_eq!(Selection::parse("s", "hash").unwrap(), Selection::Hash);
+        assert!(Selection::parse("s", "maglev").is_err());
+        assert!(Mode::parse("m", "dsr").is_err());
+        assert_eq!(parse_weight("w", 0).unwrap(), 1);
+        assert!(parse_weight("w", 256).is_err());
+    }
+
+    #[test]
+    fn endpoint_lists_are_validated() {
+        assert!(rule(vec![ep(1), ep(2)]).validate("lb").is_ok());
+        assert_eq!(
+            rule(vec![]).validate("lb").unwrap_err().to_string(),
+            "lb.endpoints: at least one endpoint is required"
+        );
+        let e = rule(vec![ep(1), ep(1)])
+            .validate("lb")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("lb.endpoints[1]: "), "{e}");
+        let many = (0..=MAX_ENDPOINTS as u8).map(ep).collect();
+        assert!(rule(many).validate("lb").is_err());
+    }
+}
