@@ -18,26 +18,106 @@
 /* Default sizes; the daemon overrides max_entries from its config before load. */
 #define LL_DEFAULT_SERVICES 4096
 #define LL_DEFAULT_CT 65536
+#define LL_DEFAULT_ROUTES 262144
+#define LL_DEFAULT_NEIGHS 16384
 
 enum ll_selection {
 	LL_SEL_RR = 0,
 	LL_SEL_HASH = 1,
 };
 
-/* Why a packet left the pipeline; counted per CPU in ll_reasons. */
+/* What happened to a packet, counted per CPU in ll_reasons. Every packet
+ * ends with exactly one verdict (a pass, a drop or LL_R_FWD); packets the LB
+ * translated also count LL_R_NAT_NEW or LL_R_NAT_EST. */
 enum ll_reason {
-	LL_R_PASS_NOT_IP = 0,    /* not IPv4 (ARP, IPv6, ...): Linux's job */
-	LL_R_PASS_TRUNCATED,     /* header shorter than it says: Linux decides */
-	LL_R_PASS_BAD_HEADER,    /* IPv4 version, IHL or total length inconsistent */
-	LL_R_PASS_FRAGMENT,      /* non-first fragment or MF set: no L4 header to NAT */
-	LL_R_PASS_L4_PROTO,      /* neither TCP nor UDP */
-	LL_R_PASS_NO_SERVICE,    /* not a VIP and not in conntrack */
+	LL_R_PASS_NOT_IP = 0,    /* neither IPv4 nor IPv6 (ARP, LLDP, ...) */
+	LL_R_PASS_TRUNCATED,     /* shorter than its headers */
+	LL_R_PASS_BAD_HEADER,    /* IP version, IHL or length inconsistent */
+	LL_R_PASS_FRAGMENT,      /* IP fragment: no L4 header, Linux reassembles */
 	LL_R_PASS_NO_ENDPOINT,   /* VIP with no usable endpoint */
 	LL_R_PASS_CT_FULL,       /* conntrack insert failed: untranslated to Linux */
 	LL_R_NAT_NEW,            /* new flow, endpoint chosen, translated */
 	LL_R_NAT_EST,            /* conntrack hit, translated */
 	LL_R_DROP_REWRITE,       /* a rewrite helper failed midway: packet is corrupt */
+	LL_R_PASS_OTHER_HOST,    /* L2 destination is not the ingress interface */
+	LL_R_PASS_MCAST,         /* multicast, broadcast or IPv6 link-local */
+	LL_R_PASS_LOCAL,         /* to one of the host's own addresses */
+	LL_R_PASS_TTL,           /* TTL / hop limit <= 1: Linux sends the ICMP error */
+	LL_R_PASS_IP_OPTIONS,    /* IPv4 options or IPv6 hop-by-hop header */
+	LL_R_PASS_VLAN,          /* 802.1Q-tagged: Linux owns VLAN forwarding */
+	LL_R_PASS_NO_ROUTE,      /* no route in the mirrored main table */
+	LL_R_PASS_ROUTE_TYPE,    /* blackhole, unreachable or prohibit route */
+	LL_R_PASS_NOT_MANAGED,   /* egress interface without the datapath */
+	LL_R_PASS_EGRESS_DOWN,   /* egress interface down */
+	LL_R_PASS_MTU,           /* larger than the egress MTU */
+	LL_R_PASS_NO_NEIGH,      /* next hop unresolved: Linux resolves it */
+	LL_R_FWD,                /* forwarded by the datapath (redirect) */
 	LL_R_MAX,
+};
+
+/* The mirror of the kernel's network state, written by the daemon. */
+#define LL_MAX_NEXTHOPS 8
+
+#define LL_IF_UP 0x1        /* administratively and operationally up */
+#define LL_IF_ATTACHED 0x2  /* the datapath runs on it */
+
+struct ll_iface {
+	__u8 mac[6];
+	__u16 pad;
+	__u32 mtu;
+	__u32 flags;        /* LL_IF_* */
+	char name[16];
+};
+
+/* IPv4 addresses use the first 4 bytes of a 16-byte address. */
+struct ll_addr_key {
+	__u32 family;       /* AF_INET or AF_INET6 */
+	__u8 addr[16];
+};
+
+struct ll_local {
+	__u32 ifindex;
+	__u32 prefixlen;
+};
+
+enum ll_route_type {
+	LL_RT_UNICAST = 0,
+	LL_RT_BLACKHOLE = 1,
+	LL_RT_UNREACHABLE = 2,
+	LL_RT_PROHIBIT = 3,
+};
+
+struct ll_nexthop {
+	__u32 ifindex;
+	__u32 pad;
+	__u8 gw[16];        /* all zero: on-link, the destination is the neighbour */
+};
+
+struct ll_route {
+	enum ll_route_type type;
+	__u32 n_nexthops;   /* > 1: ECMP, chosen by flow hash */
+	struct ll_nexthop nh[LL_MAX_NEXTHOPS];
+};
+
+struct ll_lpm4_key {
+	__u32 prefixlen;
+	__u8 addr[4];
+};
+
+struct ll_lpm6_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+struct ll_neigh_key {
+	__u32 ifindex;
+	__u32 family;
+	__u8 addr[16];
+};
+
+struct ll_neigh {
+	__u8 mac[6];
+	__u16 state;        /* the kernel's NUD_* state, for display */
 };
 
 struct ll_svc_key {

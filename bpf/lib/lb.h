@@ -102,8 +102,11 @@ static __always_inline int ll_ct_hit(const struct ll_pkt *p, const struct ll_ct_
 	return LL_R_NAT_EST;
 }
 
-/* Returns LL_R_NAT_NEW or LL_R_NAT_EST with *nat filled in, or the reason to
- * hand the packet to Linux untouched. */
+/* Not load-balancer traffic: not a VIP and not in conntrack. */
+#define LL_LB_NONE (-2)
+
+/* For an IPv4 TCP/UDP packet: LL_R_NAT_NEW or LL_R_NAT_EST with *nat filled
+ * in, LL_LB_NONE, or the reason to hand the VIP's packet to Linux as it is. */
 static __always_inline int ll_lb_decide(const struct ll_pkt *p, struct ll_nat *nat)
 {
 	struct ll_ct_key key = {
@@ -127,7 +130,7 @@ static __always_inline int ll_lb_decide(const struct ll_pkt *p, struct ll_nat *n
 
 	svc = bpf_map_lookup_elem(&ll_services, &skey);
 	if (!svc)
-		return LL_R_PASS_NO_SERVICE;
+		return LL_LB_NONE;
 	if (svc->n_slots == 0 || svc->n_slots > LL_MAX_SLOTS)
 		return LL_R_PASS_NO_ENDPOINT;
 

@@ -52,6 +52,60 @@ struct {
 	__type(value, struct ll_counters);
 } ll_reasons SEC(".maps");
 
+/* ifindex -> interface. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct ll_iface);
+} ll_ifaces SEC(".maps");
+
+/* The host's own addresses. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct ll_addr_key);
+	__type(value, struct ll_local);
+} ll_locals SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, LL_DEFAULT_ROUTES);
+	__type(key, struct ll_lpm4_key);
+	__type(value, struct ll_route);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ll_routes4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, LL_DEFAULT_ROUTES);
+	__type(key, struct ll_lpm6_key);
+	__type(value, struct ll_route);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ll_routes6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LL_DEFAULT_NEIGHS);
+	__type(key, struct ll_neigh_key);
+	__type(value, struct ll_neigh);
+} ll_neighs SEC(".maps");
+
+/* Next hops the datapath found unresolved, for the daemon to ask the kernel
+ * to resolve (with forwarding off, Linux would never learn them). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 * 1024);
+} ll_neigh_miss SEC(".maps");
+
+/* When each unresolved next hop was last reported, to rate-limit reports. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct ll_neigh_key);
+	__type(value, __u64);
+} ll_miss_seen SEC(".maps");
+
 /* Unused by the program: it puts enum ll_reason into BTF (array keys must be
  * plain integers), so the skeleton gives the daemon the reason names. */
 const volatile enum ll_reason ll_reason_count = LL_R_MAX;

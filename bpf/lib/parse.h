@@ -4,14 +4,21 @@
 #define LL_PARSE_H
 
 #include <linux/if_ether.h>
-#include <linux/ip.h>
 #include <linux/in.h>
+#include <linux/in6.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
 #include "common.h"
 
+#define LL_AF_INET 2
+#define LL_AF_INET6 10
+
 #define LL_IP_MF 0x2000
 #define LL_IP_OFFMASK 0x1fff
+#define LL_NEXTHDR_HOP 0
+#define LL_NEXTHDR_FRAGMENT 44
 
 /* Longest header chain the parser reads: Ethernet, one VLAN tag, IPv4 with
  * options, TCP base header. Hooks make this much linear before parsing. */
@@ -23,17 +30,28 @@ struct ll_vlan_hdr {
 };
 
 /* What the pipeline knows about a packet. Offsets are from the start of the
- * frame; the addresses and ports are in network order, as on the wire. */
+ * frame; addresses and ports are in network order, as on the wire. IPv6
+ * keeps only its destination: forwarding needs nothing else, and the LB is
+ * IPv4 only so far. */
 struct ll_pkt {
 	__u32 l3_off;
 	__u32 l4_off;
-	__u32 len;
-	__be32 saddr;
-	__be32 daddr;
+	__u32 len;          /* whole packet, including any non-linear part */
+	__u32 family;       /* LL_AF_INET or LL_AF_INET6 */
+	__be32 saddr;       /* IPv4 */
+	__be32 daddr;       /* IPv4 */
+	__u8 daddr6[16];    /* IPv6 */
 	__be16 sport;
 	__be16 dport;
 	__u8 proto;
-	__u8 tcp_flags; /* TCP: the flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10) */
+	__u8 tcp_flags;     /* TCP: FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10 */
+	__u8 ttl;           /* TTL or hop limit */
+	__u8 has_ports;     /* TCP or UDP with its header present */
+	__u8 ip_options;    /* IPv4 options or an IPv6 hop-by-hop header */
+	__u8 vlan;          /* one 802.1Q/802.1ad tag in the frame */
+	__u8 l2_mcast;      /* group bit of the destination MAC */
+	__u8 pad;
+	__u8 dmac[6];
 };
 
 #define LL_TCP_FIN 0x01
@@ -42,33 +60,35 @@ struct ll_pkt {
 
 #define LL_PARSED (-1)
 
-/* Returns LL_PARSED when p describes an IPv4 TCP or UDP packet the pipeline
- * can translate, otherwise the ll_reason for handing it to Linux untouched.
- * pkt_len is the whole packet's length (it may exceed the linear data). */
-static __always_inline int ll_parse(void *data, void *data_end, __u32 pkt_len,
-				    struct ll_pkt *p)
+static __always_inline int ll_parse_ports(void *data, void *data_end, struct ll_pkt *p)
 {
-	struct ethhdr *eth = data;
-	struct iphdr *iph;
-	__u32 off = ETH_HLEN;
-	__u16 ihl_bytes;
-	__be16 proto;
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *th = data + p->l4_off;
 
-	if ((void *)(eth + 1) > data_end)
-		return LL_R_PASS_TRUNCATED;
-	proto = eth->h_proto;
-	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
-		struct ll_vlan_hdr *vh = data + off;
-
-		if ((void *)(vh + 1) > data_end)
+		if ((void *)(th + 1) > data_end)
 			return LL_R_PASS_TRUNCATED;
-		proto = vh->encap_proto;
-		off += sizeof(*vh);
-	}
-	if (proto != bpf_htons(ETH_P_IP))
-		return LL_R_PASS_NOT_IP;
+		p->sport = th->source;
+		p->dport = th->dest;
+		p->tcp_flags = ((__u8 *)th)[13];
+		p->has_ports = 1;
+	} else if (p->proto == IPPROTO_UDP) {
+		struct udphdr *uh = data + p->l4_off;
 
-	iph = data + off;
+		if ((void *)(uh + 1) > data_end)
+			return LL_R_PASS_TRUNCATED;
+		p->sport = uh->source;
+		p->dport = uh->dest;
+		p->has_ports = 1;
+	}
+	return LL_PARSED;
+}
+
+static __always_inline int ll_parse_ipv4(void *data, void *data_end, __u32 off, __u32 pkt_len,
+					 struct ll_pkt *p)
+{
+	struct iphdr *iph = data + off;
+	__u16 ihl_bytes;
+
 	if ((void *)(iph + 1) > data_end)
 		return LL_R_PASS_TRUNCATED;
 	if (iph->version != 4 || iph->ihl < 5)
@@ -79,33 +99,69 @@ static __always_inline int ll_parse(void *data, void *data_end, __u32 pkt_len,
 	if (iph->frag_off & bpf_htons(LL_IP_MF | LL_IP_OFFMASK))
 		return LL_R_PASS_FRAGMENT;
 
-	p->l3_off = off;
+	p->family = LL_AF_INET;
 	p->l4_off = off + ihl_bytes;
-	p->len = pkt_len;
 	p->saddr = iph->saddr;
 	p->daddr = iph->daddr;
 	p->proto = iph->protocol;
+	p->ttl = iph->ttl;
+	p->ip_options = iph->ihl > 5;
+	return ll_parse_ports(data, data_end, p);
+}
 
-	if (iph->protocol == IPPROTO_TCP) {
-		struct tcphdr *th = data + p->l4_off;
+static __always_inline int ll_parse_ipv6(void *data, void *data_end, __u32 off, __u32 pkt_len,
+					 struct ll_pkt *p)
+{
+	struct ipv6hdr *ip6 = data + off;
 
-		if ((void *)(th + 1) > data_end)
+	if ((void *)(ip6 + 1) > data_end)
+		return LL_R_PASS_TRUNCATED;
+	if (ip6->version != 6)
+		return LL_R_PASS_BAD_HEADER;
+	if (off + sizeof(*ip6) + bpf_ntohs(ip6->payload_len) > pkt_len)
+		return LL_R_PASS_BAD_HEADER;
+	if (ip6->nexthdr == LL_NEXTHDR_FRAGMENT)
+		return LL_R_PASS_FRAGMENT;
+
+	p->family = LL_AF_INET6;
+	p->l4_off = off + sizeof(*ip6);
+	__builtin_memcpy(p->daddr6, &ip6->daddr, sizeof(p->daddr6));
+	p->proto = ip6->nexthdr;
+	p->ttl = ip6->hop_limit;
+	p->ip_options = ip6->nexthdr == LL_NEXTHDR_HOP;
+	return LL_PARSED;
+}
+
+/* Returns LL_PARSED when p describes an IPv4 or IPv6 packet the pipeline can
+ * work on, otherwise the ll_reason for handing it to Linux untouched.
+ * pkt_len is the whole packet's length (it may exceed the linear data). */
+static __always_inline int ll_parse(void *data, void *data_end, __u32 pkt_len, struct ll_pkt *p)
+{
+	struct ethhdr *eth = data;
+	__u32 off = ETH_HLEN;
+	__be16 proto;
+
+	if ((void *)(eth + 1) > data_end)
+		return LL_R_PASS_TRUNCATED;
+	__builtin_memcpy(p->dmac, eth->h_dest, sizeof(p->dmac));
+	p->l2_mcast = eth->h_dest[0] & 1;
+	p->len = pkt_len;
+	proto = eth->h_proto;
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+		struct ll_vlan_hdr *vh = data + off;
+
+		if ((void *)(vh + 1) > data_end)
 			return LL_R_PASS_TRUNCATED;
-		p->sport = th->source;
-		p->dport = th->dest;
-		p->tcp_flags = ((__u8 *)th)[13];
-		return LL_PARSED;
+		proto = vh->encap_proto;
+		off += sizeof(*vh);
+		p->vlan = 1;
 	}
-	if (iph->protocol == IPPROTO_UDP) {
-		struct udphdr *uh = data + p->l4_off;
-
-		if ((void *)(uh + 1) > data_end)
-			return LL_R_PASS_TRUNCATED;
-		p->sport = uh->source;
-		p->dport = uh->dest;
-		return LL_PARSED;
-	}
-	return LL_R_PASS_L4_PROTO;
+	p->l3_off = off;
+	if (proto == bpf_htons(ETH_P_IP))
+		return ll_parse_ipv4(data, data_end, off, pkt_len, p);
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return ll_parse_ipv6(data, data_end, off, pkt_len, p);
+	return LL_R_PASS_NOT_IP;
 }
 
 #endif

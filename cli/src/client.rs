@@ -9,10 +9,13 @@ use tonic::{Response, Status};
 
 use crate::pb::conntrack_service_client::ConntrackServiceClient;
 use crate::pb::load_balancer_service_client::LoadBalancerServiceClient;
+use crate::pb::network_service_client::NetworkServiceClient;
 use crate::pb::{
-    CreateLoadBalancerRequest, DeleteLoadBalancerRequest, ListConntrackRequest,
-    ListConntrackResponse, ListLoadBalancersRequest, ListLoadBalancersResponse, LoadBalancer,
-    ServiceKey,
+    CreateLoadBalancerRequest, DeleteLoadBalancerRequest, ListAddressesRequest,
+    ListAddressesResponse, ListConntrackRequest, ListConntrackResponse, ListInterfacesRequest,
+    ListInterfacesResponse, ListLoadBalancersRequest, ListLoadBalancersResponse,
+    ListNeighboursRequest, ListNeighboursResponse, ListRoutesRequest, ListRoutesResponse,
+    LoadBalancer, ServiceKey,
 };
 
 /// A daemon that is down or unroutable should fail fast, not hang the shell.
@@ -25,6 +28,7 @@ pub struct Client {
     authority: String,
     lb: LoadBalancerServiceClient<Channel>,
     ct: ConntrackServiceClient<Channel>,
+    net: NetworkServiceClient<Channel>,
 }
 
 impl Client {
@@ -46,7 +50,8 @@ impl Client {
         Ok(Self {
             authority,
             lb: LoadBalancerServiceClient::new(channel.clone()),
-            ct: ConntrackServiceClient::new(channel),
+            ct: ConntrackServiceClient::new(channel.clone()),
+            net: NetworkServiceClient::new(channel),
         })
     }
 
@@ -73,6 +78,26 @@ impl Client {
 
     pub async fn list_conntrack(&mut self) -> Result<ListConntrackResponse> {
         let call = self.ct.list_conntrack(ListConntrackRequest {});
+        answer(&self.authority, call).await
+    }
+
+    pub async fn list_interfaces(&mut self) -> Result<ListInterfacesResponse> {
+        let call = self.net.list_interfaces(ListInterfacesRequest {});
+        answer(&self.authority, call).await
+    }
+
+    pub async fn list_addresses(&mut self) -> Result<ListAddressesResponse> {
+        let call = self.net.list_addresses(ListAddressesRequest {});
+        answer(&self.authority, call).await
+    }
+
+    pub async fn list_routes(&mut self) -> Result<ListRoutesResponse> {
+        let call = self.net.list_routes(ListRoutesRequest {});
+        answer(&self.authority, call).await
+    }
+
+    pub async fn list_neighbours(&mut self) -> Result<ListNeighboursResponse> {
+        let call = self.net.list_neighbours(ListNeighboursRequest {});
         answer(&self.authority, call).await
     }
 }

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
 
 use crate::args::ArgError;
 use crate::client::Client;
@@ -58,7 +59,7 @@ struct Cli {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum OutputFormat {
-    /// Table with one extra row per endpoint
+    /// Table with one extra row per endpoint (get lb; other tables are unchanged)
     Wide,
     /// The full response as JSON
     Json,
@@ -105,6 +106,15 @@ enum GetResource {
     /// List tracked connections
     #[command(alias = "conntrack")]
     Ct,
+    /// List network interfaces
+    Port,
+    /// List interface addresses
+    Ip,
+    /// List routes
+    Route,
+    /// List neighbour (ARP/NDP) entries
+    #[command(aliases = ["neighbour", "neigh"])]
+    Neighbor,
 }
 
 #[derive(Args)]
@@ -204,13 +214,48 @@ async fn run(cli: Cli) -> Result<()> {
             resource: GetResource::Ct,
         } => {
             let response = connect().await?.list_conntrack().await?;
-            match cli.output {
-                Some(OutputFormat::Json) => println!("{}", output::json(&response)?),
-                None | Some(OutputFormat::Wide) => {
-                    print!("{}", output::ct_table(&response.entries))
-                }
-            }
+            print_list(cli.output, &response, |r| output::ct_table(&r.entries))?;
         }
+        Command::Get {
+            resource: GetResource::Port,
+        } => {
+            let response = connect().await?.list_interfaces().await?;
+            print_list(cli.output, &response, |r| output::port_table(&r.interfaces))?;
+        }
+        Command::Get {
+            resource: GetResource::Ip,
+        } => {
+            let response = connect().await?.list_addresses().await?;
+            print_list(cli.output, &response, |r| output::ip_table(&r.addresses))?;
+        }
+        Command::Get {
+            resource: GetResource::Route,
+        } => {
+            let response = connect().await?.list_routes().await?;
+            print_list(cli.output, &response, |r| output::route_table(&r.routes))?;
+        }
+        Command::Get {
+            resource: GetResource::Neighbor,
+        } => {
+            let response = connect().await?.list_neighbours().await?;
+            print_list(cli.output, &response, |r| {
+                output::neighbor_table(&r.neighbours)
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints a list response whose table has no wide form: the whole message as JSON,
+/// or else the table.
+fn print_list<T: Serialize>(
+    format: Option<OutputFormat>,
+    response: &T,
+    table: impl FnOnce(&T) -> String,
+) -> Result<()> {
+    match format {
+        Some(OutputFormat::Json) => println!("{}", output::json(response)?),
+        None | Some(OutputFormat::Wide) => print!("{}", table(response)),
     }
     Ok(())
 }
@@ -343,6 +388,24 @@ mod tests {
                 (53, "udp".to_owned())
             ]
         );
+    }
+
+    #[test]
+    fn network_get_commands_and_aliases() {
+        let resource = |line: &str| match parse(line).command {
+            Command::Get { resource } => resource,
+            _ => panic!("not get: {line}"),
+        };
+        assert!(matches!(resource("loxicmd get port"), GetResource::Port));
+        assert!(matches!(
+            resource("loxicmd get ip -o json"),
+            GetResource::Ip
+        ));
+        assert!(matches!(resource("loxicmd get route"), GetResource::Route));
+        for name in ["neighbor", "neighbour", "neigh"] {
+            let line = format!("loxicmd get {name}");
+            assert!(matches!(resource(&line), GetResource::Neighbor), "{name}");
+        }
     }
 
     #[test]

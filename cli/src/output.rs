@@ -3,7 +3,10 @@
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::pb::{ConntrackEntry, Counters, ListLoadBalancersResponse, LoadBalancer};
+use crate::pb::{
+    Address, ConntrackEntry, Counters, Interface, ListLoadBalancersResponse, LoadBalancer,
+    Neighbour, NextHop, Route,
+};
 
 /// `ip:port/proto`, with IPv6 addresses bracketed so the port stays readable.
 pub fn service_label(ip: &str, port: u32, protocol: &str) -> String {
@@ -101,6 +104,83 @@ pub fn ct_table(entries: &[ConntrackEntry]) -> String {
     render(&header, &rows)
 }
 
+/// `get port` table.
+pub fn port_table(interfaces: &[Interface]) -> String {
+    let header = ["NAME", "INDEX", "MAC", "MTU", "STATE", "DATAPATH"];
+    let rows: Vec<Vec<String>> = interfaces
+        .iter()
+        .map(|i| {
+            vec![
+                i.name.clone(),
+                i.index.to_string(),
+                i.mac.clone(),
+                i.mtu.to_string(),
+                if i.up { "up" } else { "down" }.to_owned(),
+                if i.attached { "attached" } else { "-" }.to_owned(),
+            ]
+        })
+        .collect();
+    render(&header, &rows)
+}
+
+/// `get ip` table.
+pub fn ip_table(addresses: &[Address]) -> String {
+    let header = ["ADDRESS", "INTERFACE"];
+    let rows: Vec<Vec<String>> = addresses
+        .iter()
+        .map(|a| vec![a.address.clone(), a.interface.clone()])
+        .collect();
+    render(&header, &rows)
+}
+
+/// `get route` table: all next hops of a route (several for ECMP) share one cell.
+pub fn route_table(routes: &[Route]) -> String {
+    let header = ["DESTINATION", "TYPE", "NEXT HOPS"];
+    let rows: Vec<Vec<String>> = routes
+        .iter()
+        .map(|r| {
+            let hops = if r.next_hops.is_empty() {
+                "-".to_owned()
+            } else {
+                let hops: Vec<String> = r.next_hops.iter().map(next_hop_label).collect();
+                hops.join(", ")
+            };
+            vec![r.destination.clone(), r.r#type.clone(), hops]
+        })
+        .collect();
+    render(&header, &rows)
+}
+
+/// `via GATEWAY dev INTERFACE` in `ip route` style; a part the daemon left empty
+/// (no gateway for a connected route) is omitted.
+fn next_hop_label(hop: &NextHop) -> String {
+    let mut parts = Vec::new();
+    if !hop.gateway.is_empty() {
+        parts.push(format!("via {}", hop.gateway));
+    }
+    if !hop.interface.is_empty() {
+        parts.push(format!("dev {}", hop.interface));
+    }
+    parts.join(" ")
+}
+
+/// `get neighbor` table.
+pub fn neighbor_table(neighbours: &[Neighbour]) -> String {
+    let header = ["IP", "MAC", "INTERFACE", "STATE"];
+    let rows: Vec<Vec<String>> = neighbours
+        .iter()
+        .map(|n| {
+            vec![
+                n.ip.clone(),
+                n.mac.clone(),
+                n.interface.clone(),
+                n.state.clone(),
+            ]
+        })
+        .collect();
+    render(&header, &rows)
+}
+
 fn counter_cells(counters: Option<Counters>) -> [String; 2] {
     let c = counters.unwrap_or_default();
     [c.packets.to_string(), c.bytes.to_string()]
@@ -140,7 +220,7 @@ fn render(header: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pb::{Endpoint, ServiceKey};
+    use crate::pb::{Endpoint, ListRoutesResponse, ServiceKey};
 
     fn sample() -> Vec<LoadBalancer> {
         let endpoint = |ip: &str, weight, packets, bytes| Endpoint {
@@ -230,6 +310,126 @@ mod tests {
                 "256"
             ]
         );
+    }
+
+    #[test]
+    fn port_table_shows_state_and_datapath() {
+        let interface = |name: &str, index, mac: &str, mtu, up, attached| Interface {
+            name: name.to_owned(),
+            index,
+            mac: mac.to_owned(),
+            mtu,
+            up,
+            attached,
+        };
+        let interfaces = [
+            interface("eth1", 3, "52:54:00:12:34:56", 1500, true, true),
+            interface("lo", 1, "00:00:00:00:00:00", 65536, true, false),
+            interface("eth2", 4, "52:54:00:ab:cd:ef", 9000, false, false),
+        ];
+        let expected = "\
+| NAME | INDEX | MAC               | MTU   | STATE | DATAPATH |
+|------|-------|-------------------|-------|-------|----------|
+| eth1 | 3     | 52:54:00:12:34:56 | 1500  | up    | attached |
+| lo   | 1     | 00:00:00:00:00:00 | 65536 | up    | -        |
+| eth2 | 4     | 52:54:00:ab:cd:ef | 9000  | down  | -        |
+";
+        assert_eq!(port_table(&interfaces), expected);
+    }
+
+    #[test]
+    fn ip_table_lists_addresses() {
+        let address = |address: &str, interface: &str, index| Address {
+            address: address.to_owned(),
+            interface: interface.to_owned(),
+            index,
+        };
+        let addresses = [
+            address("10.0.0.2/24", "eth1", 3),
+            address("fd00::2/64", "eth1", 3),
+        ];
+        let expected = "\
+| ADDRESS     | INTERFACE |
+|-------------|-----------|
+| 10.0.0.2/24 | eth1      |
+| fd00::2/64  | eth1      |
+";
+        assert_eq!(ip_table(&addresses), expected);
+    }
+
+    #[test]
+    fn route_table_joins_next_hops() {
+        let hop = |gateway: &str, interface: &str, index| NextHop {
+            gateway: gateway.to_owned(),
+            interface: interface.to_owned(),
+            index,
+        };
+        let route = |destination: &str, kind: &str, next_hops| Route {
+            destination: destination.to_owned(),
+            r#type: kind.to_owned(),
+            next_hops,
+        };
+        let routes = [
+            route(
+                "0.0.0.0/0",
+                "unicast",
+                vec![hop("10.0.0.1", "eth1", 3), hop("10.0.1.1", "eth2", 4)],
+            ),
+            route("10.0.0.0/24", "unicast", vec![hop("", "eth1", 3)]),
+            route("fd00:1::/64", "unicast", vec![hop("fd00::1", "eth1", 3)]),
+            route("192.0.2.0/24", "blackhole", vec![]),
+        ];
+        let expected = "\
+| DESTINATION  | TYPE      | NEXT HOPS                                    |
+|--------------|-----------|----------------------------------------------|
+| 0.0.0.0/0    | unicast   | via 10.0.0.1 dev eth1, via 10.0.1.1 dev eth2 |
+| 10.0.0.0/24  | unicast   | dev eth1                                     |
+| fd00:1::/64  | unicast   | via fd00::1 dev eth1                         |
+| 192.0.2.0/24 | blackhole | -                                            |
+";
+        assert_eq!(route_table(&routes), expected);
+    }
+
+    #[test]
+    fn neighbor_table_lists_entries() {
+        let neighbour = |ip: &str, mac: &str, state: &str| Neighbour {
+            ip: ip.to_owned(),
+            mac: mac.to_owned(),
+            interface: "eth1".to_owned(),
+            index: 3,
+            state: state.to_owned(),
+        };
+        let neighbours = [
+            neighbour("10.0.0.1", "52:54:00:00:00:01", "reachable"),
+            neighbour("fd00::1", "52:54:00:00:00:01", "stale"),
+        ];
+        let expected = "\
+| IP       | MAC               | INTERFACE | STATE     |
+|----------|-------------------|-----------|-----------|
+| 10.0.0.1 | 52:54:00:00:00:01 | eth1      | reachable |
+| fd00::1  | 52:54:00:00:00:01 | eth1      | stale     |
+";
+        assert_eq!(neighbor_table(&neighbours), expected);
+    }
+
+    #[test]
+    fn route_json_names_fields_as_the_proto_does() {
+        let response = ListRoutesResponse {
+            routes: vec![Route {
+                destination: "0.0.0.0/0".to_owned(),
+                r#type: "unicast".to_owned(),
+                next_hops: vec![NextHop {
+                    gateway: "10.0.0.1".to_owned(),
+                    interface: "eth1".to_owned(),
+                    index: 3,
+                }],
+            }],
+        };
+        let value: serde_json::Value = serde_json::from_str(&json(&response).unwrap()).unwrap();
+        let route = &value["routes"][0];
+        assert_eq!(route["type"], "unicast");
+        assert_eq!(route["nextHops"][0]["gateway"], "10.0.0.1");
+        assert_eq!(route["nextHops"][0]["index"], 3);
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The only code that touches BPF: loads the skeleton, pins its maps, attaches
 //! the TC program, and gives typed access to the maps.
+mod hooks;
+mod network;
 mod pod;
 mod service;
 mod skel;
-mod tc;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::mem::MaybeUninit;
@@ -16,6 +17,7 @@ use std::sync::Mutex;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, ProgramHandle};
 
+pub use hooks::{Hook, HookKind};
 pub use skel::types;
 use skel::LoxilightSkelBuilder;
 use types::{ll_counters, ll_ct, ll_ct_key, ll_reason, ll_svc, ll_svc_key};
@@ -79,17 +81,24 @@ struct Maps {
     svc_stats: MapHandle,
     ep_stats: MapHandle,
     reasons: MapHandle,
+    ifaces: MapHandle,
+    locals: MapHandle,
+    routes4: MapHandle,
+    routes6: MapHandle,
+    neighs: MapHandle,
+    neigh_miss: MapHandle,
 }
 
 /// A loaded datapath. Maps and program are held by their own file
 /// descriptors, so this is Send + Sync and outlives the skeleton.
 pub struct Datapath {
     maps: Maps,
-    prog: ProgramHandle,
+    tc_prog: ProgramHandle,
+    xdp_prog: ProgramHandle,
     limits: Limits,
     ncpus: usize,
-    /// Interfaces the program is attached to.
-    hooks: Mutex<HashSet<u32>>,
+    /// Interfaces the program is attached to, and how.
+    hooks: Mutex<HashMap<u32, Hook>>,
 }
 
 /// Outcome of one BPF_PROG_TEST_RUN.
@@ -123,14 +132,19 @@ impl Datapath {
             (&mut m.ll_svc_stats, limits.services),
             (&mut m.ll_ep_stats, eps),
             (&mut m.ll_conntrack, limits.conntrack),
+            (&mut m.ll_routes4, limits.routes),
+            (&mut m.ll_routes6, limits.routes),
+            (&mut m.ll_neighs, limits.neighbours),
         ] {
             map.set_max_entries(n).map_err(Error::bpf("sizing a map"))?;
         }
         if let Some(dir) = pin_dir {
             fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
-            // Only our maps: .rodata is frozen and per-load, never shared.
+            // Only our state: .rodata is frozen and per-load, and the miss
+            // report channel belongs to the daemon that reads it.
             for mut map in open.open_object_mut().maps_mut() {
-                if !map.name().as_encoded_bytes().starts_with(b"ll_") {
+                let name = map.name().as_encoded_bytes();
+                if !name.starts_with(b"ll_") || name.starts_with(b"ll_neigh_miss") {
                     continue;
                 }
                 let path = dir.join(map.name());
@@ -149,9 +163,17 @@ impl Datapath {
             svc_stats: handle(&skel.maps.ll_svc_stats)?,
             ep_stats: handle(&skel.maps.ll_ep_stats)?,
             reasons: handle(&skel.maps.ll_reasons)?,
+            ifaces: handle(&skel.maps.ll_ifaces)?,
+            locals: handle(&skel.maps.ll_locals)?,
+            routes4: handle(&skel.maps.ll_routes4)?,
+            routes6: handle(&skel.maps.ll_routes6)?,
+            neighs: handle(&skel.maps.ll_neighs)?,
+            neigh_miss: handle(&skel.maps.ll_neigh_miss)?,
         };
-        let prog = ProgramHandle::try_from(&skel.progs.ll_tc_ingress)
-            .map_err(Error::bpf("taking the program handle"))?;
+        let prog = |p: &libbpf_rs::Program| {
+            ProgramHandle::try_from(p).map_err(Error::bpf("taking a program handle"))
+        };
+        let (tc_prog, xdp_prog) = (prog(&skel.progs.ll_tc_ingress)?, prog(&skel.progs.ll_xdp)?);
         let ncpus = libbpf_rs::num_possible_cpus().map_err(Error::bpf("counting CPUs"))?;
         Ok(Datapath {
             maps,
@@ -260,9 +282,9 @@ impl Datapath {
         Ok(())
     }
 
-    /// Runs the program once over `pkt` with BPF_PROG_TEST_RUN (`repeat`
-    /// times when timing it).
-    pub fn test_run(&self, pkt: &[u8], repeat: u32) -> Result<TestRun> {
+    /// Runs the program of `hook` once over `pkt` with BPF_PROG_TEST_RUN
+    /// (`repeat` times when timing it).
+    pub fn test_run(&self, hook: HookKind, pkt: &[u8], repeat: u32) -> Result<TestRun> {
         use libbpf_rs::libbpf_sys;
         let mut out = vec![0u8; pkt.len() + 256];
         // SAFETY: zeroed is a valid bpf_test_run_opts; the pointers stay

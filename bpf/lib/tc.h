@@ -1,12 +1,12 @@
 /* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
-/* Address and port rewrite for the TC hook. The csum helpers with
- * BPF_F_PSEUDO_HDR keep CHECKSUM_PARTIAL and GSO skbs right, which a plain
- * incremental update would not. */
-#ifndef LL_NAT_TC_H
-#define LL_NAT_TC_H
+/* Rewrites for the TC hook. The csum helpers with BPF_F_PSEUDO_HDR keep
+ * CHECKSUM_PARTIAL and GSO skbs right, which a plain incremental update
+ * would not. */
+#ifndef LL_TC_H
+#define LL_TC_H
 
 #include <stddef.h>
-#include "lb.h"
+#include "pipeline.h"
 
 static __always_inline int ll_tc_rewrite(struct __sk_buff *skb, const struct ll_pkt *p,
 					 const struct ll_nat *nat)
@@ -40,6 +40,29 @@ static __always_inline int ll_tc_rewrite(struct __sk_buff *skb, const struct ll_
 			return -1;
 	}
 	return 0;
+}
+
+/* TTL / hop limit decrement and the new MACs, for a packet about to be
+ * redirected. */
+static __always_inline int ll_tc_forward(struct __sk_buff *skb, const struct ll_pkt *p,
+					 const struct ll_fwd *fwd)
+{
+	__u8 ttl = p->ttl - 1;
+
+	if (p->family == LL_AF_INET) {
+		__be16 old = bpf_htons((__u16)p->ttl << 8 | p->proto);
+		__be16 new = bpf_htons((__u16)ttl << 8 | p->proto);
+
+		if (bpf_l3_csum_replace(skb, p->l3_off + offsetof(struct iphdr, check), old, new,
+					sizeof(new)))
+			return -1;
+		if (bpf_skb_store_bytes(skb, p->l3_off + offsetof(struct iphdr, ttl), &ttl, 1, 0))
+			return -1;
+	} else if (bpf_skb_store_bytes(skb, p->l3_off + offsetof(struct ipv6hdr, hop_limit), &ttl,
+				       1, 0)) {
+		return -1;
+	}
+	return bpf_skb_store_bytes(skb, 0, fwd->dmac, 12, 0);
 }
 
 #endif

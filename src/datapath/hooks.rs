@@ -1,0 +1,138 @@
+//! Attaching the program to interfaces: TC ingress (clsact) or XDP.
+use std::os::fd::AsFd;
+
+use libbpf_rs::{ProgramHandle, TcHook, TcHookBuilder, Xdp, XdpFlags, TC_INGRESS};
+
+use super::{Datapath, Error, Result};
+
+/// Which program to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookKind {
+    Tc,
+    Xdp,
+}
+
+/// How the program is attached to one interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Tc,
+    /// In the driver.
+    XdpNative,
+    /// Generic (skb) XDP, for drivers without native support.
+    XdpGeneric,
+}
+
+impl Hook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Tc => "tc",
+            Hook::XdpNative => "xdp-native",
+            Hook::XdpGeneric => "xdp-generic",
+        }
+    }
+
+    fn xdp_flags(self) -> XdpFlags {
+        match self {
+            Hook::XdpGeneric => XdpFlags::SKB_MODE,
+            _ => XdpFlags::DRV_MODE,
+        }
+    }
+}
+
+/// Our filter's handle and priority on the clsact ingress hook; fixed so that
+/// a restarted daemon replaces its own filter instead of stacking a second.
+const TC_HANDLE: u32 = 0x11a;
+const TC_PRIORITY: u32 = 1;
+
+impl Datapath {
+    pub(super) fn prog(&self, kind: HookKind) -> &ProgramHandle {
+        match kind {
+            HookKind::Tc => &self.tc_prog,
+            HookKind::Xdp => &self.xdp_prog,
+        }
+    }
+
+    fn tc_hook(&self, ifindex: u32) -> TcHook {
+        TcHookBuilder::new(self.tc_prog.as_fd())
+            .ifindex(ifindex as i32)
+            .replace(true)
+            .handle(TC_HANDLE)
+            .priority(TC_PRIORITY)
+            .hook(TC_INGRESS)
+    }
+
+    fn attach_tc(&self, ifindex: u32) -> Result<Hook> {
+        let mut hook = self.tc_hook(ifindex);
+        // EEXIST from create just means the clsact qdisc is already there.
+        if let Err(e) = hook.create() {
+            if e.kind() != libbpf_rs::ErrorKind::AlreadyExists {
+                return Err(Error::bpf(format!("creating clsact on ifindex {ifindex}"))(e));
+            }
+        }
+        hook.attach()
+            .map_err(Error::bpf(format!("attaching at TC ingress of ifindex {ifindex}")))?;
+        Ok(Hook::Tc)
+    }
+
+    fn attach_xdp(&self, ifindex: u32) -> Result<Hook> {
+        let xdp = Xdp::new(self.xdp_prog.as_fd());
+        match xdp.attach(ifindex as i32, XdpFlags::DRV_MODE) {
+            Ok(()) => Ok(Hook::XdpNative),
+            Err(native) => {
+                tracing::debug!(ifindex, error = %native, "no native XDP, trying generic");
+                xdp.attach(ifindex as i32, XdpFlags::SKB_MODE)
+                    .map_err(Error::bpf(format!("attaching XDP to ifindex {ifindex}")))?;
+                Ok(Hook::XdpGeneric)
+            }
+        }
+    }
+
+    /// Attaches the program of `kind` to `ifindex` and marks the interface as
+    /// managed for forwarding.
+    pub fn attach(&self, ifindex: u32, kind: HookKind) -> Result<Hook> {
+        let hook = match kind {
+            HookKind::Tc => self.attach_tc(ifindex)?,
+            HookKind::Xdp => self.attach_xdp(ifindex)?,
+        };
+        self.hooks.lock().unwrap_or_else(|p| p.into_inner()).insert(ifindex, hook);
+        self.refresh_iface_flags(ifindex)?;
+        Ok(hook)
+    }
+
+    /// Forgets an interface that went away (its hook went with it).
+    pub fn forget(&self, ifindex: u32) {
+        self.hooks.lock().unwrap_or_else(|p| p.into_inner()).remove(&ifindex);
+    }
+
+    pub fn hook_of(&self, ifindex: u32) -> Option<Hook> {
+        self.hooks.lock().unwrap_or_else(|p| p.into_inner()).get(&ifindex).copied()
+    }
+
+    pub fn attached(&self) -> Vec<(u32, Hook)> {
+        let mut v: Vec<(u32, Hook)> = self
+            .hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(i, h)| (*i, *h))
+            .collect();
+        v.sort_unstable_by_key(|(i, _)| *i);
+        v
+    }
+
+    /// Detaches from every interface, leaving the clsact qdisc for other users.
+    pub fn detach_all(&self) {
+        let hooks: Vec<_> = self.hooks.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        for (ifindex, hook) in hooks {
+            let res = match hook {
+                Hook::Tc => self.tc_hook(ifindex).detach(),
+                Hook::XdpNative | Hook::XdpGeneric => {
+                    Xdp::new(self.xdp_prog.as_fd()).detach(ifindex as i32, hook.xdp_flags())
+                }
+            };
+            if let Err(e) = res {
+                tracing::warn!(ifindex, error = %e, "detaching the datapath failed");
+            }
+        }
+    }
+}
