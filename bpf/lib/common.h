@@ -37,6 +37,7 @@ enum ll_reason {
 	LL_R_NAT_NEW,            /* new flow, endpoint chosen, translated */
 	LL_R_NAT_EST,            /* conntrack hit, translated */
 	LL_R_DROP_REWRITE,       /* a rewrite helper failed midway: packet is corrupt */
+	LL_R_PASS_CT_CLASH,      /* the endpoint-side tuple belongs to another live flow */
 	LL_R_MAX,
 };
 

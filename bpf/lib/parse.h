@@ -42,7 +42,8 @@ struct ll_pkt {
 
 #define LL_PARSED (-1)
 
-/* Returns LL_PARSED when p describes an IPv4 TCP or UDP packet the pipeline
+/* The L4 header must lie inside the IPv4 packet, not in an Ethernet trailer.
+ * Returns LL_PARSED when p describes an IPv4 TCP or UDP packet the pipeline
  * can translate, otherwise the ll_reason for handing it to Linux untouched.
  * pkt_len is the whole packet's length (it may exceed the linear data). */
 static __always_inline int ll_parse(void *data, void *data_end, __u32 pkt_len,
@@ -89,7 +90,7 @@ static __always_inline int ll_parse(void *data, void *data_end, __u32 pkt_len,
 	if (iph->protocol == IPPROTO_TCP) {
 		struct tcphdr *th = data + p->l4_off;
 
-		if ((void *)(th + 1) > data_end)
+		if ((void *)(th + 1) > data_end || p->l4_off + sizeof(*th) > off + bpf_ntohs(iph->tot_len))
 			return LL_R_PASS_TRUNCATED;
 		p->sport = th->source;
 		p->dport = th->dest;
@@ -99,7 +100,7 @@ static __always_inline int ll_parse(void *data, void *data_end, __u32 pkt_len,
 	if (iph->protocol == IPPROTO_UDP) {
 		struct udphdr *uh = data + p->l4_off;
 
-		if ((void *)(uh + 1) > data_end)
+		if ((void *)(uh + 1) > data_end || p->l4_off + sizeof(*uh) > off + bpf_ntohs(iph->tot_len))
 			return LL_R_PASS_TRUNCATED;
 		p->sport = uh->source;
 		p->dport = uh->dest;
