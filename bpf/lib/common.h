@@ -36,6 +36,7 @@ enum ll_reason {
 	LL_R_PASS_FRAGMENT,      /* IP fragment: no L4 header, Linux reassembles */
 	LL_R_PASS_NO_ENDPOINT,   /* VIP with no usable endpoint */
 	LL_R_PASS_CT_FULL,       /* conntrack insert failed: untranslated to Linux */
+	LL_R_PASS_CT_CLASH,      /* the endpoint-side tuple belongs to another live flow */
 	LL_R_NAT_NEW,            /* new flow, endpoint chosen, translated */
 	LL_R_NAT_EST,            /* conntrack hit, translated */
 	LL_R_DROP_REWRITE,       /* a rewrite helper failed midway: packet is corrupt */

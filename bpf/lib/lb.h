@@ -32,6 +32,12 @@ static __always_inline __u32 ll_flow_hash(const struct ll_ct_key *k)
 	return h;
 }
 
+static __always_inline int ll_ct_key_eq(const struct ll_ct_key *a, const struct ll_ct_key *b)
+{
+	return a->saddr == b->saddr && a->daddr == b->daddr && a->sport == b->sport &&
+	       a->dport == b->dport && a->proto == b->proto;
+}
+
 /* The key of the other direction of the flow that entry (k, ct) belongs to. */
 static __always_inline void ll_ct_partner(const struct ll_ct_key *k, const struct ll_ct *ct,
 					  struct ll_ct_key *out)
@@ -172,6 +178,20 @@ static __always_inline int ll_lb_decide(const struct ll_pkt *p, struct ll_nat *n
 	rct.packets = 0;
 	rct.bytes = 0;
 	ll_ct_partner(&key, &ct, &rkey);
+	hit = bpf_map_lookup_elem(&ll_conntrack, &rkey);
+	if (hit) {
+		/* The endpoint's reply tuple is taken: by a live flow of another
+		 * service (same client address and port towards the same endpoint),
+		 * whose replies we could not tell apart, or by a stale half of a
+		 * flow whose other half the LRU evicted, which we may replace. */
+		struct ll_ct_key other = {};
+
+		ll_ct_partner(&rkey, hit, &other);
+		if (!ll_ct_key_eq(&other, &key) && bpf_map_lookup_elem(&ll_conntrack, &other)) {
+			bpf_map_delete_elem(&ll_conntrack, &key);
+			return LL_R_PASS_CT_CLASH;
+		}
+	}
 	if (bpf_map_update_elem(&ll_conntrack, &rkey, &rct, BPF_ANY)) {
 		bpf_map_delete_elem(&ll_conntrack, &key);
 		return LL_R_PASS_CT_FULL;

@@ -60,12 +60,15 @@ struct ll_pkt {
 
 #define LL_PARSED (-1)
 
-static __always_inline int ll_parse_ports(void *data, void *data_end, struct ll_pkt *p)
+/* The L4 header must lie inside the IP packet (which ends at l3_end), not in
+ * an Ethernet trailer. */
+static __always_inline int ll_parse_ports(void *data, void *data_end, __u32 l3_end,
+					  struct ll_pkt *p)
 {
 	if (p->proto == IPPROTO_TCP) {
 		struct tcphdr *th = data + p->l4_off;
 
-		if ((void *)(th + 1) > data_end)
+		if ((void *)(th + 1) > data_end || p->l4_off + sizeof(*th) > l3_end)
 			return LL_R_PASS_TRUNCATED;
 		p->sport = th->source;
 		p->dport = th->dest;
@@ -74,7 +77,7 @@ static __always_inline int ll_parse_ports(void *data, void *data_end, struct ll_
 	} else if (p->proto == IPPROTO_UDP) {
 		struct udphdr *uh = data + p->l4_off;
 
-		if ((void *)(uh + 1) > data_end)
+		if ((void *)(uh + 1) > data_end || p->l4_off + sizeof(*uh) > l3_end)
 			return LL_R_PASS_TRUNCATED;
 		p->sport = uh->source;
 		p->dport = uh->dest;
@@ -106,7 +109,7 @@ static __always_inline int ll_parse_ipv4(void *data, void *data_end, __u32 off, 
 	p->proto = iph->protocol;
 	p->ttl = iph->ttl;
 	p->ip_options = iph->ihl > 5;
-	return ll_parse_ports(data, data_end, p);
+	return ll_parse_ports(data, data_end, off + bpf_ntohs(iph->tot_len), p);
 }
 
 static __always_inline int ll_parse_ipv6(void *data, void *data_end, __u32 off, __u32 pkt_len,

@@ -1,0 +1,211 @@
+//! Frame builders and checksum checks for the datapath tests: Ethernet, an
+//! optional 802.1Q tag, IPv4 with options, then TCP, UDP or a raw payload.
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
+pub const ICMP: u8 = 1;
+pub const SYN: u8 = 0x02;
+pub const ACK: u8 = 0x10;
+pub const IP_DF: u16 = 0x4000;
+
+const DST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
+const SRC_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
+
+#[derive(Debug, Clone)]
+pub enum L4 {
+    Tcp {
+        flags: u8,
+    },
+    /// `checksum: false` sends 0, "no checksum".
+    Udp {
+        checksum: bool,
+    },
+    /// Another IP protocol; the payload is its whole body and ports are unused.
+    Raw(u8),
+}
+
+/// One IPv4 frame; change fields with struct update syntax, then `build`.
+#[derive(Debug, Clone)]
+pub struct Packet {
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    pub l4: L4,
+    pub vlan: Option<u16>,
+    /// Raw IPv4 options, a multiple of 4 bytes long.
+    pub options: Vec<u8>,
+    /// Flags and fragment offset, host order.
+    pub frag_off: u16,
+    pub ttl: u8,
+    pub payload: Vec<u8>,
+}
+
+impl Packet {
+    pub fn new(src: SocketAddrV4, dst: SocketAddrV4, l4: L4) -> Packet {
+        Packet {
+            src,
+            dst,
+            l4,
+            vlan: None,
+            options: Vec::new(),
+            frag_off: IP_DF,
+            ttl: 64,
+            payload: b"loxilight test payload".to_vec(),
+        }
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        assert!(self.options.len().is_multiple_of(4) && self.options.len() <= 40);
+        let (proto, l4) = self.l4_bytes();
+        let mut f = Vec::with_capacity(80 + l4.len());
+        f.extend_from_slice(&DST_MAC);
+        f.extend_from_slice(&SRC_MAC);
+        if let Some(vid) = self.vlan {
+            f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+            f.extend_from_slice(&vid.to_be_bytes());
+        }
+        f.extend_from_slice(&ETH_P_IP.to_be_bytes());
+        let hlen = 20 + self.options.len();
+        let mut ip = vec![0x40 | (hlen / 4) as u8, 0];
+        ip.extend_from_slice(&((hlen + l4.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&0x1234u16.to_be_bytes());
+        ip.extend_from_slice(&self.frag_off.to_be_bytes());
+        ip.extend_from_slice(&[self.ttl, proto, 0, 0]);
+        ip.extend_from_slice(&self.src.ip().octets());
+        ip.extend_from_slice(&self.dst.ip().octets());
+        ip.extend_from_slice(&self.options);
+        let c = !fold(sum16(&ip));
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&l4);
+        f
+    }
+
+    fn l4_bytes(&self) -> (u8, Vec<u8>) {
+        let ports = |h: &mut Vec<u8>| {
+            h.extend_from_slice(&self.src.port().to_be_bytes());
+            h.extend_from_slice(&self.dst.port().to_be_bytes());
+        };
+        let (proto, mut seg, csum_at) = match self.l4 {
+            L4::Tcp { flags } => {
+                let mut h = Vec::with_capacity(20 + self.payload.len());
+                ports(&mut h);
+                h.extend_from_slice(&0x0102_0304u32.to_be_bytes()); // seq
+                h.extend_from_slice(&0u32.to_be_bytes()); // ack
+                h.extend_from_slice(&[5 << 4, flags, 0xff, 0xff, 0, 0, 0, 0]);
+                (TCP, h, Some(16))
+            }
+            L4::Udp { checksum } => {
+                let mut h = Vec::with_capacity(8 + self.payload.len());
+                ports(&mut h);
+                h.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
+                h.extend_from_slice(&[0, 0]);
+                (UDP, h, checksum.then_some(6))
+            }
+            L4::Raw(proto) => (proto, Vec::new(), None),
+        };
+        seg.extend_from_slice(&self.payload);
+        if let Some(at) = csum_at {
+            let mut c =
+                !fold(pseudo(*self.src.ip(), *self.dst.ip(), proto, seg.len()) + sum16(&seg));
+            if proto == UDP && c == 0 {
+                c = 0xffff;
+            }
+            seg[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        }
+        (proto, seg)
+    }
+}
+
+/// An ARP request (who has 20.20.20.1).
+pub fn arp() -> Vec<u8> {
+    let mut f = [[0xff; 6], SRC_MAC].concat();
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f.extend_from_slice(&SRC_MAC);
+    f.extend_from_slice(&[10, 0, 0, 1]);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&[20, 20, 20, 1]);
+    f
+}
+
+/// An IPv6 TCP SYN to port 2020; the checksum is not needed.
+pub fn ipv6_tcp() -> Vec<u8> {
+    let mut f = [DST_MAC, SRC_MAC].concat();
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 20, TCP, 64]);
+    f.extend_from_slice(&[0xfd; 16]);
+    f.extend_from_slice(&[0xfe; 16]);
+    f.extend_from_slice(&[0x9c, 0x40, 0x07, 0xe4]);
+    f.extend_from_slice(&[0; 8]);
+    f.extend_from_slice(&[5 << 4, SYN, 0xff, 0xff, 0, 0, 0, 0]);
+    f
+}
+
+/// Where the headers of a well-formed IPv4 TCP or UDP frame are, and its
+/// addresses and ports.
+#[derive(Debug)]
+pub struct Parsed {
+    pub l3: usize,
+    pub l4: usize,
+    pub proto: u8,
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+}
+
+pub fn parse(f: &[u8]) -> Parsed {
+    let be16 = |at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
+    let l3 = if be16(12) == ETH_P_8021Q {
+        ETH_HLEN + 4
+    } else {
+        ETH_HLEN
+    };
+    assert_eq!(be16(l3 - 2), ETH_P_IP, "not IPv4: {f:02x?}");
+    let l4 = l3 + usize::from(f[l3] & 0x0f) * 4;
+    let ip = |at: usize| Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3]);
+    Parsed {
+        l3,
+        l4,
+        proto: f[l3 + 9],
+        src: SocketAddrV4::new(ip(l3 + 12), be16(l4)),
+        dst: SocketAddrV4::new(ip(l3 + 16), be16(l4 + 2)),
+    }
+}
+
+/// Asserts that the IPv4 header checksum and the TCP or UDP checksum of `f`
+/// verify (a UDP checksum of 0, "none", is accepted).
+pub fn assert_checksums(f: &[u8]) {
+    let p = parse(f);
+    assert_eq!(
+        fold(sum16(&f[p.l3..p.l4])),
+        0xffff,
+        "IPv4 checksum: {f:02x?}"
+    );
+    let tot_len = usize::from(u16::from_be_bytes([f[p.l3 + 2], f[p.l3 + 3]]));
+    let seg = &f[p.l4..p.l3 + tot_len];
+    if p.proto == UDP && seg[6..8] == [0, 0] {
+        return;
+    }
+    assert!(p.proto == TCP || p.proto == UDP, "not TCP or UDP");
+    let sum = pseudo(*p.src.ip(), *p.dst.ip(), p.proto, seg.len()) + sum16(seg);
+    assert_eq!(fold(sum), 0xffff, "L4 checksum: {f:02x?}");
+}
+
+/// One's complement sum of big-endian 16-bit words, odd byte padded with 0.
+fn sum16(b: &[u8]) -> u32 {
+    b.chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w.get(1).copied().unwrap_or(0)])))
+        .sum()
+}
+
+fn fold(mut s: u32) -> u16 {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+fn pseudo(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u32 {
+    sum16(&src.octets()) + sum16(&dst.octets()) + u32::from(proto) + len as u32
+}
