@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use loxilight::config::{Config, FileConfig};
+use loxilight::config::{Config, FileConfig, Overrides};
 use loxilight::datapath::Datapath;
 use loxilight::rules::RuleStore;
 use tokio::net::TcpListener;
@@ -26,6 +26,10 @@ struct Cli {
     /// bpffs directory where the maps are pinned [default: /sys/fs/bpf/loxilight]
     #[arg(long)]
     pin_dir: Option<PathBuf>,
+    /// Where the datapath runs: tc (ingress, default) or xdp (native where
+    /// the driver has it, generic otherwise)
+    #[arg(long)]
+    hook: Option<String>,
     /// TOML config file (flags win over it)
     #[arg(long)]
     config: Option<PathBuf>,
@@ -95,6 +99,7 @@ fn load_datapath(cfg: &Config) -> anyhow::Result<Datapath> {
     // Rules are not persisted yet, so pinned services from an earlier run
     // are stale: start from an empty table and no flows.
     dp.clear_services().context("clearing stale services")?;
+    dp.clear_network().context("clearing stale network state")?;
     dp.flush_conntrack(|_, _| true)
         .context("clearing stale conntrack")?;
     Ok(dp)
@@ -120,12 +125,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => FileConfig::read(path)?,
         None => FileConfig::default(),
     };
-    let cfg = Config::merge(file, cli.listen, cli.interfaces, cli.pin_dir)?;
+    let flags = Overrides {
+        listen: cli.listen,
+        interfaces: cli.interfaces,
+        pin_dir: cli.pin_dir,
+        hook: cli.hook,
+    };
+    let cfg = Config::merge(file, flags)?;
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let dp = Arc::new(load_datapath(&cfg)?);
-    let watcher = match loxilight::kernel::start(dp.clone(), cfg.managed.clone()).await {
+    let watcher = match loxilight::kernel::start(dp.clone(), cfg.mirror.clone()).await {
         Ok(w) => w,
         Err(e) => {
             dp.detach_all();

@@ -1,6 +1,7 @@
 //! The gRPC API: translates proto <-> domain and maps errors to status codes.
 mod conntrack;
 mod loadbalancer;
+mod network;
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use tonic::Status;
 use crate::datapath::{self, Datapath};
 use crate::proto::v1::conntrack_service_server::ConntrackServiceServer;
 use crate::proto::v1::load_balancer_service_server::LoadBalancerServiceServer;
+use crate::proto::v1::network_service_server::NetworkServiceServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::rules::{self, RuleStore};
 
@@ -60,7 +62,8 @@ pub async fn serve(
             store.clone(),
             dp.clone(),
         )))
-        .add_service(ConntrackServiceServer::new(conntrack::Api::new(store, dp)))
+        .add_service(ConntrackServiceServer::new(conntrack::Api::new(store, dp.clone())))
+        .add_service(NetworkServiceServer::new(network::Api::new(dp)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

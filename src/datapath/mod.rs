@@ -63,14 +63,14 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub struct Limits {
     pub services: u32,
     pub conntrack: u32,
+    /// Per address family.
+    pub routes: u32,
+    pub neighbours: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            services: 4096,
-            conntrack: 65536,
-        }
+        Limits { services: 4096, conntrack: 65536, routes: 262_144, neighbours: 16384 }
     }
 }
 
@@ -170,17 +170,18 @@ impl Datapath {
             neighs: handle(&skel.maps.ll_neighs)?,
             neigh_miss: handle(&skel.maps.ll_neigh_miss)?,
         };
-        let prog = |p: &libbpf_rs::Program| {
-            ProgramHandle::try_from(p).map_err(Error::bpf("taking a program handle"))
-        };
-        let (tc_prog, xdp_prog) = (prog(&skel.progs.ll_tc_ingress)?, prog(&skel.progs.ll_xdp)?);
+        let tc_prog = ProgramHandle::try_from(&skel.progs.ll_tc_ingress)
+            .map_err(Error::bpf("taking the TC program handle"))?;
+        let xdp_prog = ProgramHandle::try_from(&skel.progs.ll_xdp)
+            .map_err(Error::bpf("taking the XDP program handle"))?;
         let ncpus = libbpf_rs::num_possible_cpus().map_err(Error::bpf("counting CPUs"))?;
         Ok(Datapath {
             maps,
-            prog,
+            tc_prog,
+            xdp_prog,
             limits,
             ncpus,
-            hooks: Mutex::new(HashSet::new()),
+            hooks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -210,14 +211,13 @@ impl Datapath {
 
     /// Removes every service (the rule store is the source of truth).
     pub fn clear_services(&self) -> Result<()> {
-        let keys: Vec<Vec<u8>> = self.maps.services.keys().collect();
-        for k in keys {
-            self.maps
-                .services
-                .delete(&k)
-                .map_err(Error::bpf("clearing services"))?;
-        }
-        Ok(())
+        clear(&self.maps.services)
+    }
+
+    /// Removes the mirrored network state (the kernel is the source of truth).
+    pub fn clear_network(&self) -> Result<()> {
+        let m = &self.maps;
+        [&m.ifaces, &m.locals, &m.routes4, &m.routes6, &m.neighs].into_iter().try_for_each(clear)
     }
 
     fn reset_service_counters(&self, id: u32) -> Result<()> {
@@ -296,9 +296,9 @@ impl Datapath {
         opts.data_out = out.as_mut_ptr().cast();
         opts.data_size_out = out.len() as u32;
         opts.repeat = repeat.max(1) as _;
-        // SAFETY: see above; the fd is owned by self.prog.
+        // SAFETY: see above; the fd is owned by self.
         let ret =
-            unsafe { libbpf_sys::bpf_prog_test_run_opts(self.prog.as_fd().as_raw_fd(), &mut opts) };
+            unsafe { libbpf_sys::bpf_prog_test_run_opts(self.prog(hook).as_fd().as_raw_fd(), &mut opts) };
         if ret != 0 {
             return Err(Error::Io {
                 what: "BPF_PROG_TEST_RUN".into(),
@@ -321,6 +321,18 @@ fn full_or(e: libbpf_rs::Error, map: &'static str, what: &str) -> Error {
     } else {
         Error::bpf(what)(e)
     }
+}
+
+fn clear(map: &MapHandle) -> Result<()> {
+    let keys: Vec<Vec<u8>> = map.keys().collect();
+    for k in keys {
+        match map.delete(&k) {
+            Ok(()) => {}
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::bpf(format!("clearing {}", map.name().display()))(e)),
+        }
+    }
+    Ok(())
 }
 
 fn percpu_sum(map: &MapHandle, idx: u32) -> Result<ll_counters> {

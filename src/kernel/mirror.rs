@@ -1,0 +1,425 @@
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use futures::{StreamExt, TryStreamExt};
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
+use rtnetlink::packet_route::neighbour::NeighbourFlags;
+use rtnetlink::packet_route::route::RouteMessage;
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::sys::AsyncSocket;
+use rtnetlink::{new_connection, new_multicast_connection, Handle, MulticastGroup};
+use tokio::sync::mpsc;
+
+use super::convert::{self, RouteMsg};
+use super::model::{nud, Addr, Iface, Neigh, Prefix, Route};
+use crate::datapath::{Datapath, HookKind};
+
+/// Which interfaces the datapath is attached to.
+#[derive(Debug, Clone)]
+pub enum Managed {
+    /// Every interface but loopback, present and future.
+    All,
+    /// These names only (attached again if they vanish and come back).
+    Named(Vec<String>),
+}
+
+impl Managed {
+    fn wants(&self, i: &Iface) -> bool {
+        match self {
+            Managed::All => !i.loopback,
+            Managed::Named(names) => names.contains(&i.name),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MirrorOptions {
+    pub managed: Managed,
+    pub hook: HookKind,
+    /// Receive buffer of the event socket; when events come faster than it
+    /// holds, the kernel reports ENOBUFS and the mirror dumps everything again.
+    pub netlink_rcvbuf: usize,
+}
+
+/// Everything the kernel holds that the datapath needs.
+#[derive(Debug, Default)]
+struct Snapshot {
+    links: Vec<Iface>,
+    addrs: Vec<Addr>,
+    routes: Vec<Route>,
+    neighs: Vec<Neigh>,
+}
+
+type Events = futures::channel::mpsc::UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, rtnetlink::sys::SocketAddr)>;
+
+struct Mirror {
+    dp: Arc<Datapath>,
+    opts: MirrorOptions,
+    handle: Handle,
+    links: HashMap<u32, Iface>,
+    /// (address, ifindex) -> address.
+    addrs: HashMap<(IpAddr, u32), Addr>,
+    /// prefix -> metric -> route; the lowest metric is programmed.
+    routes: BTreeMap<Prefix, BTreeMap<u32, Route>>,
+    neighs: HashMap<(u32, IpAddr), Neigh>,
+    /// Routes must be dumped again: IPv4 drops a downed link's routes
+    /// silently, and IPv6 multipath routes arrive one next hop at a time.
+    route_resync: bool,
+    /// Events were lost (ENOBUFS): everything must be dumped again.
+    overrun: bool,
+    other_table_routes: u64,
+    resyncs: u64,
+}
+
+fn log_err(what: &str, r: anyhow::Result<()>) {
+    if let Err(e) = r {
+        tracing::warn!(error = %format!("{e:#}"), "{what} failed");
+    }
+}
+
+async fn dump_routes(h: &Handle, family: AddressFamily) -> anyhow::Result<Vec<RouteMessage>> {
+    // All tables, types and protocols: the kernel filters dumps by whatever
+    // the request header sets once strict checking is on.
+    let mut req = RouteMessage::default();
+    req.header.address_family = family;
+    h.route().get(req).execute().try_collect().await.context("dumping routes")
+}
+
+async fn snapshot(h: &Handle) -> anyhow::Result<Snapshot> {
+    let links = h.link().get().execute().map_ok(|m| convert::link(&m));
+    let addrs = h.address().get().execute().try_filter_map(|m| async move { Ok(convert::addr(&m)) });
+    let neighs = h.neighbours().get().execute().try_filter_map(|m| async move { Ok(convert::neigh(&m)) });
+    let mut snap = Snapshot {
+        links: links.try_collect().await.context("dumping links")?,
+        addrs: addrs.try_collect().await.context("dumping addresses")?,
+        neighs: neighs.try_collect().await.context("dumping neighbours")?,
+        routes: Vec::new(),
+    };
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        for m in dump_routes(h, family).await? {
+            if let RouteMsg::Main(r) = convert::route(&m) {
+                snap.routes.push(r);
+            }
+        }
+    }
+    Ok(snap)
+}
+
+impl Mirror {
+    fn link_set(&mut self, i: Iface) -> anyhow::Result<()> {
+        self.dp.set_iface(&i)?;
+        if self.opts.managed.wants(&i) && self.dp.hook_of(i.index).is_none() {
+            let hook = self.dp.attach(i.index, self.opts.hook).with_context(|| {
+                format!("attaching the datapath to {} (ifindex {})", i.name, i.index)
+            })?;
+            tracing::info!(interface = %i.name, ifindex = i.index, hook = hook.as_str(), "datapath attached");
+        }
+        if self.links.get(&i.index).is_some_and(|o| o.up != i.up) {
+            self.route_resync = true;
+        }
+        self.links.insert(i.index, i);
+        Ok(())
+    }
+
+    fn link_del(&mut self, index: u32) -> anyhow::Result<()> {
+        if let Some(i) = self.links.remove(&index) {
+            tracing::info!(interface = %i.name, ifindex = index, "interface gone");
+        }
+        self.dp.forget(index);
+        self.dp.del_iface(index)?;
+        self.route_resync = true;
+        Ok(())
+    }
+
+    fn addr_set(&mut self, a: Addr) -> anyhow::Result<()> {
+        self.dp.set_local(&a)?;
+        self.addrs.insert((a.ip, a.ifindex), a);
+        Ok(())
+    }
+
+    fn addr_del(&mut self, a: &Addr) -> anyhow::Result<()> {
+        self.addrs.remove(&(a.ip, a.ifindex));
+        // The same address may still be on another interface.
+        match self.addrs.values().find(|o| o.ip == a.ip) {
+            Some(other) => self.dp.set_local(other)?,
+            None => self.dp.del_local(&a.ip)?,
+        }
+        Ok(())
+    }
+
+    /// Programs the lowest-metric route of `p`, or removes it.
+    fn program_prefix(&self, p: &Prefix) -> anyhow::Result<()> {
+        match self.routes.get(p).and_then(|m| m.values().next()) {
+            Some(r) => self.dp.set_route(r)?,
+            None => self.dp.del_route(p)?,
+        }
+        Ok(())
+    }
+
+    fn route_set(&mut self, r: Route) -> anyhow::Result<()> {
+        let p = r.dst;
+        self.routes.entry(p).or_default().insert(r.metric, r);
+        self.program_prefix(&p)
+    }
+
+    fn route_del(&mut self, r: &Route) -> anyhow::Result<()> {
+        if let Some(m) = self.routes.get_mut(&r.dst) {
+            m.remove(&r.metric);
+            if m.is_empty() {
+                self.routes.remove(&r.dst);
+            }
+        }
+        self.program_prefix(&r.dst)
+    }
+
+    /// Makes the route table exactly `routes`, touching only what changed.
+    fn replace_routes(&mut self, routes: Vec<Route>) -> anyhow::Result<()> {
+        let mut new: BTreeMap<Prefix, BTreeMap<u32, Route>> = BTreeMap::new();
+        for r in routes {
+            new.entry(r.dst).or_default().insert(r.metric, r);
+        }
+        let old = std::mem::replace(&mut self.routes, new);
+        for p in old.keys().filter(|p| !self.routes.contains_key(p)) {
+            self.dp.del_route(p)?;
+        }
+        for (p, m) in &self.routes {
+            let best = m.values().next();
+            if old.get(p).and_then(|o| o.values().next()) != best {
+                self.program_prefix(p)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn neigh_set(&mut self, n: Neigh) -> anyhow::Result<()> {
+        if !nud::usable(n.state) || n.mac == [0; 6] {
+            return self.neigh_del(n.ifindex, n.ip);
+        }
+        if self.neighs.get(&(n.ifindex, n.ip)) != Some(&n) {
+            self.dp.set_neigh(&n)?;
+            self.neighs.insert((n.ifindex, n.ip), n);
+        }
+        Ok(())
+    }
+
+    fn neigh_del(&mut self, ifindex: u32, ip: IpAddr) -> anyhow::Result<()> {
+        self.neighs.remove(&(ifindex, ip));
+        self.dp.del_neigh(ifindex, &ip)?;
+        Ok(())
+    }
+
+    fn on_route(&mut self, m: &RouteMessage, add: bool) -> anyhow::Result<()> {
+        match convert::route(m) {
+            RouteMsg::Main(r) if r.dst.ip.is_ipv6() => self.route_resync = true,
+            RouteMsg::Main(r) if add => self.route_set(r)?,
+            RouteMsg::Main(r) => self.route_del(&r)?,
+            RouteMsg::OtherTable => {
+                self.other_table_routes += 1;
+                tracing::debug!(total = self.other_table_routes, "route of another table ignored");
+            }
+            RouteMsg::Ignored => {}
+        }
+        Ok(())
+    }
+
+    fn on_message(&mut self, msg: RouteNetlinkMessage) -> anyhow::Result<()> {
+        use RouteNetlinkMessage as M;
+        match msg {
+            M::NewLink(m) => self.link_set(convert::link(&m)),
+            M::DelLink(m) => self.link_del(m.header.index),
+            M::NewAddress(m) => convert::addr(&m).map_or(Ok(()), |a| self.addr_set(a)),
+            M::DelAddress(m) => convert::addr(&m).map_or(Ok(()), |a| self.addr_del(&a)),
+            M::NewRoute(m) => self.on_route(&m, true),
+            M::DelRoute(m) => self.on_route(&m, false),
+            M::NewNeighbour(m) => convert::neigh(&m).map_or(Ok(()), |n| self.neigh_set(n)),
+            M::DelNeighbour(m) => {
+                convert::neigh(&m).map_or(Ok(()), |n| self.neigh_del(n.ifindex, n.ip))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn handle(&mut self, msg: NetlinkMessage<RouteNetlinkMessage>) {
+        match msg.payload {
+            NetlinkPayload::InnerMessage(m) => log_err("applying a netlink event", self.on_message(m)),
+            NetlinkPayload::Overrun(_) => {
+                tracing::warn!(rcvbuf = self.opts.netlink_rcvbuf, "netlink events overran (ENOBUFS); dumping again");
+                self.overrun = true;
+            }
+            _ => {}
+        }
+    }
+
+    /// Makes the mirror exactly `snap`: attaches to new managed links,
+    /// removes what vanished, writes what changed.
+    fn apply_snapshot(&mut self, snap: Snapshot) -> anyhow::Result<()> {
+        let gone: Vec<u32> =
+            self.links.keys().filter(|i| !snap.links.iter().any(|l| l.index == **i)).copied().collect();
+        for index in gone {
+            self.link_del(index)?;
+        }
+        for l in snap.links {
+            self.link_set(l)?;
+        }
+
+        let addrs: HashMap<(IpAddr, u32), Addr> =
+            snap.addrs.into_iter().map(|a| ((a.ip, a.ifindex), a)).collect();
+        let stale: Vec<Addr> =
+            self.addrs.values().filter(|a| !addrs.contains_key(&(a.ip, a.ifindex))).copied().collect();
+        for a in &stale {
+            self.addr_del(a)?;
+        }
+        for a in addrs.into_values() {
+            self.addr_set(a)?;
+        }
+
+        self.replace_routes(snap.routes)?;
+
+        let neighs: HashMap<(u32, IpAddr), Neigh> =
+            snap.neighs.into_iter().map(|n| ((n.ifindex, n.ip), n)).collect();
+        let stale: Vec<(u32, IpAddr)> =
+            self.neighs.keys().filter(|k| !neighs.contains_key(k)).copied().collect();
+        for (i, ip) in stale {
+            self.neigh_del(i, ip)?;
+        }
+        for n in neighs.into_values() {
+            self.neigh_set(n)?;
+        }
+        Ok(())
+    }
+
+    async fn resync(&mut self) {
+        let started = std::time::Instant::now();
+        let (what, res) = if std::mem::take(&mut self.overrun) {
+            self.route_resync = false;
+            ("everything", async { self.apply_snapshot(snapshot(&self.handle).await?) }.await)
+        } else {
+            self.route_resync = false;
+            let res = async {
+                let mut routes = Vec::new();
+                for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+                    for m in dump_routes(&self.handle, family).await? {
+                        if let RouteMsg::Main(r) = convert::route(&m) {
+                            routes.push(r);
+                        }
+                    }
+                }
+                self.replace_routes(routes)
+            }
+            .await;
+            ("routes", res)
+        };
+        self.resyncs += 1;
+        tracing::info!(what, resyncs = self.resyncs, took_ms = started.elapsed().as_millis() as u64, "mirror resynchronised");
+        log_err("resynchronising the mirror", res);
+    }
+
+    /// Asks the kernel to resolve a next hop the datapath found unresolved
+    /// (NTF_USE, as a sent packet would); the answer arrives as an event.
+    async fn resolve(&self, ifindex: u32, ip: IpAddr) {
+        if self.dp.hook_of(ifindex).is_none() {
+            return;
+        }
+        let res = self.handle.neighbours().add(ifindex, ip).flags(NeighbourFlags::Use).replace().execute().await;
+        if let Err(e) = res {
+            tracing::debug!(ifindex, %ip, error = %e, "neighbour resolution request failed");
+        }
+    }
+}
+
+async fn run(mut m: Mirror, mut events: Events, mut misses: mpsc::UnboundedReceiver<(u32, IpAddr)>) {
+    loop {
+        tokio::select! {
+            ev = events.next() => match ev {
+                Some((msg, _)) => m.handle(msg),
+                None => break,
+            },
+            Some((ifindex, ip)) = misses.recv() => m.resolve(ifindex, ip).await,
+        }
+        // Apply what is already queued before any dump, so a burst of
+        // changes costs one dump, not one per event.
+        while let Ok((msg, _)) = events.try_recv() {
+            m.handle(msg);
+        }
+        if m.overrun || m.route_resync {
+            m.resync().await;
+        }
+    }
+    tracing::error!("rtnetlink subscription ended: the mirror no longer follows the kernel");
+}
+
+fn force_rcvbuf(sock: &rtnetlink::sys::Socket, bytes: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let v = i32::try_from(bytes).unwrap_or(i32::MAX);
+    // SAFETY: a valid socket fd and a pointer to an int of the given size.
+    // SO_RCVBUFFORCE (root) is not capped by net.core.rmem_max.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&v as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// Dumps the kernel's state into the datapath and attaches to the managed
+/// interfaces, then returns the task that follows changes; spawn it.
+pub async fn start(
+    dp: Arc<Datapath>,
+    opts: MirrorOptions,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    // Subscribe before dumping so that no change in between is missed.
+    let (mut conn, _, events) = new_multicast_connection(&[
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Ipv6Ifaddr,
+        MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Route,
+        MulticastGroup::Neigh,
+    ])
+    .context("subscribing to rtnetlink events")?;
+    force_rcvbuf(conn.socket_mut().socket_mut(), opts.netlink_rcvbuf)
+        .context("sizing the rtnetlink event socket")?;
+    tokio::spawn(conn);
+    let (conn, handle, _) = new_connection().context("opening rtnetlink")?;
+    tokio::spawn(conn);
+
+    let snap = snapshot(&handle).await?;
+    if let Managed::Named(names) = &opts.managed {
+        for n in names {
+            if !snap.links.iter().any(|l| l.name == *n) {
+                bail!("unknown interface {n:?}: no such interface in this network namespace");
+            }
+        }
+    }
+    let mut m = Mirror {
+        dp: dp.clone(),
+        opts,
+        handle,
+        links: HashMap::new(),
+        addrs: HashMap::new(),
+        routes: BTreeMap::new(),
+        neighs: HashMap::new(),
+        route_resync: false,
+        overrun: false,
+        other_table_routes: 0,
+        resyncs: 0,
+    };
+    m.apply_snapshot(snap)?;
+
+    let (tx, misses) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("neigh-miss".into())
+        .spawn(move || {
+            if let Err(e) = dp.watch_neigh_misses(|ifindex, ip| tx.send((ifindex, ip)).is_ok()) {
+                tracing::error!(error = %e, "reading neighbour misses failed; unresolved next hops wait for Linux");
+            }
+        })
+        .context("starting the neighbour-miss reader")?;
+    Ok(run(m, events, misses))
+}
