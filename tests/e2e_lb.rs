@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{cell, parse_table, Lab, CLIENT_IP, HTTP_PORT, UDP_PORT, VIP};
@@ -357,4 +358,53 @@ fn daemon_serves_custom_port_and_exits_on_sigterm() {
         status.success(),
         "loxilight exited with {status} on SIGTERM"
     );
+}
+
+/// The TC filters on `dev`'s ingress in the LB namespace, as `tc` shows them.
+fn ingress_filters(lab: &Lab, dev: &str) -> String {
+    let out = Command::new("tc")
+        .args(["-n", &lab.lb, "filter", "show", "dev", dev, "ingress"])
+        .output()
+        .expect("running tc");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn interfaces_that_appear_later_get_the_datapath() {
+    let mut lab = Lab::new("late");
+    lab.start_daemon(&[]);
+    assert!(ingress_filters(&lab, "veth-c").contains("ll_tc_ingress"));
+
+    let status = Command::new("ip")
+        .args([
+            "-n", &lab.lb, "link", "add", "late0", "type", "veth", "peer", "name", "late1",
+        ])
+        .status()
+        .expect("running ip");
+    assert!(status.success(), "adding a veth pair in the LB namespace");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ingress_filters(&lab, "late0").contains("ll_tc_ingress") {
+        assert!(
+            Instant::now() < deadline,
+            "late0 never got the datapath:\n{}",
+            lab.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ingress_filters(&lab, "late1").contains("ll_tc_ingress"));
+    assert!(lab.daemon_alive());
+}
+
+#[test]
+fn named_interfaces_limit_where_the_datapath_runs() {
+    let mut lab = Lab::new("named");
+    lab.start_daemon(&["--interfaces", "veth-c,veth-b1"]);
+    let f = ingress_filters(&lab, "veth-c");
+    assert!(f.contains("ll_tc_ingress"), "{f}\n{}", lab.daemon_log());
+    assert!(ingress_filters(&lab, "veth-b1").contains("ll_tc_ingress"));
+    assert!(!ingress_filters(&lab, "veth-b2").contains("ll_tc_ingress"));
 }

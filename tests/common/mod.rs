@@ -244,10 +244,12 @@ impl Lab {
             if let Ok(Some(status)) = self.daemon.as_mut().unwrap().try_wait() {
                 panic!("loxilight exited during start-up ({status})");
             }
+            // The port accepts connections as soon as it is bound, before the
+            // datapath is attached: only an answered request means ready.
             let up = in_netns(&self.lb, || {
                 TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
             });
-            if up {
+            if up && self.loxicmd(&["get", "lb"]).status.success() {
                 return;
             }
             if Instant::now() > deadline {
