@@ -1,0 +1,48 @@
+# Loxilight build, test and demo. `make test` and `make demo` need root
+# (network namespaces and eBPF); `make deps` installs Debian 12 packages.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+DEB_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config make iproute2 curl \
+	python3 linux-libc-dev libbpf-dev
+
+.PHONY: all deps build test demo lint clean check-root
+
+all: build
+
+check-root:
+	@if [ "$$(id -u)" -ne 0 ]; then \
+		echo "error: 'make $(MAKECMDGOALS)' needs root (network namespaces and eBPF): run it as root, e.g. sudo make $(MAKECMDGOALS)" >&2; \
+		exit 1; \
+	fi
+
+# Installs only what is missing, so it is quick when everything is there.
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' "$$p" 2>/dev/null | grep -q 'install ok installed' || echo "$$p"; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		if [ "$$(id -u)" -ne 0 ]; then echo "error: installing packages needs root" >&2; exit 1; fi; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -q && apt-get install -y -q $$missing; \
+	fi
+	@command -v $(CARGO) >/dev/null || { echo "error: $(CARGO) not found: install Rust (rustup)" >&2; exit 1; }
+
+build: deps
+	$(CARGO) build --workspace
+
+# Unit, datapath and end-to-end tests; loxicmd must be built for the e2e tests.
+test: check-root deps
+	$(CARGO) build --workspace
+	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
+
+demo: check-root build
+	bash scripts/demo.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,725 @@
+//! Network-namespace lab for end-to-end tests.
+//!
+//! A [`Lab`] is a client namespace, a load-balancer namespace and N backend
+//! namespaces, wired with veth pairs through the LB (which forwards):
+//!
+//! ```text
+//!  client 10.77.1.2 --- 10.77.1.1 [ LB ] 10.77.2.1 --- 10.77.2.2 b1
+//!                                        10.77.3.1 --- 10.77.3.2 b2 ...
+//! ```
+//!
+//! Each backend serves HTTP on [`HTTP_PORT`] and a UDP echo on [`UDP_PORT`], both
+//! answering with the backend's name ("b1", ...). Everything (namespaces, daemon,
+//! servers, bpffs pins, temp files) is torn down by `Drop`, also when a test panics.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+pub const VIP: &str = "20.20.20.1";
+pub const CLIENT_IP: &str = "10.77.1.2";
+pub const HTTP_PORT: u16 = 8080;
+pub const UDP_PORT: u16 = 9000;
+/// The daemon's default API port (`--listen 127.0.0.1:11111`).
+pub const API_PORT: u16 = 11111;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+static LAB_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+pub struct Backend {
+    /// "b1", "b2", ...: also what its servers answer.
+    pub name: String,
+    pub ns: String,
+    pub ip: String,
+    http_hits: Arc<AtomicUsize>,
+    udp_hits: Arc<AtomicUsize>,
+}
+
+impl Backend {
+    /// HTTP requests this backend has answered.
+    pub fn http_hits(&self) -> usize {
+        self.http_hits.load(Ordering::SeqCst)
+    }
+
+    /// UDP datagrams this backend has answered.
+    pub fn udp_hits(&self) -> usize {
+        self.udp_hits.load(Ordering::SeqCst)
+    }
+}
+
+pub struct Lab {
+    pub client: String,
+    pub lb: String,
+    pub backends: Vec<Backend>,
+    /// Namespaces created so far, deleted on drop.
+    namespaces: Vec<String>,
+    workdir: PathBuf,
+    pin_dir: PathBuf,
+    daemon: Option<Child>,
+    api_port: u16,
+    stop: Arc<AtomicBool>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl Lab {
+    /// A lab with two backends.
+    pub fn new(tag: &str) -> Lab {
+        Lab::with_backends(tag, 2)
+    }
+
+    /// `tag` names the namespaces (`ll-<tag>-<pid>-<n>-<role>`) for debugging.
+    pub fn with_backends(tag: &str, backends: usize) -> Lab {
+        assert!((1..=200).contains(&backends), "1-200 backends");
+        assert!(
+            !tag.is_empty() && tag.chars().all(|c| c.is_ascii_alphanumeric()),
+            "lab tags are alphanumeric: {tag:?}"
+        );
+        if let Err(reason) = precheck() {
+            panic!("this test needs root and network namespaces: {reason}");
+        }
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            LAB_COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let prefix = format!("ll-{tag}-{id}");
+        let workdir = std::env::temp_dir().join(format!("loxilight-{prefix}"));
+        fs::create_dir_all(&workdir).expect("creating the lab's temp dir");
+        let mut lab = Lab {
+            client: format!("{prefix}-c"),
+            lb: format!("{prefix}-l"),
+            backends: (1..=backends)
+                .map(|i| Backend {
+                    name: format!("b{i}"),
+                    ns: format!("{prefix}-b{i}"),
+                    ip: format!("10.77.{}.2", i + 1),
+                    http_hits: Arc::default(),
+                    udp_hits: Arc::default(),
+                })
+                .collect(),
+            namespaces: Vec::new(),
+            workdir,
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/loxilight-test-{id}")),
+            daemon: None,
+            api_port: API_PORT,
+            stop: Arc::default(),
+            servers: Vec::new(),
+        };
+        // `lab` already owns what is created, so a failure here still tears down.
+        lab.build_network();
+        lab.start_servers();
+        lab
+    }
+
+    pub fn backend(&self, name: &str) -> &Backend {
+        self.backends
+            .iter()
+            .find(|b| b.name == name)
+            .unwrap_or_else(|| panic!("no backend {name}"))
+    }
+
+    /// `IP:1,IP:1,...` for `loxicmd create lb --endpoints=`.
+    pub fn endpoints_arg(&self) -> String {
+        let eps: Vec<String> = self
+            .backends
+            .iter()
+            .map(|b| format!("{}:1", b.ip))
+            .collect();
+        eps.join(",")
+    }
+
+    fn build_network(&mut self) {
+        let lb = self.lb.clone();
+        let mut all = vec![self.client.clone(), lb.clone()];
+        all.extend(self.backends.iter().map(|b| b.ns.clone()));
+        for ns in all {
+            ip(&format!("netns add {ns}"));
+            self.namespaces.push(ns.clone());
+            ip(&format!("-n {ns} link set lo up"));
+        }
+
+        // Veths are created inside the namespaces, so their names never clash
+        // with other labs or the host.
+        let mut links = vec![(self.client.clone(), "veth-c".to_owned(), 1)];
+        for (i, b) in self.backends.iter().enumerate() {
+            links.push((b.ns.clone(), format!("veth-{}", b.name), i + 2));
+        }
+        for (ns, lb_if, net) in links {
+            ip(&format!(
+                "-n {ns} link add eth0 type veth peer name {lb_if} netns {lb}"
+            ));
+            ip(&format!("-n {ns} addr add 10.77.{net}.2/24 dev eth0"));
+            ip(&format!("-n {lb} addr add 10.77.{net}.1/24 dev {lb_if}"));
+            ip(&format!("-n {ns} link set eth0 up"));
+            ip(&format!("-n {lb} link set {lb_if} up"));
+            ip(&format!("-n {ns} route add default via 10.77.{net}.1"));
+        }
+        // /proc/sys/net shows the namespace of the thread that opens it.
+        in_netns(&lb, || {
+            fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+            fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+        })
+        .ok()
+        .filter(|v| v.trim() == "1")
+        .unwrap_or_else(|| panic!("cannot enable ip_forward in {lb}"));
+    }
+
+    fn start_servers(&mut self) {
+        for b in &self.backends {
+            let (name, stop) = (b.name.clone(), self.stop.clone());
+            let hits = b.http_hits.clone();
+            let listener = in_netns(&b.ns, || TcpListener::bind(("0.0.0.0", HTTP_PORT)))
+                .unwrap_or_else(|e| panic!("{}: binding HTTP port {HTTP_PORT}: {e}", b.name));
+            self.servers.push(thread::spawn(move || {
+                serve_http(listener, &name, &hits, &stop)
+            }));
+
+            let (name, stop) = (b.name.clone(), self.stop.clone());
+            let hits = b.udp_hits.clone();
+            let socket = in_netns(&b.ns, || UdpSocket::bind(("0.0.0.0", UDP_PORT)))
+                .unwrap_or_else(|e| panic!("{}: binding UDP port {UDP_PORT}: {e}", b.name));
+            self.servers.push(thread::spawn(move || {
+                serve_udp(socket, &name, &hits, &stop)
+            }));
+        }
+    }
+
+    /// The loxilight command line, to run inside the LB namespace with the lab's pin dir.
+    fn daemon_command(&self, extra_args: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.lb))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_loxilight"))
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .args(extra_args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn daemon_log_path(&self) -> PathBuf {
+        self.workdir.join("loxilight.log")
+    }
+
+    pub fn daemon_log(&self) -> String {
+        fs::read_to_string(self.daemon_log_path()).unwrap_or_default()
+    }
+
+    /// Starts loxilight in the LB namespace and waits until its API port accepts
+    /// connections. Its output goes to [`Lab::daemon_log_path`], printed if the test fails.
+    pub fn start_daemon(&mut self, extra_args: &[&str]) {
+        assert!(self.daemon.is_none(), "the daemon is already running");
+        self.api_port = listen_port(extra_args).unwrap_or(API_PORT);
+        let log = File::create(self.daemon_log_path()).expect("creating the daemon log");
+        let mut cmd = self.daemon_command(extra_args);
+        cmd.stdout(log.try_clone().expect("dup of the log file"))
+            .stderr(log);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        // SAFETY: prctl is async-signal-safe. If the test process dies without running
+        // Drop (e.g. SIGKILL), the daemon is told to exit rather than left behind.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        self.daemon = Some(cmd.spawn().expect("spawning nsenter loxilight"));
+
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.api_port));
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.daemon.as_mut().unwrap().try_wait() {
+                panic!("loxilight exited during start-up ({status})");
+            }
+            // The port accepts connections as soon as it is bound, before the
+            // datapath is attached: only an answered request means ready.
+            let up = in_netns(&self.lb, || {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            });
+            if up && self.loxicmd(&["get", "lb"]).status.success() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("loxilight did not accept connections on {addr} within {READY_TIMEOUT:?}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs loxilight in the LB namespace with the default log settings, expecting it
+    /// to exit by itself (a start-up failure); panics if it is still up after 10 s.
+    pub fn run_daemon_to_exit(&self, extra_args: &[&str]) -> Output {
+        let mut cmd = self.daemon_command(extra_args);
+        cmd.env_remove("RUST_LOG");
+        run_bounded(&mut cmd, READY_TIMEOUT).unwrap_or_else(|e| panic!("loxilight: {e}"))
+    }
+
+    pub fn daemon_alive(&mut self) -> bool {
+        self.daemon
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the daemon to exit.
+    pub fn stop_daemon(&mut self) -> Option<ExitStatus> {
+        let mut child = self.daemon.take()?;
+        Some(terminate(&mut child))
+    }
+
+    /// Runs `loxicmd ARGS` in the LB namespace (bounded).
+    pub fn loxicmd(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.lb))
+            .arg("--")
+            .arg(loxicmd_path())
+            .args(args);
+        if self.api_port != API_PORT {
+            cmd.arg("--port").arg(self.api_port.to_string());
+        }
+        run_bounded(&mut cmd, COMMAND_TIMEOUT).unwrap_or_else(|e| panic!("loxicmd {args:?}: {e}"))
+    }
+
+    /// Runs `loxicmd ARGS` and returns its stdout; panics if it fails.
+    pub fn loxicmd_ok(&self, args: &[&str]) -> String {
+        let out = self.loxicmd(args);
+        assert!(
+            out.status.success(),
+            "loxicmd {args:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// An HTTP GET from the client namespace; returns the body (a backend name).
+    pub fn http_get(&self, ip: &str, port: u16) -> io::Result<String> {
+        self.http_get_timeout(ip, port, Duration::from_secs(3))
+    }
+
+    pub fn http_get_timeout(&self, ip: &str, port: u16, timeout: Duration) -> io::Result<String> {
+        let addr = SocketAddr::new(ip.parse().map_err(invalid)?, port);
+        in_netns(&self.client, || http_request(addr, timeout))
+    }
+
+    /// A UDP request from the client namespace (from `src_port` when given); returns
+    /// the reply, which must come from `ip:port`.
+    pub fn udp_request(&self, ip: &str, port: u16, src_port: Option<u16>) -> io::Result<String> {
+        let addr = SocketAddr::new(ip.parse().map_err(invalid)?, port);
+        in_netns(&self.client, || {
+            udp_exchange(addr, src_port.unwrap_or(0), Duration::from_secs(2))
+        })
+    }
+
+    /// Runs `f` on a thread inside namespace `ns` (e.g. to hold a port there).
+    pub fn in_ns<T: Send>(&self, ns: &str, f: impl FnOnce() -> T + Send) -> T {
+        in_netns(ns, f)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let failed = thread::panicking();
+        if let Some(mut child) = self.daemon.take() {
+            let status = terminate(&mut child);
+            if failed {
+                eprintln!("loxilight exit status: {status}");
+            }
+        }
+        if failed && self.daemon_log_path().exists() {
+            eprintln!(
+                "----- loxilight log ({}) -----\n{}----- end of log -----",
+                self.daemon_log_path().display(),
+                self.daemon_log()
+            );
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        for server in self.servers.drain(..) {
+            let _ = server.join();
+        }
+        for ns in self.namespaces.drain(..).rev() {
+            if let Err(e) = run_bounded(
+                Command::new("ip").args(["netns", "del", &ns]),
+                COMMAND_TIMEOUT,
+            ) {
+                eprintln!("deleting netns {ns}: {e}");
+            }
+        }
+        let _ = fs::remove_dir_all(&self.pin_dir);
+        let _ = fs::remove_dir_all(&self.workdir);
+    }
+}
+
+/// Root, `ip netns` and a bpffs at /sys/fs/bpf; checked once per test binary, which
+/// also removes what killed runs of earlier test binaries left behind.
+fn precheck() -> Result<(), String> {
+    static RESULT: OnceLock<Result<(), String>> = OnceLock::new();
+    RESULT
+        .get_or_init(|| {
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                return Err("not running as root (try `sudo make test`)".into());
+            }
+            if !Path::new("/proc/self/ns/net").exists() {
+                return Err("the kernel has no network namespaces".into());
+            }
+            match run_bounded(Command::new("ip").args(["netns", "list"]), COMMAND_TIMEOUT) {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => return Err(format!("`ip netns list` failed: {}", stderr_line(&out))),
+                Err(e) => return Err(format!("cannot run `ip` (install iproute2): {e}")),
+            }
+            ensure_bpffs()?;
+            remove_stale();
+            Ok(())
+        })
+        .clone()
+}
+
+fn ensure_bpffs() -> Result<(), String> {
+    let is_bpffs = || {
+        let path = c"/sys/fs/bpf";
+        // SAFETY: statfs writes into the zeroed struct we own.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        unsafe { libc::statfs(path.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+    };
+    if is_bpffs() {
+        return Ok(());
+    }
+    let out = run_bounded(
+        Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]),
+        COMMAND_TIMEOUT,
+    )
+    .map_err(|e| format!("mounting bpffs: {e}"))?;
+    if out.status.success() && is_bpffs() {
+        Ok(())
+    } else {
+        Err(format!(
+            "no bpffs at /sys/fs/bpf and mounting one failed: {}",
+            stderr_line(&out)
+        ))
+    }
+}
+
+/// Deletes `ll-*` namespaces and test pin dirs whose creating process is gone.
+fn remove_stale() {
+    let dead =
+        |pid: &str| pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists();
+    if let Ok(entries) = fs::read_dir("/run/netns") {
+        for name in entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+        {
+            // ll-<tag>-<pid>-<n>-<role>
+            let parts: Vec<&str> = name.split('-').collect();
+            if name.starts_with("ll-") && parts.len() >= 5 && dead(parts[parts.len() - 3]) {
+                let _ = run_bounded(
+                    Command::new("ip").args(["netns", "del", &name]),
+                    COMMAND_TIMEOUT,
+                );
+            }
+        }
+    }
+    if let Ok(entries) = fs::read_dir("/sys/fs/bpf") {
+        for name in entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+        {
+            // loxilight-test-<pid>-<n>
+            if let Some(rest) = name.strip_prefix("loxilight-test-") {
+                if rest.split('-').next().is_some_and(dead) {
+                    let _ = fs::remove_dir_all(Path::new("/sys/fs/bpf").join(&name));
+                }
+            }
+        }
+    }
+}
+
+/// loxicmd is another workspace package's binary: it sits next to loxilight in the
+/// target directory once `cargo build --workspace` (or `cargo test --workspace`) ran.
+pub fn loxicmd_path() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_loxilight")).with_file_name("loxicmd");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+/// The port of a `--listen ADDR:PORT` / `--listen=ADDR:PORT` argument.
+fn listen_port(args: &[&str]) -> Option<u16> {
+    let value = args.iter().enumerate().find_map(|(i, arg)| match *arg {
+        "--listen" => args.get(i + 1).copied(),
+        _ => arg.strip_prefix("--listen="),
+    })?;
+    value.rsplit_once(':')?.1.parse().ok()
+}
+
+/// Runs `ip ARGS` (split on spaces), panicking with its error output if it fails.
+fn ip(args: &str) {
+    let out = run_bounded(
+        Command::new("ip").args(args.split_whitespace()),
+        COMMAND_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("ip {args}: {e}"));
+    assert!(
+        out.status.success(),
+        "ip {args} failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// The first line of a command's stderr.
+pub fn stderr_line(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Runs a command to completion, killing it if it takes longer than `timeout`.
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> io::Result<Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("still running after {timeout:?}, killed"),
+            ));
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    Ok(Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
+/// SIGTERM, then SIGKILL if the process has not exited within 10 s.
+fn terminate(child: &mut Child) -> ExitStatus {
+    if let Ok(Some(status)) = child.try_wait() {
+        return status;
+    }
+    // SAFETY: kill on the pid of a child we have not reaped yet.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("loxilight ignored SIGTERM for 10 s; killing it");
+    let _ = child.kill();
+    child.wait().expect("waiting for the killed daemon")
+}
+
+/// Runs `f` on a new thread that has joined the network namespace `ns` first
+/// (setns affects only the calling thread).
+fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    thread::scope(|scope| {
+        let handle = scope.spawn(|| {
+            enter_netns(ns);
+            f()
+        });
+        handle
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+fn enter_netns(ns: &str) {
+    let path = format!("/run/netns/{ns}");
+    let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    // SAFETY: setns on a namespace fd we hold open.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        panic!("setns({path}): {}", io::Error::last_os_error());
+    }
+}
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
+}
+
+/// A minimal HTTP/1.1 GET; returns the body of a 200 answer.
+fn http_request(addr: SocketAddr, timeout: Duration) -> io::Result<String> {
+    let deadline = Instant::now() + timeout;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no complete HTTP answer",
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut chunk)? {
+            0 => break,
+            n => response.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("bad answer {text:?}"))
+    })?;
+    if !head.starts_with("HTTP/1.1 200 ") {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("HTTP status: {}", head.lines().next().unwrap_or("")),
+        ));
+    }
+    Ok(body.to_owned())
+}
+
+fn udp_exchange(addr: SocketAddr, src_port: u16, timeout: Duration) -> io::Result<String> {
+    // A fixed port can stay taken for a moment after its last socket closed: a child
+    // forked by a parallel test holds a copy of the fd until it execs.
+    let deadline = Instant::now() + timeout;
+    let socket = loop {
+        match UdpSocket::bind(("0.0.0.0", src_port)) {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(20))
+            }
+            result => break result?,
+        }
+    };
+    socket.set_read_timeout(Some(timeout))?;
+    socket.send_to(b"ping", addr)?;
+    let mut buf = [0u8; 1500];
+    let (n, from) = socket.recv_from(&mut buf)?;
+    if from != addr {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("reply came from {from}, expected {addr}"),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Answers every HTTP request with the backend's name until `stop` is set.
+fn serve_http(listener: TcpListener, name: &str, hits: &Arc<AtomicUsize>, stop: &AtomicBool) {
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let (name, hits) = (name.to_owned(), hits.clone());
+                thread::spawn(move || answer_http(stream, &name, &hits));
+            }
+            Err(_) => thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+fn answer_http(mut stream: TcpStream, name: &str, hits: &AtomicUsize) {
+    let timeout = Some(Duration::from_secs(2));
+    if stream.set_nonblocking(false).is_err()
+        || stream.set_read_timeout(timeout).is_err()
+        || stream.set_write_timeout(timeout).is_err()
+    {
+        return;
+    }
+    let mut request = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk) {
+            Ok(n) if n > 0 && request.len() < 65536 => request.extend_from_slice(&chunk[..n]),
+            _ => return,
+        }
+    }
+    hits.fetch_add(1, Ordering::SeqCst);
+    let _ = write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
+        name.len()
+    );
+}
+
+/// Replies to every datagram with the backend's name until `stop` is set.
+fn serve_udp(socket: UdpSocket, name: &str, hits: &AtomicUsize, stop: &AtomicBool) {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("UDP read timeout");
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::SeqCst) {
+        if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+            hits.fetch_add(1, Ordering::SeqCst);
+            let _ = socket.send_to(name.as_bytes(), peer);
+        }
+    }
+}
+
+/// Rows of a loxicmd table (`| A | B |` lines under a header), as (column, cell) lists.
+pub fn parse_table(text: &str) -> Vec<Vec<(String, String)>> {
+    let cells = |line: &str| -> Vec<String> {
+        line.trim()
+            .trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_owned())
+            .collect()
+    };
+    let mut lines = text.lines().filter(|l| l.trim_start().starts_with('|'));
+    let Some(header) = lines.next().map(cells) else {
+        return Vec::new();
+    };
+    lines
+        .filter(|l| {
+            !l.trim()
+                .trim_matches('|')
+                .chars()
+                .all(|c| c == '-' || c == '|' || c == '+')
+        })
+        .map(|l| header.iter().cloned().zip(cells(l)).collect())
+        .collect()
+}
+
+/// The cell of `column` in a row from [`parse_table`].
+pub fn cell<'a>(row: &'a [(String, String)], column: &str) -> &'a str {
+    row.iter()
+        .find(|(c, _)| c == column)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no column {column} in {row:?}"))
+}
