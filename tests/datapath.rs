@@ -7,7 +7,7 @@ mod pkt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use loxilight::datapath::types::{ll_counters, ll_ct_dir, ll_ct_state, ll_reason};
-use loxilight::datapath::{Datapath, Error, Limits};
+use loxilight::datapath::{Datapath, Error, HookKind, Limits};
 use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, Selection, ServiceKey};
 use pkt::{assert_checksums, parse, Packet, ACK, ETH_HLEN, ICMP, IP_DF, L4, SYN, TCP, UDP};
 
@@ -28,6 +28,8 @@ fn load() -> Datapath {
     let limits = Limits {
         services: 64,
         conntrack: 1024,
+        routes: 64,
+        neighbours: 64,
     };
     Datapath::load(limits, None)
         .unwrap_or_else(|e| panic!("datapath tests need root with CAP_BPF: {e}"))
@@ -70,7 +72,7 @@ fn service(
 /// Runs the program over one frame; it must hand it on (TC_ACT_OK).
 fn run(dp: &Datapath, frame: &[u8]) -> Vec<u8> {
     let r = dp
-        .test_run(frame, 1)
+        .test_run(HookKind::Tc, frame, 1)
         .unwrap_or_else(|e| panic!("test run over {frame:02x?}: {e}"));
     assert_eq!(r.retval, TC_ACT_OK, "verdict for {frame:02x?}");
     r.data
@@ -315,25 +317,25 @@ fn traffic_for_no_service_passes_untouched() {
         (
             "TCP to another address",
             tcp(SocketAddrV4::new(Ipv4Addr::new(20, 20, 20, 2), PORT)),
-            ll_reason::LL_R_PASS_NO_SERVICE,
+            ll_reason::LL_R_PASS_OTHER_HOST,
         ),
         (
             "TCP to another port",
             tcp(SocketAddrV4::new(VIP, PORT + 1)),
-            ll_reason::LL_R_PASS_NO_SERVICE,
+            ll_reason::LL_R_PASS_OTHER_HOST,
         ),
         (
             "UDP to the TCP service",
             Packet::new(c, SERVICE, L4::Udp { checksum: true }).build(),
-            ll_reason::LL_R_PASS_NO_SERVICE,
+            ll_reason::LL_R_PASS_OTHER_HOST,
         ),
         ("ARP", arp, ll_reason::LL_R_PASS_NOT_IP),
         ("802.1Q ARP", tagged_arp, ll_reason::LL_R_PASS_NOT_IP),
-        ("IPv6", pkt::ipv6_tcp(), ll_reason::LL_R_PASS_NOT_IP),
+        ("IPv6", pkt::ipv6_tcp(), ll_reason::LL_R_PASS_OTHER_HOST),
         (
             "ICMP to the VIP",
             icmp.build(),
-            ll_reason::LL_R_PASS_L4_PROTO,
+            ll_reason::LL_R_PASS_OTHER_HOST,
         ),
     ];
     for (what, frame, reason) in cases {
@@ -403,7 +405,7 @@ fn truncated_frames_pass_untouched() {
     let dp = load();
     service(&dp, 1, Protocol::Tcp, Selection::RoundRobin, &[(EP1, 1)]);
     service(&dp, 2, Protocol::Udp, Selection::RoundRobin, &[(UDP_EP, 1)]);
-    let refused = |what: &str, cut: &[u8]| match dp.test_run(cut, 1) {
+    let refused = |what: &str, cut: &[u8]| match dp.test_run(HookKind::Tc, cut, 1) {
         Err(Error::Io { source, .. }) => source.raw_os_error() == Some(libc::EINVAL),
         r => panic!("{what}: expected EINVAL, got {r:?}"),
     };
@@ -428,7 +430,7 @@ fn truncated_frames_pass_untouched() {
                 } else if len < l3 + 20 {
                     // Recent kernels refuse an ETH_P_IP frame without a whole
                     // IPv4 header; behind the VLAN tag the program sees it.
-                    if vlan.is_some() || dp.test_run(cut, 1).is_ok() {
+                    if vlan.is_some() || dp.test_run(HookKind::Tc, cut, 1).is_ok() {
                         assert_untouched(&dp, &what, cut, ll_reason::LL_R_PASS_TRUNCATED);
                     } else {
                         assert!(refused(&what, cut), "{what}");
@@ -575,8 +577,14 @@ fn counters_follow_the_traffic() {
     let reason = |r: ll_reason| counters(by_reason[r.0 as usize].1);
     assert_eq!(reason(ll_reason::LL_R_NAT_NEW), sum(&[&syn_a, &syn_b]));
     assert_eq!(reason(ll_reason::LL_R_NAT_EST), sum(&[&synack, &ack]));
+    // Each translated packet also ends with one verdict: with no mirrored
+    // interfaces, none is for us to forward.
+    assert_eq!(
+        reason(ll_reason::LL_R_PASS_OTHER_HOST),
+        sum(&[&syn_a, &synack, &ack, &syn_b])
+    );
     let total: u64 = by_reason.iter().map(|(_, c)| c.packets).sum();
-    assert_eq!(total, 4, "{by_reason:?}");
+    assert_eq!(total, 8, "{by_reason:?}");
 }
 
 #[test]
@@ -606,14 +614,14 @@ fn deleting_a_service_removes_its_flows() {
         &dp,
         "SYN after delete",
         &syn,
-        ll_reason::LL_R_PASS_NO_SERVICE,
+        ll_reason::LL_R_PASS_OTHER_HOST,
     );
     let synack = Packet::new(EP1, c, L4::Tcp { flags: SYN | ACK }).build();
     assert_untouched(
         &dp,
         "reply after delete",
         &synack,
-        ll_reason::LL_R_PASS_NO_SERVICE,
+        ll_reason::LL_R_PASS_OTHER_HOST,
     );
     // The other service's flow is intact.
     let out = run(&dp, &dgram.build());

@@ -87,15 +87,13 @@ impl Datapath {
         }
     }
 
-    /// Attaches the program of `kind` to `ifindex` and marks the interface as
-    /// managed for forwarding.
+    /// Attaches the program of `kind` to `ifindex`.
     pub fn attach(&self, ifindex: u32, kind: HookKind) -> Result<Hook> {
         let hook = match kind {
             HookKind::Tc => self.attach_tc(ifindex)?,
             HookKind::Xdp => self.attach_xdp(ifindex)?,
         };
         self.hooks.lock().unwrap_or_else(|p| p.into_inner()).insert(ifindex, hook);
-        self.refresh_iface_flags(ifindex)?;
         Ok(hook)
     }
 

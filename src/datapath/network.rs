@@ -63,42 +63,20 @@ fn entries<K: Copy, V: Copy>(map: &MapHandle) -> Vec<(K, V)> {
 }
 
 impl Datapath {
-    fn iface_flags(&self, ifindex: u32, up: bool) -> u32 {
-        let attached = self.hook_of(ifindex).is_some();
-        (if up { IF_UP } else { 0 }) | (if attached { IF_ATTACHED } else { 0 })
-    }
-
-    pub fn set_iface(&self, i: &Iface) -> Result<()> {
+    /// `attached`: the datapath runs on this interface, so the fast path may
+    /// forward out of it.
+    pub fn set_iface(&self, i: &Iface, attached: bool) -> Result<()> {
         let v = ll_iface {
             mac: i.mac,
             pad: 0,
             mtu: i.mtu,
-            flags: self.iface_flags(i.index, i.up),
+            flags: if i.up { IF_UP } else { 0 } | if attached { IF_ATTACHED } else { 0 },
             name: name_bytes(&i.name),
         };
         self.maps
             .ifaces
             .update(&i.index.to_ne_bytes(), pod::bytes(&v), MapFlags::ANY)
             .map_err(Error::bpf(format!("writing interface {}", i.name)))
-    }
-
-    /// Re-reads the attached flag after an attach or detach.
-    pub(super) fn refresh_iface_flags(&self, ifindex: u32) -> Result<()> {
-        let key = ifindex.to_ne_bytes();
-        let Some(mut v) = self
-            .maps
-            .ifaces
-            .lookup(&key, MapFlags::ANY)
-            .map_err(Error::bpf("reading an interface"))?
-            .and_then(|b| pod::read::<ll_iface>(&b))
-        else {
-            return Ok(());
-        };
-        v.flags = self.iface_flags(ifindex, v.flags & IF_UP != 0);
-        self.maps
-            .ifaces
-            .update(&key, pod::bytes(&v), MapFlags::ANY)
-            .map_err(Error::bpf("writing an interface"))
     }
 
     pub fn del_iface(&self, ifindex: u32) -> Result<()> {

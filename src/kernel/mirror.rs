@@ -109,13 +109,13 @@ async fn snapshot(h: &Handle) -> anyhow::Result<Snapshot> {
 
 impl Mirror {
     fn link_set(&mut self, i: Iface) -> anyhow::Result<()> {
-        self.dp.set_iface(&i)?;
         if self.opts.managed.wants(&i) && self.dp.hook_of(i.index).is_none() {
             let hook = self.dp.attach(i.index, self.opts.hook).with_context(|| {
                 format!("attaching the datapath to {} (ifindex {})", i.name, i.index)
             })?;
             tracing::info!(interface = %i.name, ifindex = i.index, hook = hook.as_str(), "datapath attached");
         }
+        self.dp.set_iface(&i, self.dp.hook_of(i.index).is_some())?;
         if self.links.get(&i.index).is_some_and(|o| o.up != i.up) {
             self.route_resync = true;
         }
