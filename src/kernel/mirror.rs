@@ -73,38 +73,66 @@ struct Mirror {
     resyncs: u64,
 }
 
+/// Multicast and IPv6 link-local destinations always go to Linux, so their
+/// routes and neighbours are not mirrored.
+fn forwardable(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !v4.is_multicast(),
+        IpAddr::V6(v6) => !v6.is_multicast() && !v6.is_unicast_link_local(),
+    }
+}
+
 fn log_err(what: &str, r: anyhow::Result<()>) {
     if let Err(e) = r {
         tracing::warn!(error = %format!("{e:#}"), "{what} failed");
     }
 }
 
-async fn dump_routes(h: &Handle, family: AddressFamily) -> anyhow::Result<Vec<RouteMessage>> {
-    // All tables, types and protocols: the kernel filters dumps by whatever
-    // the request header sets once strict checking is on.
-    let mut req = RouteMessage::default();
-    req.header.address_family = family;
-    h.route().get(req).execute().try_collect().await.context("dumping routes")
+/// The main table's forwardable routes, IPv4 and IPv6.
+async fn dump_routes(h: &Handle) -> anyhow::Result<Vec<Route>> {
+    let mut routes = Vec::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        // All tables, types and protocols: the kernel filters dumps by
+        // whatever the request header sets once strict checking is on.
+        let mut req = RouteMessage::default();
+        req.header.address_family = family;
+        let msgs: Vec<RouteMessage> =
+            h.route().get(req).execute().try_collect().await.context("dumping routes")?;
+        routes.extend(msgs.iter().filter_map(|m| match convert::route(m) {
+            RouteMsg::Main(r) if forwardable(&r.dst.ip) => Some(r),
+            _ => None,
+        }));
+    }
+    Ok(routes)
 }
 
-async fn snapshot(h: &Handle) -> anyhow::Result<Snapshot> {
+async fn snapshot_once(h: &Handle) -> anyhow::Result<Snapshot> {
     let links = h.link().get().execute().map_ok(|m| convert::link(&m));
     let addrs = h.address().get().execute().try_filter_map(|m| async move { Ok(convert::addr(&m)) });
     let neighs = h.neighbours().get().execute().try_filter_map(|m| async move { Ok(convert::neigh(&m)) });
-    let mut snap = Snapshot {
+    let snap = Snapshot {
         links: links.try_collect().await.context("dumping links")?,
         addrs: addrs.try_collect().await.context("dumping addresses")?,
         neighs: neighs.try_collect().await.context("dumping neighbours")?,
-        routes: Vec::new(),
+        routes: dump_routes(h).await?,
     };
-    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-        for m in dump_routes(h, family).await? {
-            if let RouteMsg::Main(r) = convert::route(&m) {
-                snap.routes.push(r);
+    Ok(snap)
+}
+
+/// A dump that changes while it is read fails (EBUSY, "dump interrupted"):
+/// read it again.
+async fn snapshot(h: &Handle) -> anyhow::Result<Snapshot> {
+    let mut attempt = 1;
+    loop {
+        match snapshot_once(h).await {
+            Err(e) if attempt < 5 => {
+                tracing::debug!(attempt, error = %format!("{e:#}"), "dump failed, retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+                attempt += 1;
             }
+            res => return res,
         }
     }
-    Ok(snap)
 }
 
 impl Mirror {
@@ -194,6 +222,10 @@ impl Mirror {
     }
 
     fn neigh_set(&mut self, n: Neigh) -> anyhow::Result<()> {
+        tracing::debug!(ifindex = n.ifindex, ip = %n.ip, state = nud::name(n.state), "neighbour");
+        if !forwardable(&n.ip) {
+            return Ok(());
+        }
         if !nud::usable(n.state) || n.mac == [0; 6] {
             return self.neigh_del(n.ifindex, n.ip);
         }
@@ -212,6 +244,7 @@ impl Mirror {
 
     fn on_route(&mut self, m: &RouteMessage, add: bool) -> anyhow::Result<()> {
         match convert::route(m) {
+            RouteMsg::Main(r) if !forwardable(&r.dst.ip) => {}
             RouteMsg::Main(r) if r.dst.ip.is_ipv6() => self.route_resync = true,
             RouteMsg::Main(r) if add => self.route_set(r)?,
             RouteMsg::Main(r) => self.route_del(&r)?,
@@ -298,14 +331,11 @@ impl Mirror {
         } else {
             self.route_resync = false;
             let res = async {
-                let mut routes = Vec::new();
-                for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-                    for m in dump_routes(&self.handle, family).await? {
-                        if let RouteMsg::Main(r) = convert::route(&m) {
-                            routes.push(r);
-                        }
-                    }
-                }
+                let routes = match dump_routes(&self.handle).await {
+                    Ok(r) => r,
+                    // Interrupted by a concurrent change: the full retrying dump.
+                    Err(_) => snapshot(&self.handle).await?.routes,
+                };
                 self.replace_routes(routes)
             }
             .await;
@@ -322,6 +352,7 @@ impl Mirror {
         if self.dp.hook_of(ifindex).is_none() {
             return;
         }
+        tracing::debug!(ifindex, %ip, "resolving next hop");
         let res = self.handle.neighbours().add(ifindex, ip).flags(NeighbourFlags::Use).replace().execute().await;
         if let Err(e) = res {
             tracing::debug!(ifindex, %ip, error = %e, "neighbour resolution request failed");

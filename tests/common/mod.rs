@@ -8,6 +8,12 @@
 //!                                        10.77.3.1 --- 10.77.3.2 b2 ...
 //! ```
 //!
+//! Every link also has IPv6, fd77:<n>::1 on the LB side and fd77:<n>::2 on the
+//! other (no DAD, so addresses work at once).
+
+// Each test binary that includes this module uses only some of its helpers.
+#![allow(dead_code)]
+//!
 //! Each backend serves HTTP on [`HTTP_PORT`] and a UDP echo on [`UDP_PORT`], both
 //! answering with the backend's name ("b1", ...). Everything (namespaces, daemon,
 //! servers, bpffs pins, temp files) is torn down by `Drop`, also when a test panics.
@@ -42,11 +48,23 @@ pub struct Backend {
     pub name: String,
     pub ns: String,
     pub ip: String,
+    pub ip6: String,
     http_hits: Arc<AtomicUsize>,
     udp_hits: Arc<AtomicUsize>,
 }
 
 impl Backend {
+    fn new(prefix: &str, i: usize) -> Backend {
+        Backend {
+            name: format!("b{i}"),
+            ns: format!("{prefix}-b{i}"),
+            ip: format!("10.77.{}.2", i + 1),
+            ip6: format!("fd77:{}::2", i + 1),
+            http_hits: Arc::default(),
+            udp_hits: Arc::default(),
+        }
+    }
+
     /// HTTP requests this backend has answered.
     pub fn http_hits(&self) -> usize {
         self.http_hits.load(Ordering::SeqCst)
@@ -62,6 +80,7 @@ pub struct Lab {
     pub client: String,
     pub lb: String,
     pub backends: Vec<Backend>,
+    prefix: String,
     /// Namespaces created so far, deleted on drop.
     namespaces: Vec<String>,
     workdir: PathBuf,
@@ -99,15 +118,8 @@ impl Lab {
         let mut lab = Lab {
             client: format!("{prefix}-c"),
             lb: format!("{prefix}-l"),
-            backends: (1..=backends)
-                .map(|i| Backend {
-                    name: format!("b{i}"),
-                    ns: format!("{prefix}-b{i}"),
-                    ip: format!("10.77.{}.2", i + 1),
-                    http_hits: Arc::default(),
-                    udp_hits: Arc::default(),
-                })
-                .collect(),
+            backends: (1..=backends).map(|i| Backend::new(&prefix, i)).collect(),
+            prefix,
             namespaces: Vec::new(),
             workdir,
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/loxilight-test-{id}")),
@@ -144,55 +156,121 @@ impl Lab {
         let mut all = vec![self.client.clone(), lb.clone()];
         all.extend(self.backends.iter().map(|b| b.ns.clone()));
         for ns in all {
-            ip(&format!("netns add {ns}"));
-            self.namespaces.push(ns.clone());
-            ip(&format!("-n {ns} link set lo up"));
+            self.add_namespace(&ns);
         }
-
-        // Veths are created inside the namespaces, so their names never clash
-        // with other labs or the host.
-        let mut links = vec![(self.client.clone(), "veth-c".to_owned(), 1)];
+        self.wire(&self.client.clone(), "veth-c", 1);
         for (i, b) in self.backends.iter().enumerate() {
-            links.push((b.ns.clone(), format!("veth-{}", b.name), i + 2));
+            self.wire(&b.ns, &format!("veth-{}", b.name), i + 2);
         }
-        for (ns, lb_if, net) in links {
-            ip(&format!(
-                "-n {ns} link add eth0 type veth peer name {lb_if} netns {lb}"
-            ));
-            ip(&format!("-n {ns} addr add 10.77.{net}.2/24 dev eth0"));
-            ip(&format!("-n {lb} addr add 10.77.{net}.1/24 dev {lb_if}"));
-            ip(&format!("-n {ns} link set eth0 up"));
-            ip(&format!("-n {lb} link set {lb_if} up"));
-            ip(&format!("-n {ns} route add default via 10.77.{net}.1"));
-        }
+        self.set_linux_forwarding(true);
+    }
+
+    fn add_namespace(&mut self, ns: &str) {
+        ip(&format!("netns add {ns}"));
+        self.namespaces.push(ns.to_owned());
+        ip(&format!("-n {ns} link set lo up"));
+    }
+
+    /// A veth pair between `ns` (eth0) and the LB (`lb_if`) on subnet `net`.
+    /// Veths are created inside the namespaces, so their names never clash
+    /// with other labs or the host.
+    fn wire(&self, ns: &str, lb_if: &str, net: usize) {
+        let lb = &self.lb;
+        ip(&format!(
+            "-n {ns} link add eth0 type veth peer name {lb_if} netns {lb}"
+        ));
+        ip(&format!("-n {ns} addr add 10.77.{net}.2/24 dev eth0"));
+        ip(&format!("-n {lb} addr add 10.77.{net}.1/24 dev {lb_if}"));
+        ip(&format!("-n {ns} addr add fd77:{net}::2/64 dev eth0 nodad"));
+        ip(&format!(
+            "-n {lb} addr add fd77:{net}::1/64 dev {lb_if} nodad"
+        ));
+        ip(&format!("-n {ns} link set eth0 up"));
+        ip(&format!("-n {lb} link set {lb_if} up"));
+        ip(&format!("-n {ns} route add default via 10.77.{net}.1"));
+        ip(&format!("-n {ns} -6 route add default via fd77:{net}::1"));
+    }
+
+    /// Turns Linux's own IPv4 and IPv6 forwarding in the LB namespace on or
+    /// off (to prove that the datapath forwards by itself).
+    pub fn set_linux_forwarding(&self, on: bool) {
+        let v = if on { "1" } else { "0" };
         // /proc/sys/net shows the namespace of the thread that opens it.
-        in_netns(&lb, || {
-            fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
-            fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+        let files = [
+            "/proc/sys/net/ipv4/ip_forward",
+            "/proc/sys/net/ipv6/conf/all/forwarding",
+        ];
+        in_netns(&self.lb, || {
+            files.iter().try_for_each(|f| {
+                fs::write(f, v)?;
+                match fs::read_to_string(f)?.trim() == v {
+                    true => Ok(()),
+                    false => Err(io::Error::other(format!("{f} did not take {v}"))),
+                }
+            })
         })
-        .ok()
-        .filter(|v| v.trim() == "1")
-        .unwrap_or_else(|| panic!("cannot enable ip_forward in {lb}"));
+        .unwrap_or_else(|e| panic!("setting forwarding to {v} in {}: {e}", self.lb));
+    }
+
+    /// XDP on veth: a redirected frame reaches the peer only if the peer runs
+    /// NAPI (GRO on), and frames carry no skb checksum state, so the senders
+    /// must compute full checksums (TX checksum offload off).
+    pub fn prepare_for_xdp(&self) {
+        let mut all = vec![self.client.as_str()];
+        all.extend(self.backends.iter().map(|b| b.ns.as_str()));
+        for ns in all {
+            let out = run_bounded(
+                Command::new("ip").args([
+                    "netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off", "gro", "on",
+                ]),
+                COMMAND_TIMEOUT,
+            )
+            .unwrap_or_else(|e| panic!("ethtool in {ns}: {e}"));
+            assert!(
+                out.status.success(),
+                "ethtool in {ns}: {}",
+                stderr_line(&out)
+            );
+        }
+    }
+
+    /// A new backend namespace wired to the LB while the lab runs; returns
+    /// its index in `backends`.
+    pub fn add_backend(&mut self) -> usize {
+        let i = self.backends.len() + 1;
+        let b = Backend::new(&self.prefix, i);
+        self.add_namespace(&b.ns);
+        self.wire(&b.ns, &format!("veth-{}", b.name), i + 1);
+        self.start_server(&b);
+        self.backends.push(b);
+        i - 1
     }
 
     fn start_servers(&mut self) {
-        for b in &self.backends {
-            let (name, stop) = (b.name.clone(), self.stop.clone());
-            let hits = b.http_hits.clone();
-            let listener = in_netns(&b.ns, || TcpListener::bind(("0.0.0.0", HTTP_PORT)))
-                .unwrap_or_else(|e| panic!("{}: binding HTTP port {HTTP_PORT}: {e}", b.name));
-            self.servers.push(thread::spawn(move || {
-                serve_http(listener, &name, &hits, &stop)
-            }));
-
-            let (name, stop) = (b.name.clone(), self.stop.clone());
-            let hits = b.udp_hits.clone();
-            let socket = in_netns(&b.ns, || UdpSocket::bind(("0.0.0.0", UDP_PORT)))
-                .unwrap_or_else(|e| panic!("{}: binding UDP port {UDP_PORT}: {e}", b.name));
-            self.servers.push(thread::spawn(move || {
-                serve_udp(socket, &name, &hits, &stop)
-            }));
+        let backends = std::mem::take(&mut self.backends);
+        for b in &backends {
+            self.start_server(b);
         }
+        self.backends = backends;
+    }
+
+    /// HTTP and UDP on every address (IPv4 and IPv6) of the backend.
+    fn start_server(&mut self, b: &Backend) {
+        let (name, stop) = (b.name.clone(), self.stop.clone());
+        let hits = b.http_hits.clone();
+        let listener = in_netns(&b.ns, || TcpListener::bind(("::", HTTP_PORT)))
+            .unwrap_or_else(|e| panic!("{}: binding HTTP port {HTTP_PORT}: {e}", b.name));
+        self.servers.push(thread::spawn(move || {
+            serve_http(listener, &name, &hits, &stop)
+        }));
+
+        let (name, stop) = (b.name.clone(), self.stop.clone());
+        let hits = b.udp_hits.clone();
+        let socket = in_netns(&b.ns, || UdpSocket::bind(("::", UDP_PORT)))
+            .unwrap_or_else(|e| panic!("{}: binding UDP port {UDP_PORT}: {e}", b.name));
+        self.servers.push(thread::spawn(move || {
+            serve_udp(socket, &name, &hits, &stop)
+        }));
     }
 
     /// The loxilight command line, to run inside the LB namespace with the lab's pin dir.
@@ -469,7 +547,7 @@ fn listen_port(args: &[&str]) -> Option<u16> {
 }
 
 /// Runs `ip ARGS` (split on spaces), panicking with its error output if it fails.
-fn ip(args: &str) {
+pub fn ip(args: &str) {
     let out = run_bounded(
         Command::new("ip").args(args.split_whitespace()),
         COMMAND_TIMEOUT,
@@ -618,7 +696,11 @@ fn udp_exchange(addr: SocketAddr, src_port: u16, timeout: Duration) -> io::Resul
     // forked by a parallel test holds a copy of the fd until it execs.
     let deadline = Instant::now() + timeout;
     let socket = loop {
-        match UdpSocket::bind(("0.0.0.0", src_port)) {
+        let any: std::net::IpAddr = match addr {
+            SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        };
+        match UdpSocket::bind((any, src_port)) {
             Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
                 thread::sleep(Duration::from_millis(20))
             }

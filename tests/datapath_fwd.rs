@@ -1,0 +1,807 @@
+//! Forwarding tests: the TC and XDP programs run over hand-built frames with
+//! BPF_PROG_TEST_RUN against a hand-written mirror of the network state
+//! (interfaces, local addresses, routes, neighbours). Needs root (CAP_BPF).
+//! The test run does not perform the redirect: the verdict, the rewritten
+//! frame and the reason counters show what the datapath decided.
+//!
+//! Ingress ifindex under BPF_PROG_TEST_RUN without a context (found by
+//! `test_runs_arrive_on_ifindex_0_for_tc_and_1_for_xdp`): TC reads
+//! skb->skb_iif, which the test run leaves 0; XDP gets the rx queue of the
+//! netns's loopback device, ifindex 1. Each test registers the ingress
+//! interface under that index, with the MAC that pkt's frames are sent to.
+#[allow(dead_code)] // shared with tests/datapath.rs; not every helper is used here
+mod pkt;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use loxilight::datapath::types::ll_reason;
+use loxilight::datapath::{Datapath, HookKind, Limits};
+use loxilight::kernel::model::{nud, Addr, Iface, Mac, Neigh, NextHop, Prefix, Route, RouteKind};
+use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, Selection, ServiceKey};
+use pkt::{assert_checksums, parse, Packet, ACK, ETH_HLEN, L4, SYN, UDP};
+
+const HOOKS: [HookKind; 2] = [HookKind::Tc, HookKind::Xdp];
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_REDIRECT: u32 = 7;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+/// pkt's frames are sent to this MAC: the ingress interface's.
+const IN_MAC: Mac = [0x02, 0, 0, 0, 0, 0x01];
+/// Egress interfaces A and B, and the gateway behind each.
+const A: u32 = 5;
+const A_MAC: Mac = [0x02, 0xa0, 0, 0, 0, 0x05];
+const B: u32 = 6;
+const B_MAC: Mac = [0x02, 0xb0, 0, 0, 0, 0x06];
+const GW_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+const GW_A_MAC: Mac = [0x02, 0x9a, 0, 0, 0, 0xfe];
+const GW_B: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 254);
+const GW_B_MAC: Mac = [0x02, 0x9b, 0, 0, 0, 0xfe];
+const GW6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+const GW6_MAC: Mac = [0x02, 0x96, 0, 0, 0, 0x01];
+/// Behind GW_A (198.51.100.0/24 in most tests).
+const DST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const DST6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 7);
+const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 40000);
+
+/// The ingress ifindex the program sees in a test run (see the module doc).
+fn ingress_ifindex(hook: HookKind) -> u32 {
+    match hook {
+        HookKind::Tc => 0,
+        HookKind::Xdp => 1,
+    }
+}
+
+fn prefix(s: &str) -> Prefix {
+    let (ip, len) = s.split_once('/').expect("address/length");
+    Prefix {
+        ip: ip.parse().expect("an address"),
+        len: len.parse().expect("a prefix length"),
+    }
+}
+
+fn via(gw: impl Into<IpAddr>, ifindex: u32) -> NextHop {
+    NextHop {
+        gateway: Some(gw.into()),
+        ifindex,
+    }
+}
+
+fn onlink(ifindex: u32) -> NextHop {
+    NextHop {
+        gateway: None,
+        ifindex,
+    }
+}
+
+/// A TCP SYN from CLIENT with source port `sport` to `dst`:80.
+fn tcp_to(dst: Ipv4Addr, sport: u16) -> Packet {
+    let src = SocketAddrV4::new(*CLIENT.ip(), sport);
+    Packet::new(src, SocketAddrV4::new(dst, 80), L4::Tcp { flags: SYN })
+}
+
+fn with_macs(mut f: Vec<u8>, dmac: Mac, smac: Mac) -> Vec<u8> {
+    f[..6].copy_from_slice(&dmac);
+    f[6..12].copy_from_slice(&smac);
+    f
+}
+
+/// `p` as forwarded: TTL one lower (checksum recomputed), new MACs.
+fn forwarded(p: &Packet, dmac: Mac, smac: Mac) -> Vec<u8> {
+    let out = Packet {
+        ttl: p.ttl - 1,
+        ..p.clone()
+    };
+    with_macs(out.build(), dmac, smac)
+}
+
+/// An IPv6 UDP datagram fd00::1:40000 -> `dst`:53 to IN_MAC, with a valid
+/// checksum; `hbh` puts a hop-by-hop header (PadN) before UDP.
+fn ipv6(dst: Ipv6Addr, hop_limit: u8, hbh: bool) -> Vec<u8> {
+    ipv6_from(
+        Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1),
+        dst,
+        hop_limit,
+        hbh,
+    )
+}
+
+fn ipv6_from(src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8, hbh: bool) -> Vec<u8> {
+    let payload = b"loxilight6";
+    let len = (8 + payload.len()) as u16;
+    let mut udp = [40000u16, 53, len, 0].map(u16::to_be_bytes).concat();
+    udp.extend_from_slice(payload);
+    let words = |b: &[u8]| -> u32 {
+        b.chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+            .sum()
+    };
+    let mut sum = words(&src.octets()) + words(&dst.octets()) + u32::from(len) + 17;
+    sum += words(&udp);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    udp[6..8].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let (next, ext): (u8, &[u8]) = if hbh {
+        (0, &[UDP, 0, 1, 4, 0, 0, 0, 0])
+    } else {
+        (UDP, &[])
+    };
+    let mut f = [
+        &IN_MAC[..],
+        &[0x02, 0, 0, 0, 0, 0x02, 0x86, 0xdd, 0x60, 0, 0, 0],
+    ]
+    .concat();
+    f.extend_from_slice(&((ext.len() + udp.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[next, hop_limit]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(ext);
+    f.extend_from_slice(&udp);
+    f
+}
+
+/// An IPv6 frame as forwarded: hop limit one lower, new MACs.
+fn forwarded6(f: &[u8], dmac: Mac, smac: Mac) -> Vec<u8> {
+    let mut out = with_macs(f.to_vec(), dmac, smac);
+    out[ETH_HLEN + 7] -= 1;
+    out
+}
+
+/// One datapath with its mirrored network state, run through one hook.
+struct Net {
+    dp: Arc<Datapath>,
+    hook: HookKind,
+}
+
+impl Net {
+    /// Nothing mirrored yet.
+    fn bare(hook: HookKind) -> Net {
+        let limits = Limits {
+            services: 16,
+            conntrack: 256,
+            routes: 64,
+            neighbours: 64,
+        };
+        let dp = Datapath::load(limits, None)
+            .unwrap_or_else(|e| panic!("datapath tests need root with CAP_BPF: {e}"));
+        Net {
+            dp: Arc::new(dp),
+            hook,
+        }
+    }
+
+    /// The ingress interface, and A and B attached and up (MTU 1500).
+    fn new(hook: HookKind) -> Net {
+        let net = Net::bare(hook);
+        net.iface(ingress_ifindex(hook), IN_MAC, 1500, true, true);
+        net.iface(A, A_MAC, 1500, true, true);
+        net.iface(B, B_MAC, 1500, true, true);
+        net
+    }
+
+    /// `new`, plus DST's /24 via GW_A and 2001:db8:100::/48 via GW6, both on A.
+    fn routed(hook: HookKind) -> Net {
+        let net = Net::new(hook);
+        net.route("198.51.100.0/24", vec![via(GW_A, A)]);
+        net.neigh(A, GW_A, GW_A_MAC);
+        net.route("2001:db8:100::/48", vec![via(GW6, A)]);
+        net.neigh(A, GW6, GW6_MAC);
+        net
+    }
+
+    fn iface(&self, index: u32, mac: Mac, mtu: u32, up: bool, attached: bool) {
+        let i = Iface {
+            index,
+            name: format!("if{index}"),
+            mac,
+            mtu,
+            up,
+            loopback: false,
+        };
+        self.dp
+            .set_iface(&i, attached)
+            .expect("writing an interface");
+    }
+
+    fn route_kind(&self, dst: &str, kind: RouteKind, nexthops: Vec<NextHop>) {
+        let r = Route {
+            dst: prefix(dst),
+            kind,
+            metric: 0,
+            nexthops,
+        };
+        self.dp.set_route(&r).expect("writing a route");
+    }
+
+    fn route(&self, dst: &str, nexthops: Vec<NextHop>) {
+        self.route_kind(dst, RouteKind::Unicast, nexthops);
+    }
+
+    fn neigh(&self, ifindex: u32, ip: impl Into<IpAddr>, mac: Mac) {
+        let n = Neigh {
+            ifindex,
+            ip: ip.into(),
+            mac,
+            state: nud::REACHABLE,
+        };
+        self.dp.set_neigh(&n).expect("writing a neighbour");
+    }
+
+    fn reasons(&self) -> Vec<u64> {
+        let r = self.dp.reason_counters().expect("reading reason counters");
+        r.iter().map(|(_, c)| c.packets).collect()
+    }
+
+    /// Runs `frame` through the hook; asserts the verdict and that exactly
+    /// `counted` reasons went up by one each. Returns the frame as it left.
+    fn send(&self, what: &str, frame: &[u8], verdict: u32, counted: &[ll_reason]) -> Vec<u8> {
+        let what = format!("{:?}: {what}", self.hook);
+        let mut want = self.reasons();
+        for r in counted {
+            want[r.0 as usize] += 1;
+        }
+        let r = self
+            .dp
+            .test_run(self.hook, frame, 1)
+            .unwrap_or_else(|e| panic!("{what}: test run: {e}"));
+        assert_eq!(r.retval, verdict, "{what}: verdict");
+        assert_eq!(self.reasons(), want, "{what}: reason counters");
+        r.data
+    }
+
+    fn redirect(&self) -> u32 {
+        match self.hook {
+            HookKind::Tc => TC_ACT_REDIRECT,
+            HookKind::Xdp => XDP_REDIRECT,
+        }
+    }
+
+    fn pass(&self) -> u32 {
+        match self.hook {
+            HookKind::Tc => TC_ACT_OK,
+            HookKind::Xdp => XDP_PASS,
+        }
+    }
+
+    /// Asserts that `frame` is redirected as `want`, counted LL_R_FWD only.
+    fn forwards(&self, what: &str, frame: &[u8], want: &[u8]) {
+        let out = self.send(what, frame, self.redirect(), &[ll_reason::LL_R_FWD]);
+        assert_eq!(out, want, "{:?}: {what}: frame", self.hook);
+    }
+
+    /// Runs an IPv4 TCP/UDP frame and returns (dst MAC, src MAC) it was
+    /// forwarded with, checking the rest of the frame and its checksums.
+    fn next_hop_of(&self, p: &Packet) -> (Mac, Mac) {
+        let out = self.send("flow", &p.build(), self.redirect(), &[ll_reason::LL_R_FWD]);
+        assert_checksums(&out);
+        let macs = (out[..6].try_into().unwrap(), out[6..12].try_into().unwrap());
+        assert_eq!(out, forwarded(p, macs.0, macs.1), "{:?}: {p:?}", self.hook);
+        macs
+    }
+
+    /// Asserts that `frame` goes to Linux byte for byte, counted `reason` only.
+    fn untouched(&self, what: &str, frame: &[u8], reason: ll_reason) {
+        let out = self.send(what, frame, self.pass(), &[reason]);
+        assert_eq!(out, frame, "{:?}: {what}: frame changed", self.hook);
+    }
+}
+
+#[test]
+fn test_runs_arrive_on_ifindex_0_for_tc_and_1_for_xdp() {
+    for hook in HOOKS {
+        for index in [0, 1, 2] {
+            let net = Net::bare(hook);
+            net.iface(index, IN_MAC, 1500, true, true);
+            net.iface(A, A_MAC, 1500, true, true);
+            net.route("198.51.100.0/24", vec![via(GW_A, A)]);
+            net.neigh(A, GW_A, GW_A_MAC);
+            let p = tcp_to(DST, 40000);
+            let what = format!("ingress registered as {index}");
+            if index == ingress_ifindex(hook) {
+                net.forwards(&what, &p.build(), &forwarded(&p, GW_A_MAC, A_MAC));
+            } else {
+                net.untouched(&what, &p.build(), ll_reason::LL_R_PASS_OTHER_HOST);
+            }
+        }
+    }
+}
+
+#[test]
+fn ipv4_transit_goes_to_the_gateway_with_ttl_decremented() {
+    for hook in HOOKS {
+        let net = Net::routed(hook);
+        for ttl in [64, 2, 255] {
+            for l4 in [
+                L4::Tcp { flags: SYN },
+                L4::Udp { checksum: true },
+                L4::Udp { checksum: false },
+            ] {
+                let p = Packet {
+                    ttl,
+                    ..Packet::new(CLIENT, SocketAddrV4::new(DST, 53), l4)
+                };
+                let frame = p.build();
+                let what = format!("TTL {ttl} {:?}", p.l4);
+                let out = net.send(&what, &frame, net.redirect(), &[ll_reason::LL_R_FWD]);
+                assert_checksums(&out);
+                assert_eq!(out[..12], [GW_A_MAC, A_MAC].concat(), "{what}: MACs");
+                assert_eq!(out[ETH_HLEN + 8], ttl - 1, "{what}: TTL");
+                let l4 = parse(&out).l4;
+                assert_eq!(out[l4..], frame[l4..], "{what}: L4 changed");
+                assert_eq!(out, forwarded(&p, GW_A_MAC, A_MAC), "{what}: frame");
+            }
+        }
+    }
+}
+
+#[test]
+fn an_on_link_route_resolves_the_destination_itself() {
+    for hook in HOOKS {
+        let net = Net::new(hook);
+        let host = Ipv4Addr::new(192, 0, 2, 10);
+        let host_mac = [0x02, 0x33, 0, 0, 0, 0x10];
+        net.route("192.0.2.0/24", vec![onlink(A)]);
+        net.neigh(A, host, host_mac);
+        net.neigh(A, GW_A, GW_A_MAC); // in the same subnet, but not the next hop
+        let p = tcp_to(host, 40000);
+        net.forwards(
+            "to a host on the link",
+            &p.build(),
+            &forwarded(&p, host_mac, A_MAC),
+        );
+        let unresolved = tcp_to(Ipv4Addr::new(192, 0, 2, 11), 40000).build();
+        net.untouched(
+            "to an unresolved host",
+            &unresolved,
+            ll_reason::LL_R_PASS_NO_NEIGH,
+        );
+    }
+}
+
+#[test]
+fn the_longest_prefix_wins_and_the_default_route_catches_the_rest() {
+    const C: u32 = 7;
+    const C_MAC: Mac = [0x02, 0xc0, 0, 0, 0, 0x07];
+    const GW_C: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+    const GW_C_MAC: Mac = [0x02, 0x9c, 0, 0, 0, 0x01];
+    for hook in HOOKS {
+        let net = Net::new(hook);
+        net.iface(C, C_MAC, 1500, true, true);
+        net.route("0.0.0.0/0", vec![via(GW_C, C)]);
+        net.route("198.51.0.0/16", vec![via(GW_B, B)]);
+        net.route("198.51.100.0/24", vec![via(GW_A, A)]);
+        for (ifindex, gw, mac) in [
+            (A, GW_A, GW_A_MAC),
+            (B, GW_B, GW_B_MAC),
+            (C, GW_C, GW_C_MAC),
+        ] {
+            net.neigh(ifindex, gw, mac);
+        }
+        let cases = [
+            (DST, (GW_A_MAC, A_MAC)),
+            (Ipv4Addr::new(198, 51, 100, 255), (GW_A_MAC, A_MAC)),
+            (Ipv4Addr::new(198, 51, 101, 7), (GW_B_MAC, B_MAC)),
+            (Ipv4Addr::new(198, 51, 255, 1), (GW_B_MAC, B_MAC)),
+            (Ipv4Addr::new(198, 52, 100, 7), (GW_C_MAC, C_MAC)),
+            (Ipv4Addr::new(203, 0, 113, 9), (GW_C_MAC, C_MAC)),
+        ];
+        for (dst, macs) in cases {
+            assert_eq!(
+                net.next_hop_of(&tcp_to(dst, 40000)),
+                macs,
+                "{hook:?}: to {dst}"
+            );
+        }
+        // Without the /24, its addresses fall back to the /16.
+        net.dp
+            .del_route(&prefix("198.51.100.0/24"))
+            .expect("deleting a route");
+        assert_eq!(net.next_hop_of(&tcp_to(DST, 40000)), (GW_B_MAC, B_MAC));
+    }
+}
+
+#[test]
+fn ipv6_transit_goes_to_the_gateway_with_hop_limit_decremented() {
+    for hook in HOOKS {
+        let net = Net::routed(hook);
+        let gw2 = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
+        let gw2_mac = [0x02, 0x96, 0, 0, 0, 0x02];
+        net.route("::/0", vec![via(gw2, B)]);
+        net.neigh(B, gw2, gw2_mac);
+        for hop_limit in [64, 2, 255] {
+            let f = ipv6(DST6, hop_limit, false);
+            let what = format!("hop limit {hop_limit}");
+            net.forwards(&what, &f, &forwarded6(&f, GW6_MAC, A_MAC));
+        }
+        let other = ipv6("2001:db8:200::7".parse().unwrap(), 64, false);
+        net.forwards("default route", &other, &forwarded6(&other, gw2_mac, B_MAC));
+    }
+}
+
+#[test]
+fn ecmp_spreads_flows_over_next_hops_and_keeps_each_flow_on_one() {
+    for hook in HOOKS {
+        let net = Net::new(hook);
+        net.route("198.51.100.0/24", vec![via(GW_A, A), via(GW_B, B)]);
+        net.neigh(A, GW_A, GW_A_MAC);
+        net.neigh(B, GW_B, GW_B_MAC);
+        let flows: Vec<Packet> = (0..64).map(|i| tcp_to(DST, 40000 + i)).collect();
+        let first: Vec<(Mac, Mac)> = flows.iter().map(|p| net.next_hop_of(p)).collect();
+        let on_a = first.iter().filter(|&&m| m == (GW_A_MAC, A_MAC)).count();
+        let on_b = first.iter().filter(|&&m| m == (GW_B_MAC, B_MAC)).count();
+        assert_eq!(on_a + on_b, flows.len(), "{hook:?}: {first:?}");
+        assert!(
+            on_a >= 8 && on_b >= 8,
+            "{hook:?}: {on_a} flows on A, {on_b} on B"
+        );
+        for _ in 0..2 {
+            let again: Vec<(Mac, Mac)> = flows.iter().map(|p| net.next_hop_of(p)).collect();
+            assert_eq!(again, first, "{hook:?}: a flow changed next hop");
+        }
+
+        // IPv6 hashes on the destination only: spread over destinations.
+        let gw6_b = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
+        net.route("2001:db8:100::/48", vec![via(GW6, A), via(gw6_b, B)]);
+        net.neigh(A, GW6, GW6_MAC);
+        net.neigh(B, gw6_b, GW_B_MAC);
+        let pick = |i: u16| {
+            let dst = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, i, 7);
+            let f = ipv6(dst, 64, false);
+            let out = net.send("IPv6 flow", &f, net.redirect(), &[ll_reason::LL_R_FWD]);
+            let macs: (Mac, Mac) = (out[..6].try_into().unwrap(), out[6..12].try_into().unwrap());
+            assert_eq!(out, forwarded6(&f, macs.0, macs.1));
+            macs
+        };
+        let first: Vec<_> = (0..64).map(pick).collect();
+        assert!(first.contains(&(GW6_MAC, A_MAC)) && first.contains(&(GW_B_MAC, B_MAC)));
+        assert_eq!((0..64).map(pick).collect::<Vec<_>>(), first);
+    }
+}
+
+#[test]
+fn load_balanced_traffic_is_translated_and_forwarded_both_ways() {
+    let vip = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 80);
+    let ep = SocketAddrV4::new(DST, 8080);
+    let client_mac = [0x02, 0xcc, 0, 0, 0, 0x01];
+    let rule = LbRule {
+        key: ServiceKey {
+            ip: *vip.ip(),
+            port: vip.port(),
+            proto: Protocol::Tcp,
+        },
+        name: "web".into(),
+        selection: Selection::RoundRobin,
+        mode: Mode::Default,
+        endpoints: vec![Endpoint {
+            ip: *ep.ip(),
+            port: ep.port(),
+            weight: 1,
+        }],
+    };
+    for hook in HOOKS {
+        let net = Net::routed(hook);
+        net.dp
+            .program_service(1, &rule)
+            .expect("programming a service");
+        net.route("10.0.0.0/24", vec![onlink(B)]);
+        net.neigh(B, *CLIENT.ip(), client_mac);
+        let new = [ll_reason::LL_R_NAT_NEW, ll_reason::LL_R_FWD];
+        let est = [ll_reason::LL_R_NAT_EST, ll_reason::LL_R_FWD];
+
+        let syn = Packet::new(CLIENT, vip, L4::Tcp { flags: SYN });
+        let out = net.send("SYN", &syn.build(), net.redirect(), &new);
+        assert_checksums(&out);
+        let want = Packet { dst: ep, ..syn };
+        assert_eq!(out, forwarded(&want, GW_A_MAC, A_MAC), "{hook:?}: SYN");
+
+        let synack = Packet::new(ep, CLIENT, L4::Tcp { flags: SYN | ACK });
+        let out = net.send("SYN-ACK", &synack.build(), net.redirect(), &est);
+        assert_checksums(&out);
+        let want = Packet { src: vip, ..synack };
+        assert_eq!(
+            out,
+            forwarded(&want, client_mac, B_MAC),
+            "{hook:?}: SYN-ACK"
+        );
+
+        let ack = Packet {
+            ttl: 9,
+            ..Packet::new(CLIENT, vip, L4::Tcp { flags: ACK })
+        };
+        let out = net.send("ACK", &ack.build(), net.redirect(), &est);
+        assert_checksums(&out);
+        let want = Packet { dst: ep, ..ack };
+        assert_eq!(out, forwarded(&want, GW_A_MAC, A_MAC), "{hook:?}: ACK");
+    }
+}
+
+#[test]
+fn egress_mtu_is_the_limit() {
+    for hook in HOOKS {
+        let net = Net::routed(hook);
+        let sized = |l3_len: usize| Packet {
+            payload: vec![0x5a; l3_len - 40],
+            ..tcp_to(DST, 40000)
+        };
+        let fits = sized(1500);
+        assert_eq!(fits.build().len(), ETH_HLEN + 1500);
+        net.forwards(
+            "1500 bytes",
+            &fits.build(),
+            &forwarded(&fits, GW_A_MAC, A_MAC),
+        );
+        let big = sized(1501).build();
+        net.untouched("1501 bytes", &big, ll_reason::LL_R_PASS_MTU);
+        net.iface(A, A_MAC, 9000, true, true);
+        let out = net.send("jumbo egress", &big, net.redirect(), &[ll_reason::LL_R_FWD]);
+        assert_checksums(&out);
+    }
+}
+
+#[test]
+fn what_linux_must_handle_goes_to_it_untouched() {
+    type R = ll_reason;
+    for hook in HOOKS {
+        let net = Net::routed(hook);
+        let local = |ip: &str| Addr {
+            ip: ip.parse().unwrap(),
+            prefix: 24,
+            ifindex: A,
+        };
+        net.dp.set_local(&local("198.51.100.1")).unwrap();
+        net.dp.set_local(&local("2001:db8:100::1")).unwrap();
+        // Non-unicast routes with a next hop: only their type can refuse them.
+        for (dst, kind) in [
+            ("100.64.1.0/24", RouteKind::Blackhole),
+            ("100.64.2.0/24", RouteKind::Unreachable),
+            ("100.64.3.0/24", RouteKind::Prohibit),
+        ] {
+            net.route_kind(dst, kind, vec![via(GW_A, A)]);
+        }
+        // 8: up but not attached; 9: unknown; 10: attached but down.
+        net.iface(8, [0x02, 0, 0, 0, 0, 8], 1500, true, false);
+        net.iface(10, [0x02, 0, 0, 0, 0, 10], 1500, false, true);
+        for i in [8u8, 9, 10] {
+            net.route(&format!("100.64.{i}.0/24"), vec![onlink(i.into())]);
+            net.neigh(
+                i.into(),
+                Ipv4Addr::new(100, 64, i, 7),
+                [0x02, 0x77, 0, 0, 0, i],
+            );
+        }
+        net.route("100.64.12.0/24", vec![onlink(A)]);
+
+        let to = |dst: [u8; 4]| tcp_to(dst.into(), 40000).build();
+        let ok = tcp_to(DST, 40000);
+        let edit = |f: &dyn Fn(&mut Packet)| {
+            let mut p = ok.clone();
+            f(&mut p);
+            p.build()
+        };
+        let v6 = |dst: &str| ipv6(dst.parse().unwrap(), 64, false);
+        let dmac = |mac: Mac, f: Vec<u8>| with_macs(f, mac, [0x02, 0, 0, 0, 0, 2]);
+        let cases = [
+            (
+                R::LL_R_PASS_TTL,
+                vec![
+                    ("TTL 1", edit(&|p| p.ttl = 1)),
+                    ("TTL 0", edit(&|p| p.ttl = 0)),
+                    ("hop limit 1", ipv6(DST6, 1, false)),
+                    ("hop limit 0", ipv6(DST6, 0, false)),
+                ],
+            ),
+            (
+                R::LL_R_PASS_LOCAL,
+                vec![
+                    ("local", to([198, 51, 100, 1])),
+                    ("local IPv6", v6("2001:db8:100::1")),
+                ],
+            ),
+            (
+                R::LL_R_PASS_NO_ROUTE,
+                vec![
+                    ("no route", to([203, 0, 113, 9])),
+                    ("no IPv6 route", v6("2001:db8:200::7")),
+                ],
+            ),
+            (
+                R::LL_R_PASS_ROUTE_TYPE,
+                vec![
+                    ("blackhole", to([100, 64, 1, 7])),
+                    ("unreachable", to([100, 64, 2, 7])),
+                    ("prohibit", to([100, 64, 3, 7])),
+                ],
+            ),
+            (
+                R::LL_R_PASS_NOT_MANAGED,
+                vec![
+                    ("egress not attached", to([100, 64, 8, 7])),
+                    ("egress unknown", to([100, 64, 9, 7])),
+                ],
+            ),
+            (
+                R::LL_R_PASS_EGRESS_DOWN,
+                vec![("egress down", to([100, 64, 10, 7]))],
+            ),
+            (
+                R::LL_R_PASS_NO_NEIGH,
+                vec![("no neighbour", to([100, 64, 12, 7]))],
+            ),
+            (
+                R::LL_R_PASS_IP_OPTIONS,
+                vec![
+                    ("IPv4 options", edit(&|p| p.options = vec![1, 1, 1, 0])),
+                    ("IPv6 hop-by-hop", ipv6(DST6, 64, true)),
+                ],
+            ),
+            (
+                R::LL_R_PASS_VLAN,
+                vec![("802.1Q", edit(&|p| p.vlan = Some(100)))],
+            ),
+            (
+                R::LL_R_PASS_MCAST,
+                vec![
+                    ("224.0.0.5", to([224, 0, 0, 5])),
+                    (
+                        "224.0.0.5 to 01:00:5e:00:00:05",
+                        dmac([1, 0, 0x5e, 0, 0, 5], to([224, 0, 0, 5])),
+                    ),
+                    ("255.255.255.255", dmac([0xff; 6], to([255; 4]))),
+                    (
+                        "unicast IP to a group MAC",
+                        dmac([1, 0, 0x5e, 0, 0, 1], ok.build()),
+                    ),
+                    ("ff02::1", v6("ff02::1")),
+                    ("fe80::1", v6("fe80::1")),
+                ],
+            ),
+            (
+                R::LL_R_PASS_OTHER_HOST,
+                vec![(
+                    "another host's MAC",
+                    dmac([2, 0, 0, 0, 0, 0x99], ok.build()),
+                )],
+            ),
+        ];
+        for (reason, frames) in &cases {
+            for (what, frame) in frames {
+                net.untouched(what, frame, *reason);
+            }
+        }
+        // The setup forwards what it should: only each case's difference counts.
+        net.forwards("control", &ok.build(), &forwarded(&ok, GW_A_MAC, A_MAC));
+        let ok6 = ipv6(DST6, 64, false);
+        net.forwards("IPv6 control", &ok6, &forwarded6(&ok6, GW6_MAC, A_MAC));
+    }
+}
+
+/// Collects the next `n` neighbour-miss reports, then asserts there is no other.
+fn misses(dp: &Arc<Datapath>, n: usize) -> Vec<(u32, IpAddr)> {
+    let (tx, rx) = mpsc::channel();
+    let dp = Arc::clone(dp);
+    let watcher = thread::spawn(move || {
+        let mut seen = 0;
+        dp.watch_neigh_misses(|ifindex, ip| {
+            seen += 1;
+            let _ = tx.send((ifindex, ip));
+            seen < n
+        })
+    });
+    let got = (0..n)
+        .map(|i| {
+            rx.recv_timeout(Duration::from_secs(5))
+                .unwrap_or_else(|_| panic!("neighbour-miss report {i} of {n} never came"))
+        })
+        .collect();
+    // Every report was queued before the watch began, so its one poll
+    // delivered them all.
+    watcher.join().unwrap().expect("watching neighbour misses");
+    let extra: Vec<_> = rx.try_iter().collect();
+    assert!(extra.is_empty(), "unexpected reports: {extra:?}");
+    got
+}
+
+#[test]
+fn unresolved_next_hops_go_to_linux_and_are_reported_at_most_every_100ms() {
+    for hook in HOOKS {
+        let net = Net::routed(hook);
+        net.route("100.64.12.0/24", vec![onlink(A)]);
+        net.route(
+            "100.64.13.0/24",
+            vec![via(Ipv4Addr::new(192, 0, 2, 250), B)],
+        );
+        let (a, b) = (Ipv4Addr::new(100, 64, 12, 7), Ipv4Addr::new(100, 64, 12, 8));
+        let unresolved = |dst| tcp_to(dst, 40000).build();
+        let start = Instant::now();
+        net.untouched("first miss", &unresolved(a), ll_reason::LL_R_PASS_NO_NEIGH);
+        net.untouched("second miss", &unresolved(a), ll_reason::LL_R_PASS_NO_NEIGH);
+        let quick = start.elapsed() < Duration::from_millis(100);
+        net.untouched("other host", &unresolved(b), ll_reason::LL_R_PASS_NO_NEIGH);
+        let gw = unresolved(Ipv4Addr::new(100, 64, 13, 7));
+        net.untouched("unresolved gateway", &gw, ll_reason::LL_R_PASS_NO_NEIGH);
+        let mut want = vec![(A, a.into())];
+        if !quick {
+            want.push((A, a.into())); // too slow a machine to see the limit
+        }
+        want.extend([(A, b.into()), (B, Ipv4Addr::new(192, 0, 2, 250).into())]);
+        assert_eq!(misses(&net.dp, want.len()), want, "{hook:?}");
+
+        // Once the interval has passed, a miss is reported again.
+        thread::sleep(Duration::from_millis(150));
+        net.untouched("miss later", &unresolved(a), ll_reason::LL_R_PASS_NO_NEIGH);
+        assert_eq!(misses(&net.dp, 1), [(A, a.into())], "{hook:?}");
+
+        // Once resolved, the same destination is forwarded.
+        let mac = [0x02, 0x77, 0, 0, 0, 7];
+        net.neigh(A, a, mac);
+        let p = tcp_to(a, 40000);
+        net.forwards("resolved", &p.build(), &forwarded(&p, mac, A_MAC));
+    }
+}
+
+/// The mirror (src/kernel/convert.rs) writes blackhole, unreachable and
+/// prohibit routes without next hops.
+#[test]
+#[ignore = "bug: non-unicast routes without next hops count LL_R_PASS_NO_ROUTE, \
+            not LL_R_PASS_ROUTE_TYPE (fwd.h checks n_nexthops before the type)"]
+fn non_unicast_routes_as_the_mirror_writes_them_count_their_type() {
+    for hook in HOOKS {
+        let net = Net::routed(hook);
+        for (i, kind) in [
+            RouteKind::Blackhole,
+            RouteKind::Unreachable,
+            RouteKind::Prohibit,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            net.route_kind(&format!("100.64.{}.0/24", i + 1), kind, Vec::new());
+            let frame = tcp_to(Ipv4Addr::new(100, 64, i as u8 + 1, 7), 40000).build();
+            net.untouched(kind.as_str(), &frame, ll_reason::LL_R_PASS_ROUTE_TYPE);
+        }
+    }
+}
+
+/// Linux never forwards these (martian addresses: ip_route_input_slow,
+/// ip6_rcv_core, ip6_forward); which pass reason to count is the fix's choice.
+#[test]
+#[ignore = "bug: martian sources/destinations are forwarded over a default route \
+            (only the destination is checked, for multicast/broadcast/link-local)"]
+fn martian_addresses_are_not_forwarded() {
+    let v4 = |src: [u8; 4], dst: [u8; 4]| {
+        let src = SocketAddrV4::new(src.into(), 40000);
+        Packet::new(
+            src,
+            SocketAddrV4::new(dst.into(), 80),
+            L4::Tcp { flags: SYN },
+        )
+        .build()
+    };
+    let v6 =
+        |src: &str, dst: &str| ipv6_from(src.parse().unwrap(), dst.parse().unwrap(), 64, false);
+    let cases = [
+        ("to 127.0.0.1", v4([10, 0, 0, 1], [127, 0, 0, 1])),
+        ("to 0.1.2.3", v4([10, 0, 0, 1], [0, 1, 2, 3])),
+        ("from 127.0.0.1", v4([127, 0, 0, 1], DST.octets())),
+        ("from 224.0.0.1", v4([224, 0, 0, 1], DST.octets())),
+        ("from 0.0.0.0", v4([0; 4], DST.octets())),
+        ("to ::1", v6("fd00::1", "::1")),
+        ("from ::1", v6("::1", "2001:db8:100::7")),
+        ("from fe80::5", v6("fe80::5", "2001:db8:100::7")),
+        ("from ff02::1", v6("ff02::1", "2001:db8:100::7")),
+    ];
+    for hook in HOOKS {
+        let net = Net::routed(hook);
+        net.route("0.0.0.0/0", vec![via(GW_A, A)]);
+        net.route("::/0", vec![via(GW6, A)]);
+        for (what, frame) in &cases {
+            let r = net.dp.test_run(hook, frame, 1).expect("test run");
+            assert_eq!(r.retval, net.pass(), "{hook:?}: {what}: verdict");
+            assert_eq!(&r.data, frame, "{hook:?}: {what}: frame changed");
+        }
+    }
+}
