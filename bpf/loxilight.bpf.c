@@ -22,6 +22,8 @@ int ll_tc_ingress(struct __sk_buff *skb)
 		ll_count(&ll_reasons, r, skb->len);
 		return TC_ACT_OK;
 	}
+	/* The stack strips a VLAN tag into skb metadata before TC runs. */
+	p.vlan |= skb->vlan_present;
 	/* GSO packets are segmented to the egress MTU on the way out. */
 	ll_pipeline(&p, skb->ingress_ifindex, skb->gso_size ? 0 : skb->len - p.l3_off, &v);
 	if (v.nat_reason) {

@@ -83,17 +83,26 @@ impl Config {
             "max_services must be 1-65536, not {}",
             limits.services
         );
-        anyhow::ensure!(limits.conntrack >= 2, "conntrack_entries must be at least 2");
+        anyhow::ensure!(
+            limits.conntrack >= 2,
+            "conntrack_entries must be at least 2"
+        );
         anyhow::ensure!(limits.routes >= 1, "max_routes must be at least 1");
         anyhow::ensure!(limits.neighbours >= 1, "max_neighbours must be at least 1");
-        let interfaces = flags.interfaces.or(file.interfaces).filter(|v| !v.is_empty());
+        let interfaces = flags
+            .interfaces
+            .or(file.interfaces)
+            .filter(|v| !v.is_empty());
         let hook = parse_hook(flags.hook.or(file.hook).as_deref().unwrap_or("tc"))?;
         Ok(Config {
             listen: flags
                 .listen
                 .or(file.listen)
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default address")),
-            pin_dir: flags.pin_dir.or(file.pin_dir).unwrap_or_else(default_pin_dir),
+            pin_dir: flags
+                .pin_dir
+                .or(file.pin_dir)
+                .unwrap_or_else(default_pin_dir),
             limits,
             mirror: MirrorOptions {
                 managed: interfaces.map_or(Managed::All, Managed::Named),
@@ -117,7 +126,10 @@ mod tests {
             "listen = \"127.0.0.1:9\"\ninterfaces = [\"eth0\"]\nmax_services = 10\n",
         )
         .unwrap();
-        let flags = Overrides { listen: Some("127.0.0.1:7".parse().unwrap()), ..Default::default() };
+        let flags = Overrides {
+            listen: Some("127.0.0.1:7".parse().unwrap()),
+            ..Default::default()
+        };
         let c = Config::merge(file, flags).unwrap();
         assert_eq!(c.listen.port(), 7);
         assert!(matches!(c.mirror.managed, Managed::Named(ref n) if n == &["eth0"]));
@@ -134,7 +146,10 @@ mod tests {
             ..Default::default()
         };
         assert!(Config::merge(file, Overrides::default()).is_err());
-        let file = FileConfig { hook: Some("ebpf".into()), ..Default::default() };
+        let file = FileConfig {
+            hook: Some("ebpf".into()),
+            ..Default::default()
+        };
         assert!(Config::merge(file, Overrides::default()).is_err());
     }
 }

@@ -143,10 +143,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    tokio::spawn(watcher);
+    let mirror = tokio::spawn(watcher);
     let store = Arc::new(RuleStore::new(dp.clone()));
     tracing::info!(listen = %cfg.listen, pin_dir = %cfg.pin_dir.display(), "loxilight ready");
     let served = loxilight::api::serve(listener, store, dp.clone(), shutdown_signal()).await;
+    // Stop the mirror first: detaching changes links, and it would attach again.
+    mirror.abort();
+    let _ = mirror.await;
     dp.detach_all();
     served
 }

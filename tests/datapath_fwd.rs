@@ -746,8 +746,6 @@ fn unresolved_next_hops_go_to_linux_and_are_reported_at_most_every_100ms() {
 /// The mirror (src/kernel/convert.rs) writes blackhole, unreachable and
 /// prohibit routes without next hops.
 #[test]
-#[ignore = "bug: non-unicast routes without next hops count LL_R_PASS_NO_ROUTE, \
-            not LL_R_PASS_ROUTE_TYPE (fwd.h checks n_nexthops before the type)"]
 fn non_unicast_routes_as_the_mirror_writes_them_count_their_type() {
     for hook in HOOKS {
         let net = Net::routed(hook);
@@ -769,9 +767,12 @@ fn non_unicast_routes_as_the_mirror_writes_them_count_their_type() {
 /// Linux never forwards these (martian addresses: ip_route_input_slow,
 /// ip6_rcv_core, ip6_forward); which pass reason to count is the fix's choice.
 #[test]
-#[ignore = "bug: martian sources/destinations are forwarded over a default route \
-            (only the destination is checked, for multicast/broadcast/link-local)"]
 fn martian_addresses_are_not_forwarded() {
+    let martians = |dp: &Datapath| {
+        dp.reason_counters().unwrap()[ll_reason::LL_R_PASS_MARTIAN.0 as usize]
+            .1
+            .packets
+    };
     let v4 = |src: [u8; 4], dst: [u8; 4]| {
         let src = SocketAddrV4::new(src.into(), 40000);
         Packet::new(
@@ -799,9 +800,11 @@ fn martian_addresses_are_not_forwarded() {
         net.route("0.0.0.0/0", vec![via(GW_A, A)]);
         net.route("::/0", vec![via(GW6, A)]);
         for (what, frame) in &cases {
+            let before = martians(&net.dp);
             let r = net.dp.test_run(hook, frame, 1).expect("test run");
             assert_eq!(r.retval, net.pass(), "{hook:?}: {what}: verdict");
             assert_eq!(&r.data, frame, "{hook:?}: {what}: frame changed");
+            assert_eq!(martians(&net.dp), before + 1, "{hook:?}: {what}: counted");
         }
     }
 }

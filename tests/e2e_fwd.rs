@@ -50,7 +50,7 @@ fn lab_without_linux_forwarding(tag: &str, hook: &str) -> Lab {
     lab
 }
 
-fn forwards_by_itself(hook: &str) {
+fn forwards_by_itself(hook: &str) -> Lab {
     let lab = lab_without_linux_forwarding(hook, hook);
     let eps = format!("--endpoints={}", lab.endpoints_arg());
     lab.loxicmd_ok(&[
@@ -90,6 +90,7 @@ fn forwards_by_itself(hook: &str) {
             + &std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding").unwrap()
     });
     assert_eq!(forwarding, "0\n0\n");
+    lab
 }
 
 #[test]
@@ -99,7 +100,15 @@ fn tc_hook_forwards_with_linux_forwarding_off() {
 
 #[test]
 fn xdp_hook_forwards_with_linux_forwarding_off() {
-    forwards_by_itself("xdp");
+    let mut lab = forwards_by_itself("xdp");
+    // Stopping the daemon takes its XDP programs off every interface.
+    lab.stop_daemon();
+    let links = std::process::Command::new("ip")
+        .args(["-n", &lab.lb, "link", "show"])
+        .output()
+        .expect("running ip");
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!links.contains("prog/xdp"), "XDP left attached:\n{links}");
 }
 
 fn route_via(lab: &Lab, dst: &str, gw: &str) -> bool {

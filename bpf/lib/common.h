@@ -53,6 +53,7 @@ enum ll_reason {
 	LL_R_PASS_MTU,           /* larger than the egress MTU */
 	LL_R_PASS_NO_NEIGH,      /* next hop unresolved: Linux resolves it */
 	LL_R_FWD,                /* forwarded by the datapath (redirect) */
+	LL_R_PASS_MARTIAN,       /* loopback, unspecified, ... addresses Linux drops */
 	LL_R_MAX,
 };
 

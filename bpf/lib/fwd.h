@@ -35,6 +35,24 @@ static __always_inline int ll_is_mcast(__u32 family, const __u8 *d)
 	return d[0] == 0xff || (d[0] == 0xfe && (d[1] & 0xc0) == 0x80);
 }
 
+/* Addresses Linux never forwards (it drops them as martians): loopback and
+ * "this network" destinations; loopback, multicast, broadcast, unspecified
+ * or IPv6 link-local sources. */
+static __always_inline int ll_is_martian(const struct ll_pkt *p, const __u8 *d)
+{
+	if (p->family == LL_AF_INET) {
+		const __u8 *s = (const __u8 *)&p->saddr;
+
+		return d[0] == 127 || d[0] == 0 || s[0] == 127 || s[0] == 0 ||
+		       (s[0] & 0xf0) == 0xe0 || p->saddr == 0xffffffff;
+	}
+	const __u64 *d64 = (const __u64 *)d, *s64 = (const __u64 *)p->saddr6;
+	__u64 one = bpf_cpu_to_be64(1);
+
+	return (d64[0] == 0 && d64[1] == one) || (s64[0] == 0 && (s64[1] == one || s64[1] == 0)) ||
+	       p->saddr6[0] == 0xff || (p->saddr6[0] == 0xfe && (p->saddr6[1] & 0xc0) == 0x80);
+}
+
 /* Ask the daemon to get the next hop resolved, at most every 100 ms each. */
 static __always_inline void ll_report_miss(struct ll_neigh_key *k)
 {
@@ -79,6 +97,8 @@ static __always_inline int ll_fwd_lookup(__u32 ingress, const struct ll_pkt *p,
 
 	if (p->l2_mcast || ll_is_mcast(p->family, daddr))
 		return LL_R_PASS_MCAST;
+	if (ll_is_martian(p, daddr))
+		return LL_R_PASS_MARTIAN;
 	in = bpf_map_lookup_elem(&ll_ifaces, &ingress);
 	if (!in || !ll_mac_eq(in->mac, p->dmac))
 		return LL_R_PASS_OTHER_HOST;
@@ -93,10 +113,12 @@ static __always_inline int ll_fwd_lookup(__u32 ingress, const struct ll_pkt *p,
 		return LL_R_PASS_VLAN;
 
 	rt = ll_route_lookup(p->family, daddr);
-	if (!rt || rt->n_nexthops == 0)
+	if (!rt)
 		return LL_R_PASS_NO_ROUTE;
 	if (rt->type != LL_RT_UNICAST)
 		return LL_R_PASS_ROUTE_TYPE;
+	if (rt->n_nexthops == 0)
+		return LL_R_PASS_NO_ROUTE;
 	idx = rt->n_nexthops > 1 ? hash % rt->n_nexthops : 0;
 	nh = &rt->nh[idx & (LL_MAX_NEXTHOPS - 1)];
 

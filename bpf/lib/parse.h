@@ -30,9 +30,7 @@ struct ll_vlan_hdr {
 };
 
 /* What the pipeline knows about a packet. Offsets are from the start of the
- * frame; addresses and ports are in network order, as on the wire. IPv6
- * keeps only its destination: forwarding needs nothing else, and the LB is
- * IPv4 only so far. */
+ * frame; addresses and ports are in network order, as on the wire. */
 struct ll_pkt {
 	__u32 l3_off;
 	__u32 l4_off;
@@ -40,6 +38,7 @@ struct ll_pkt {
 	__u32 family;       /* LL_AF_INET or LL_AF_INET6 */
 	__be32 saddr;       /* IPv4 */
 	__be32 daddr;       /* IPv4 */
+	__u8 saddr6[16];    /* IPv6 */
 	__u8 daddr6[16];    /* IPv6 */
 	__be16 sport;
 	__be16 dport;
@@ -128,11 +127,12 @@ static __always_inline int ll_parse_ipv6(void *data, void *data_end, __u32 off, 
 
 	p->family = LL_AF_INET6;
 	p->l4_off = off + sizeof(*ip6);
+	__builtin_memcpy(p->saddr6, &ip6->saddr, sizeof(p->saddr6));
 	__builtin_memcpy(p->daddr6, &ip6->daddr, sizeof(p->daddr6));
 	p->proto = ip6->nexthdr;
 	p->ttl = ip6->hop_limit;
 	p->ip_options = ip6->nexthdr == LL_NEXTHDR_HOP;
-	return LL_PARSED;
+	return ll_parse_ports(data, data_end, p->l4_off + bpf_ntohs(ip6->payload_len), p);
 }
 
 /* Returns LL_PARSED when p describes an IPv4 or IPv6 packet the pipeline can

@@ -24,10 +24,12 @@ static __always_inline __u32 ll_fwd_hash(const struct ll_pkt *p, __be32 daddr4)
 		k.sport = p->sport;
 		k.dport = p->dport;
 	} else {
-		const __u32 *d = (const __u32 *)p->daddr6;
+		const __u32 *s = (const __u32 *)p->saddr6, *d = (const __u32 *)p->daddr6;
 
-		k.saddr = d[0] ^ d[1];
-		k.daddr = d[2] ^ d[3];
+		k.saddr = s[0] ^ s[1] ^ s[2] ^ s[3];
+		k.daddr = d[0] ^ d[1] ^ d[2] ^ d[3];
+		k.sport = p->sport;
+		k.dport = p->dport;
 	}
 	return ll_flow_hash(&k);
 }

@@ -62,7 +62,10 @@ pub async fn serve(
             store.clone(),
             dp.clone(),
         )))
-        .add_service(ConntrackServiceServer::new(conntrack::Api::new(store, dp.clone())))
+        .add_service(ConntrackServiceServer::new(conntrack::Api::new(
+            store,
+            dp.clone(),
+        )))
         .add_service(NetworkServiceServer::new(network::Api::new(dp)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;

@@ -19,7 +19,11 @@ impl Api {
     }
 
     fn names(&self) -> std::collections::HashMap<u32, String> {
-        self.dp.ifaces().into_iter().map(|(i, _)| (i.index, i.name)).collect()
+        self.dp
+            .ifaces()
+            .into_iter()
+            .map(|(i, _)| (i.index, i.name))
+            .collect()
     }
 }
 

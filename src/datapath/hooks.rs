@@ -66,11 +66,14 @@ impl Datapath {
         // EEXIST from create just means the clsact qdisc is already there.
         if let Err(e) = hook.create() {
             if e.kind() != libbpf_rs::ErrorKind::AlreadyExists {
-                return Err(Error::bpf(format!("creating clsact on ifindex {ifindex}"))(e));
+                return Err(Error::bpf(format!("creating clsact on ifindex {ifindex}"))(
+                    e,
+                ));
             }
         }
-        hook.attach()
-            .map_err(Error::bpf(format!("attaching at TC ingress of ifindex {ifindex}")))?;
+        hook.attach().map_err(Error::bpf(format!(
+            "attaching at TC ingress of ifindex {ifindex}"
+        )))?;
         Ok(Hook::Tc)
     }
 
@@ -93,17 +96,27 @@ impl Datapath {
             HookKind::Tc => self.attach_tc(ifindex)?,
             HookKind::Xdp => self.attach_xdp(ifindex)?,
         };
-        self.hooks.lock().unwrap_or_else(|p| p.into_inner()).insert(ifindex, hook);
+        self.hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ifindex, hook);
         Ok(hook)
     }
 
     /// Forgets an interface that went away (its hook went with it).
     pub fn forget(&self, ifindex: u32) {
-        self.hooks.lock().unwrap_or_else(|p| p.into_inner()).remove(&ifindex);
+        self.hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ifindex);
     }
 
     pub fn hook_of(&self, ifindex: u32) -> Option<Hook> {
-        self.hooks.lock().unwrap_or_else(|p| p.into_inner()).get(&ifindex).copied()
+        self.hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ifindex)
+            .copied()
     }
 
     pub fn attached(&self) -> Vec<(u32, Hook)> {
@@ -120,7 +133,12 @@ impl Datapath {
 
     /// Detaches from every interface, leaving the clsact qdisc for other users.
     pub fn detach_all(&self) {
-        let hooks: Vec<_> = self.hooks.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        let hooks: Vec<_> = self
+            .hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
         for (ifindex, hook) in hooks {
             let res = match hook {
                 Hook::Tc => self.tc_hook(ifindex).detach(),
@@ -128,8 +146,9 @@ impl Datapath {
                     Xdp::new(self.xdp_prog.as_fd()).detach(ifindex as i32, hook.xdp_flags())
                 }
             };
-            if let Err(e) = res {
-                tracing::warn!(ifindex, error = %e, "detaching the datapath failed");
+            match res {
+                Ok(()) => tracing::debug!(ifindex, hook = hook.as_str(), "datapath detached"),
+                Err(e) => tracing::warn!(ifindex, error = %e, "detaching the datapath failed"),
             }
         }
     }

@@ -70,7 +70,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { services: 4096, conntrack: 65536, routes: 262_144, neighbours: 16384 }
+        Limits {
+            services: 4096,
+            conntrack: 65536,
+            routes: 262_144,
+            neighbours: 16384,
+        }
     }
 }
 
@@ -217,7 +222,9 @@ impl Datapath {
     /// Removes the mirrored network state (the kernel is the source of truth).
     pub fn clear_network(&self) -> Result<()> {
         let m = &self.maps;
-        [&m.ifaces, &m.locals, &m.routes4, &m.routes6, &m.neighs].into_iter().try_for_each(clear)
+        [&m.ifaces, &m.locals, &m.routes4, &m.routes6, &m.neighs]
+            .into_iter()
+            .try_for_each(clear)
     }
 
     fn reset_service_counters(&self, id: u32) -> Result<()> {
@@ -297,8 +304,9 @@ impl Datapath {
         opts.data_size_out = out.len() as u32;
         opts.repeat = repeat.max(1) as _;
         // SAFETY: see above; the fd is owned by self.
-        let ret =
-            unsafe { libbpf_sys::bpf_prog_test_run_opts(self.prog(hook).as_fd().as_raw_fd(), &mut opts) };
+        let ret = unsafe {
+            libbpf_sys::bpf_prog_test_run_opts(self.prog(hook).as_fd().as_raw_fd(), &mut opts)
+        };
         if ret != 0 {
             return Err(Error::Io {
                 what: "BPF_PROG_TEST_RUN".into(),

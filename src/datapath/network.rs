@@ -80,7 +80,10 @@ impl Datapath {
     }
 
     pub fn del_iface(&self, ifindex: u32) -> Result<()> {
-        ignore_missing(self.maps.ifaces.delete(&ifindex.to_ne_bytes()), "deleting an interface")
+        ignore_missing(
+            self.maps.ifaces.delete(&ifindex.to_ne_bytes()),
+            "deleting an interface",
+        )
     }
 
     /// Interfaces as the datapath holds them, with whether it is attached.
@@ -88,8 +91,12 @@ impl Datapath {
         let mut v: Vec<(Iface, bool)> = entries::<u32, ll_iface>(&self.maps.ifaces)
             .into_iter()
             .map(|(index, i)| {
-                let name: Vec<u8> =
-                    i.name.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+                let name: Vec<u8> = i
+                    .name
+                    .iter()
+                    .take_while(|&&c| c != 0)
+                    .map(|&c| c as u8)
+                    .collect();
                 let iface = Iface {
                     index,
                     name: String::from_utf8_lossy(&name).into_owned(),
@@ -111,10 +118,17 @@ impl Datapath {
     }
 
     pub fn set_local(&self, a: &Addr) -> Result<()> {
-        let v = ll_local { ifindex: a.ifindex, prefixlen: a.prefix.into() };
+        let v = ll_local {
+            ifindex: a.ifindex,
+            prefixlen: a.prefix.into(),
+        };
         self.maps
             .locals
-            .update(pod::bytes(&Self::addr_key(&a.ip)), pod::bytes(&v), MapFlags::ANY)
+            .update(
+                pod::bytes(&Self::addr_key(&a.ip)),
+                pod::bytes(&v),
+                MapFlags::ANY,
+            )
             .map_err(|e| super::full_or(e, "ll_locals", "writing a local address"))
     }
 
@@ -141,11 +155,17 @@ impl Datapath {
     fn route_map(&self, p: &Prefix) -> (&MapHandle, Vec<u8>) {
         match p.ip {
             IpAddr::V4(v4) => {
-                let k = ll_lpm4_key { prefixlen: p.len.into(), addr: v4.octets() };
+                let k = ll_lpm4_key {
+                    prefixlen: p.len.into(),
+                    addr: v4.octets(),
+                };
                 (&self.maps.routes4, pod::bytes(&k).to_vec())
             }
             IpAddr::V6(v6) => {
-                let k = ll_lpm6_key { prefixlen: p.len.into(), addr: v6.octets() };
+                let k = ll_lpm6_key {
+                    prefixlen: p.len.into(),
+                    addr: v6.octets(),
+                };
                 (&self.maps.routes6, pod::bytes(&k).to_vec())
             }
         }
@@ -200,12 +220,28 @@ impl Datapath {
                 })
                 .collect(),
         };
-        let v4 = entries::<ll_lpm4_key, ll_route>(&self.maps.routes4).into_iter().map(|(k, r)| {
-            route(Prefix { ip: IpAddr::from(k.addr), len: k.prefixlen as u8 }, r)
-        });
-        let v6 = entries::<ll_lpm6_key, ll_route>(&self.maps.routes6).into_iter().map(|(k, r)| {
-            route(Prefix { ip: IpAddr::from(k.addr), len: k.prefixlen as u8 }, r)
-        });
+        let v4 = entries::<ll_lpm4_key, ll_route>(&self.maps.routes4)
+            .into_iter()
+            .map(|(k, r)| {
+                route(
+                    Prefix {
+                        ip: IpAddr::from(k.addr),
+                        len: k.prefixlen as u8,
+                    },
+                    r,
+                )
+            });
+        let v6 = entries::<ll_lpm6_key, ll_route>(&self.maps.routes6)
+            .into_iter()
+            .map(|(k, r)| {
+                route(
+                    Prefix {
+                        ip: IpAddr::from(k.addr),
+                        len: k.prefixlen as u8,
+                    },
+                    r,
+                )
+            });
         let mut v: Vec<Route> = v4.chain(v6).collect();
         v.sort_by_key(|r| r.dst);
         v
@@ -213,20 +249,33 @@ impl Datapath {
 
     fn neigh_key(ifindex: u32, ip: &IpAddr) -> ll_neigh_key {
         let (family, addr) = family_bytes(ip);
-        ll_neigh_key { ifindex, family, addr }
+        ll_neigh_key {
+            ifindex,
+            family,
+            addr,
+        }
     }
 
     pub fn set_neigh(&self, n: &Neigh) -> Result<()> {
-        let v = ll_neigh { mac: n.mac, state: n.state };
+        let v = ll_neigh {
+            mac: n.mac,
+            state: n.state,
+        };
         self.maps
             .neighs
-            .update(pod::bytes(&Self::neigh_key(n.ifindex, &n.ip)), pod::bytes(&v), MapFlags::ANY)
+            .update(
+                pod::bytes(&Self::neigh_key(n.ifindex, &n.ip)),
+                pod::bytes(&v),
+                MapFlags::ANY,
+            )
             .map_err(|e| super::full_or(e, "ll_neighs", "writing a neighbour"))
     }
 
     pub fn del_neigh(&self, ifindex: u32, ip: &IpAddr) -> Result<()> {
         ignore_missing(
-            self.maps.neighs.delete(pod::bytes(&Self::neigh_key(ifindex, ip))),
+            self.maps
+                .neighs
+                .delete(pod::bytes(&Self::neigh_key(ifindex, ip))),
             "deleting a neighbour",
         )
     }
@@ -260,7 +309,9 @@ impl Datapath {
                 0
             })
             .map_err(Error::bpf("reading neighbour misses"))?;
-        let rb = builder.build().map_err(Error::bpf("reading neighbour misses"))?;
+        let rb = builder
+            .build()
+            .map_err(Error::bpf("reading neighbour misses"))?;
         while !stop.get() {
             rb.poll(std::time::Duration::from_millis(500))
                 .map_err(Error::bpf("polling neighbour misses"))?;

@@ -41,7 +41,11 @@ pub fn addr(m: &AddressMessage) -> Option<Addr> {
         AddressAttribute::Address(ip) => Some(*ip),
         _ => None,
     });
-    Some(Addr { ip: local.or(address)?, prefix: m.header.prefix_len, ifindex: m.header.index })
+    Some(Addr {
+        ip: local.or(address)?,
+        prefix: m.header.prefix_len,
+        ifindex: m.header.index,
+    })
 }
 
 fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
@@ -82,8 +86,11 @@ pub fn route(m: &RouteMessage) -> RouteMsg {
         _ => return RouteMsg::Ignored,
     };
     let v6 = m.header.address_family == rtnetlink::packet_route::AddressFamily::Inet6;
-    let unspecified: IpAddr =
-        if v6 { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
+    let unspecified: IpAddr = if v6 {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
     let mut dst = unspecified;
     let mut gateway = None;
     let mut oif = None;
@@ -101,7 +108,10 @@ pub fn route(m: &RouteMessage) -> RouteMsg {
                         RouteAttribute::Gateway(g) => route_ip(g),
                         _ => None,
                     });
-                    nexthops.push(NextHop { gateway: gw, ifindex: h.interface_index });
+                    nexthops.push(NextHop {
+                        gateway: gw,
+                        ifindex: h.interface_index,
+                    });
                 }
             }
             _ => {}
@@ -116,7 +126,10 @@ pub fn route(m: &RouteMessage) -> RouteMsg {
         nexthops.clear();
     }
     RouteMsg::Main(Route {
-        dst: Prefix { ip: dst, len: m.header.destination_prefix_length },
+        dst: Prefix {
+            ip: dst,
+            len: m.header.destination_prefix_length,
+        },
         kind,
         metric,
         nexthops,

@@ -52,7 +52,10 @@ struct Snapshot {
     neighs: Vec<Neigh>,
 }
 
-type Events = futures::channel::mpsc::UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, rtnetlink::sys::SocketAddr)>;
+type Events = futures::channel::mpsc::UnboundedReceiver<(
+    NetlinkMessage<RouteNetlinkMessage>,
+    rtnetlink::sys::SocketAddr,
+)>;
 
 struct Mirror {
     dp: Arc<Datapath>,
@@ -96,8 +99,13 @@ async fn dump_routes(h: &Handle) -> anyhow::Result<Vec<Route>> {
         // whatever the request header sets once strict checking is on.
         let mut req = RouteMessage::default();
         req.header.address_family = family;
-        let msgs: Vec<RouteMessage> =
-            h.route().get(req).execute().try_collect().await.context("dumping routes")?;
+        let msgs: Vec<RouteMessage> = h
+            .route()
+            .get(req)
+            .execute()
+            .try_collect()
+            .await
+            .context("dumping routes")?;
         routes.extend(msgs.iter().filter_map(|m| match convert::route(m) {
             RouteMsg::Main(r) if forwardable(&r.dst.ip) => Some(r),
             _ => None,
@@ -108,8 +116,16 @@ async fn dump_routes(h: &Handle) -> anyhow::Result<Vec<Route>> {
 
 async fn snapshot_once(h: &Handle) -> anyhow::Result<Snapshot> {
     let links = h.link().get().execute().map_ok(|m| convert::link(&m));
-    let addrs = h.address().get().execute().try_filter_map(|m| async move { Ok(convert::addr(&m)) });
-    let neighs = h.neighbours().get().execute().try_filter_map(|m| async move { Ok(convert::neigh(&m)) });
+    let addrs = h
+        .address()
+        .get()
+        .execute()
+        .try_filter_map(|m| async move { Ok(convert::addr(&m)) });
+    let neighs = h
+        .neighbours()
+        .get()
+        .execute()
+        .try_filter_map(|m| async move { Ok(convert::neigh(&m)) });
     let snap = Snapshot {
         links: links.try_collect().await.context("dumping links")?,
         addrs: addrs.try_collect().await.context("dumping addresses")?,
@@ -250,7 +266,10 @@ impl Mirror {
             RouteMsg::Main(r) => self.route_del(&r)?,
             RouteMsg::OtherTable => {
                 self.other_table_routes += 1;
-                tracing::debug!(total = self.other_table_routes, "route of another table ignored");
+                tracing::debug!(
+                    total = self.other_table_routes,
+                    "route of another table ignored"
+                );
             }
             RouteMsg::Ignored => {}
         }
@@ -276,9 +295,14 @@ impl Mirror {
 
     fn handle(&mut self, msg: NetlinkMessage<RouteNetlinkMessage>) {
         match msg.payload {
-            NetlinkPayload::InnerMessage(m) => log_err("applying a netlink event", self.on_message(m)),
+            NetlinkPayload::InnerMessage(m) => {
+                log_err("applying a netlink event", self.on_message(m))
+            }
             NetlinkPayload::Overrun(_) => {
-                tracing::warn!(rcvbuf = self.opts.netlink_rcvbuf, "netlink events overran (ENOBUFS); dumping again");
+                tracing::warn!(
+                    rcvbuf = self.opts.netlink_rcvbuf,
+                    "netlink events overran (ENOBUFS); dumping again"
+                );
                 self.overrun = true;
             }
             _ => {}
@@ -288,8 +312,12 @@ impl Mirror {
     /// Makes the mirror exactly `snap`: attaches to new managed links,
     /// removes what vanished, writes what changed.
     fn apply_snapshot(&mut self, snap: Snapshot) -> anyhow::Result<()> {
-        let gone: Vec<u32> =
-            self.links.keys().filter(|i| !snap.links.iter().any(|l| l.index == **i)).copied().collect();
+        let gone: Vec<u32> = self
+            .links
+            .keys()
+            .filter(|i| !snap.links.iter().any(|l| l.index == **i))
+            .copied()
+            .collect();
         for index in gone {
             self.link_del(index)?;
         }
@@ -297,10 +325,17 @@ impl Mirror {
             self.link_set(l)?;
         }
 
-        let addrs: HashMap<(IpAddr, u32), Addr> =
-            snap.addrs.into_iter().map(|a| ((a.ip, a.ifindex), a)).collect();
-        let stale: Vec<Addr> =
-            self.addrs.values().filter(|a| !addrs.contains_key(&(a.ip, a.ifindex))).copied().collect();
+        let addrs: HashMap<(IpAddr, u32), Addr> = snap
+            .addrs
+            .into_iter()
+            .map(|a| ((a.ip, a.ifindex), a))
+            .collect();
+        let stale: Vec<Addr> = self
+            .addrs
+            .values()
+            .filter(|a| !addrs.contains_key(&(a.ip, a.ifindex)))
+            .copied()
+            .collect();
         for a in &stale {
             self.addr_del(a)?;
         }
@@ -310,10 +345,17 @@ impl Mirror {
 
         self.replace_routes(snap.routes)?;
 
-        let neighs: HashMap<(u32, IpAddr), Neigh> =
-            snap.neighs.into_iter().map(|n| ((n.ifindex, n.ip), n)).collect();
-        let stale: Vec<(u32, IpAddr)> =
-            self.neighs.keys().filter(|k| !neighs.contains_key(k)).copied().collect();
+        let neighs: HashMap<(u32, IpAddr), Neigh> = snap
+            .neighs
+            .into_iter()
+            .map(|n| ((n.ifindex, n.ip), n))
+            .collect();
+        let stale: Vec<(u32, IpAddr)> = self
+            .neighs
+            .keys()
+            .filter(|k| !neighs.contains_key(k))
+            .copied()
+            .collect();
         for (i, ip) in stale {
             self.neigh_del(i, ip)?;
         }
@@ -327,7 +369,10 @@ impl Mirror {
         let started = std::time::Instant::now();
         let (what, res) = if std::mem::take(&mut self.overrun) {
             self.route_resync = false;
-            ("everything", async { self.apply_snapshot(snapshot(&self.handle).await?) }.await)
+            (
+                "everything",
+                async { self.apply_snapshot(snapshot(&self.handle).await?) }.await,
+            )
         } else {
             self.route_resync = false;
             let res = async {
@@ -342,7 +387,12 @@ impl Mirror {
             ("routes", res)
         };
         self.resyncs += 1;
-        tracing::info!(what, resyncs = self.resyncs, took_ms = started.elapsed().as_millis() as u64, "mirror resynchronised");
+        tracing::info!(
+            what,
+            resyncs = self.resyncs,
+            took_ms = started.elapsed().as_millis() as u64,
+            "mirror resynchronised"
+        );
         log_err("resynchronising the mirror", res);
     }
 
@@ -353,14 +403,25 @@ impl Mirror {
             return;
         }
         tracing::debug!(ifindex, %ip, "resolving next hop");
-        let res = self.handle.neighbours().add(ifindex, ip).flags(NeighbourFlags::Use).replace().execute().await;
+        let res = self
+            .handle
+            .neighbours()
+            .add(ifindex, ip)
+            .flags(NeighbourFlags::Use)
+            .replace()
+            .execute()
+            .await;
         if let Err(e) = res {
             tracing::debug!(ifindex, %ip, error = %e, "neighbour resolution request failed");
         }
     }
 }
 
-async fn run(mut m: Mirror, mut events: Events, mut misses: mpsc::UnboundedReceiver<(u32, IpAddr)>) {
+async fn run(
+    mut m: Mirror,
+    mut events: Events,
+    mut misses: mpsc::UnboundedReceiver<(u32, IpAddr)>,
+) {
     loop {
         tokio::select! {
             ev = events.next() => match ev {
@@ -395,7 +456,11 @@ fn force_rcvbuf(sock: &rtnetlink::sys::Socket, bytes: usize) -> std::io::Result<
             std::mem::size_of::<i32>() as libc::socklen_t,
         )
     };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Dumps the kernel's state into the datapath and attaches to the managed
