@@ -4,9 +4,9 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 DEB_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config make iproute2 curl \
-	python3 linux-libc-dev libbpf-dev
+	python3 linux-libc-dev libbpf-dev ethtool
 
-.PHONY: all deps build test demo lint clean check-root
+.PHONY: all deps build test demo lint clean check-root bench-mirror
 
 all: build
 
@@ -39,6 +39,11 @@ test: check-root deps
 
 demo: check-root build
 	bash scripts/demo.sh
+
+# Kernel-mirror latency and table load (README, "Kernel mirror").
+bench-mirror: check-root deps
+	$(CARGO) build --release --workspace
+	./target/release/mirror-bench --json bench/results/mirror.json
 
 lint:
 	$(CARGO) fmt --all -- --check
