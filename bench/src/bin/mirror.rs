@@ -32,7 +32,10 @@ impl Drop for Lab {
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let st = Command::new("ip").args(args).status().context("running ip")?;
+    let st = Command::new("ip")
+        .args(args)
+        .status()
+        .context("running ip")?;
     ensure!(st.success(), "ip {} failed", args.join(" "));
     Ok(())
 }
@@ -59,7 +62,11 @@ fn start(table: usize) -> anyhow::Result<Lab> {
     let config = std::env::temp_dir().join(format!("loxilight-bench-{id}.toml"));
     std::fs::write(&config, format!("max_routes = {}\n", table + 10_000))?;
     let daemon = std::env::current_exe()?.with_file_name("loxilight");
-    ensure!(daemon.exists(), "{} missing: build the workspace first", daemon.display());
+    ensure!(
+        daemon.exists(),
+        "{} missing: build the workspace first",
+        daemon.display()
+    );
     lab.daemon = Some(
         Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", lab.ns))
@@ -93,7 +100,10 @@ fn enter(ns: &str) -> anyhow::Result<()> {
     let f = std::fs::File::open(format!("/run/netns/{ns}"))?;
     use std::os::fd::AsRawFd;
     // SAFETY: setns on a namespace fd we hold open, for this thread only.
-    ensure!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } == 0, "setns {ns}");
+    ensure!(
+        unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } == 0,
+        "setns {ns}"
+    );
     Ok(())
 }
 
@@ -118,15 +128,26 @@ async fn run(lab: &Lab, changes: usize, table: usize) -> anyhow::Result<serde_js
     let routes = MapHandle::from_pinned_path(lab.pin_dir.join("ll_routes4"))?;
     let gw = Ipv4Addr::new(10, 99, 0, 2);
     let route = |addr: Ipv4Addr, len: u8| {
-        RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(addr, len).gateway(gw).build()
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(addr, len)
+            .gateway(gw)
+            .build()
     };
 
     // One change at a time: add, then wait until the datapath has it.
     let mut lat = Vec::with_capacity(changes);
     for i in 0..changes {
-        let addr = Ipv4Addr::new(198, 18 + (i / 65536) as u8, (i / 256 % 256) as u8, (i % 256) as u8);
+        let addr = Ipv4Addr::new(
+            198,
+            18 + (i / 65536) as u8,
+            (i / 256 % 256) as u8,
+            (i % 256) as u8,
+        );
         let key = lpm_key(addr, 32);
-        ensure!(routes.lookup(&key, MapFlags::ANY)?.is_none(), "{addr} is routed already");
+        ensure!(
+            routes.lookup(&key, MapFlags::ANY)?.is_none(),
+            "{addr} is routed already"
+        );
         let t0 = Instant::now();
         handle.route().add(route(addr, 32)).execute().await?;
         while routes.lookup(&key, MapFlags::ANY)?.is_none() {
@@ -143,18 +164,29 @@ async fn run(lab: &Lab, changes: usize, table: usize) -> anyhow::Result<serde_js
     let base = u32::from(Ipv4Addr::new(100, 64, 0, 0));
     let t0 = Instant::now();
     for i in 0..table as u32 {
-        handle.route().add(route(Ipv4Addr::from(base + i * 16), 28)).execute().await?;
+        handle
+            .route()
+            .add(route(Ipv4Addr::from(base + i * 16), 28))
+            .execute()
+            .await?;
     }
     let submitted = t0.elapsed();
     let last = lpm_key(Ipv4Addr::from(base + (table as u32 - 1) * 16), 32);
     let want = table + changes;
     loop {
         if routes.lookup(&last, MapFlags::ANY)?.is_some()
-            && routes.keys().filter(|k| k[..4] == 32u32.to_ne_bytes() || k[..4] == 28u32.to_ne_bytes()).count() >= want
+            && routes
+                .keys()
+                .filter(|k| k[..4] == 32u32.to_ne_bytes() || k[..4] == 28u32.to_ne_bytes())
+                .count()
+                >= want
         {
             break;
         }
-        ensure!(t0.elapsed() < Duration::from_secs(120), "the table never fully reached the datapath");
+        ensure!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the table never fully reached the datapath"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let loaded = t0.elapsed();
@@ -194,12 +226,20 @@ fn main() -> anyhow::Result<()> {
             other => bail!("unknown argument {other:?} (--changes N, --table N, --json FILE)"),
         }
     }
-    ensure!(changes > 0 && table > 0, "--changes and --table must be positive");
+    ensure!(
+        changes > 0 && table > 0,
+        "--changes and --table must be positive"
+    );
     // SAFETY: geteuid has no preconditions.
-    ensure!(unsafe { libc::geteuid() } == 0, "mirror-bench needs root (namespaces, BPF)");
+    ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "mirror-bench needs root (namespaces, BPF)"
+    );
     let lab = start(table)?;
     enter(&lab.ns)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let result = rt.block_on(run(&lab, changes, table))?;
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_string_pretty(&result)?)?;
