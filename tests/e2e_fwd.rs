@@ -331,3 +331,37 @@ fn a_netlink_overrun_is_resynchronised_without_loss() {
         lab.daemon_log()
     );
 }
+
+#[test]
+fn mtu_mac_and_name_changes_are_mirrored() {
+    let lab = lab_without_linux_forwarding("ifchg", "tc");
+    let port = |lab: &Lab, name: &str| {
+        rows(lab, "port")
+            .into_iter()
+            .find(|r| cell(r, "NAME") == name)
+    };
+    ip(&format!("-n {} link set veth-b2 mtu 1400", lab.lb));
+    wait_until(&lab, "MTU 1400", 5, || {
+        port(&lab, "veth-b2").is_some_and(|r| cell(&r, "MTU") == "1400")
+    });
+    ip(&format!(
+        "-n {} link set veth-b2 address 02:11:22:33:44:55",
+        lab.lb
+    ));
+    wait_until(&lab, "new MAC", 5, || {
+        port(&lab, "veth-b2").is_some_and(|r| cell(&r, "MAC") == "02:11:22:33:44:55")
+    });
+    // Forwarding out of it uses the new MAC: b2 still answers.
+    assert_eq!(udp_retry(&lab, &lab.backends[1].ip).as_deref(), Some("b2"));
+
+    ip(&format!("-n {} link set veth-b2 down", lab.lb));
+    ip(&format!("-n {} link set veth-b2 name lbside2", lab.lb));
+    ip(&format!("-n {} link set lbside2 up", lab.lb));
+    wait_until(&lab, "renamed", 5, || {
+        port(&lab, "lbside2").is_some_and(|r| cell(&r, "STATE") == "up")
+            && port(&lab, "veth-b2").is_none()
+    });
+    wait_until(&lab, "b2 reachable after the rename", 10, || {
+        lab.udp_request(&lab.backends[1].ip, UDP_PORT, None).is_ok()
+    });
+}
