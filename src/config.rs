@@ -31,6 +31,8 @@ pub struct FileConfig {
     pub hook: Option<String>,
     /// Receive buffer of the rtnetlink event socket, in bytes.
     pub netlink_rcvbuf: Option<usize>,
+    /// Directory of the state file (the rules, kept across restarts).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -45,6 +47,7 @@ impl FileConfig {
 pub struct Config {
     pub listen: SocketAddr,
     pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
     pub limits: Limits,
     pub mirror: MirrorOptions,
 }
@@ -64,6 +67,7 @@ pub struct Overrides {
     pub interfaces: Option<Vec<String>>,
     pub pin_dir: Option<PathBuf>,
     pub hook: Option<String>,
+    pub state_dir: Option<PathBuf>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:11111";
@@ -103,6 +107,10 @@ impl Config {
                 .pin_dir
                 .or(file.pin_dir)
                 .unwrap_or_else(default_pin_dir),
+            state_dir: flags
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             limits,
             mirror: MirrorOptions {
                 managed: interfaces.map_or(Managed::All, Managed::Named),
@@ -110,6 +118,14 @@ impl Config {
                 netlink_rcvbuf: file.netlink_rcvbuf.unwrap_or(DEFAULT_NETLINK_RCVBUF),
             },
         })
+    }
+}
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/loxilight";
+
+impl Config {
+    pub fn state_file(&self) -> PathBuf {
+        self.state_dir.join("state.json")
     }
 }
 

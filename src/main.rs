@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use loxilight::config::{Config, FileConfig, Overrides};
 use loxilight::datapath::Datapath;
 use loxilight::rules::RuleStore;
@@ -30,9 +30,26 @@ struct Cli {
     /// the driver has it, generic otherwise)
     #[arg(long)]
     hook: Option<String>,
+    /// Directory of the state file that keeps the rules across restarts
+    /// [default: /var/lib/loxilight]
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Detach the datapath when stopping. By default it stays attached with
+    /// its pinned maps, so traffic keeps flowing and the next start adopts it.
+    #[arg(long)]
+    detach_on_exit: bool,
     /// TOML config file (flags win over it)
     #[arg(long)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Remove the datapath for good: detach it from every interface of this
+    /// network namespace, delete its pinned maps and the state file.
+    Cleanup,
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -96,12 +113,6 @@ fn load_datapath(cfg: &Config) -> anyhow::Result<Datapath> {
             )
         }
     })?;
-    // Rules are not persisted yet, so pinned services from an earlier run
-    // are stale: start from an empty table and no flows.
-    dp.clear_services().context("clearing stale services")?;
-    dp.clear_network().context("clearing stale network state")?;
-    dp.flush_conntrack(|_, _| true)
-        .context("clearing stale conntrack")?;
     Ok(dp)
 }
 
@@ -120,6 +131,28 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// Detaches every loxilight program in this namespace and removes the pins
+/// and the state file.
+async fn cleanup(cfg: &Config) -> anyhow::Result<()> {
+    let links = loxilight::kernel::interfaces().await?;
+    let detached = Datapath::detach_everywhere(links.iter().map(|l| l.index))
+        .context("detaching the datapath")?;
+    for path in [&cfg.pin_dir, &cfg.state_file()] {
+        let res = if path.is_dir() {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        };
+        match res {
+            Ok(()) => println!("removed {}", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+        }
+    }
+    println!("detached from {detached} interface(s)");
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let file = match &cli.config {
         Some(path) => FileConfig::read(path)?,
@@ -130,12 +163,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         interfaces: cli.interfaces,
         pin_dir: cli.pin_dir,
         hook: cli.hook,
+        state_dir: cli.state_dir,
     };
     let cfg = Config::merge(file, flags)?;
+    if let Some(Command::Cleanup) = cli.command {
+        return cleanup(&cfg).await;
+    }
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let dp = Arc::new(load_datapath(&cfg)?);
+    // Rules first: a bad state file stops the start before any interface is touched.
+    let store = RuleStore::open(dp.clone(), Some(cfg.state_file()))
+        .with_context(|| format!("restoring the rules from {}", cfg.state_file().display()))?;
+    let store = Arc::new(store);
     let watcher = match loxilight::kernel::start(dp.clone(), cfg.mirror.clone()).await {
         Ok(w) => w,
         Err(e) => {
@@ -144,13 +185,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     let mirror = tokio::spawn(watcher);
-    let store = Arc::new(RuleStore::new(dp.clone()));
     tracing::info!(listen = %cfg.listen, pin_dir = %cfg.pin_dir.display(), "loxilight ready");
     let served = loxilight::api::serve(listener, store, dp.clone(), shutdown_signal()).await;
     // Stop the mirror first: detaching changes links, and it would attach again.
     mirror.abort();
     let _ = mirror.await;
-    dp.detach_all();
+    if cli.detach_on_exit {
+        dp.detach_all();
+    } else {
+        tracing::info!("datapath left attached; the next start adopts it");
+    }
     served
 }
 

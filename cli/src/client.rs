@@ -11,11 +11,11 @@ use crate::pb::conntrack_service_client::ConntrackServiceClient;
 use crate::pb::load_balancer_service_client::LoadBalancerServiceClient;
 use crate::pb::network_service_client::NetworkServiceClient;
 use crate::pb::{
-    CreateLoadBalancerRequest, DeleteLoadBalancerRequest, ListAddressesRequest,
-    ListAddressesResponse, ListConntrackRequest, ListConntrackResponse, ListInterfacesRequest,
-    ListInterfacesResponse, ListLoadBalancersRequest, ListLoadBalancersResponse,
-    ListNeighboursRequest, ListNeighboursResponse, ListRoutesRequest, ListRoutesResponse,
-    LoadBalancer, ServiceKey,
+    ApplyLoadBalancersRequest, ApplyLoadBalancersResponse, CreateLoadBalancerRequest,
+    DeleteLoadBalancerRequest, ListAddressesRequest, ListAddressesResponse, ListConntrackRequest,
+    ListConntrackResponse, ListInterfacesRequest, ListInterfacesResponse, ListLoadBalancersRequest,
+    ListLoadBalancersResponse, ListNeighboursRequest, ListNeighboursResponse, ListRoutesRequest,
+    ListRoutesResponse, LoadBalancer, ServiceKey,
 };
 
 /// A daemon that is down or unroutable should fail fast, not hang the shell.
@@ -74,6 +74,18 @@ impl Client {
     pub async fn list_lbs(&mut self) -> Result<ListLoadBalancersResponse> {
         let call = self.lb.list_load_balancers(ListLoadBalancersRequest {});
         answer(&self.authority, call).await
+    }
+
+    pub async fn apply_lbs(
+        &mut self,
+        load_balancers: Vec<LoadBalancer>,
+        dry_run: bool,
+    ) -> Result<ApplyLoadBalancersResponse> {
+        let request = ApplyLoadBalancersRequest {
+            load_balancers,
+            dry_run,
+        };
+        answer(&self.authority, self.lb.apply_load_balancers(request)).await
     }
 
     pub async fn list_conntrack(&mut self) -> Result<ListConntrackResponse> {

@@ -5,9 +5,10 @@ mod args;
 mod client;
 mod output;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
@@ -81,6 +82,20 @@ enum Command {
     Get {
         #[command(subcommand)]
         resource: GetResource,
+    },
+    /// Write the running rule set as JSON (to FILE, or standard output)
+    Save {
+        #[arg(short, long)]
+        file: Option<PathBuf>,
+    },
+    /// Make the running rule set match FILE (as `save` writes it): creates,
+    /// updates and deletes, all or nothing
+    Apply {
+        #[arg(short, long)]
+        file: PathBuf,
+        /// Only print what would change
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -209,6 +224,35 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 Some(OutputFormat::Json) => println!("{}", output::lb_json(response)?),
             }
+        }
+        Command::Save { file } => {
+            let mut rules = connect().await?.list_lbs().await?;
+            for lb in &mut rules.load_balancers {
+                lb.counters = None;
+                lb.endpoints.iter_mut().for_each(|e| e.counters = None);
+            }
+            let text = serde_json::to_string_pretty(&rules)? + "\n";
+            match file {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{text}"),
+            }
+        }
+        Command::Apply { file, dry_run } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let rules: pb::ListLoadBalancersResponse =
+                serde_json::from_str(&text).with_context(|| {
+                    format!(
+                        "{}: not a rule set as `loxicmd save` writes it",
+                        file.display()
+                    )
+                })?;
+            let report = connect()
+                .await?
+                .apply_lbs(rules.load_balancers, dry_run)
+                .await?;
+            print!("{}", output::apply_report(&report, dry_run));
         }
         Command::Get {
             resource: GetResource::Ct,

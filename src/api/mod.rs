@@ -28,6 +28,10 @@ impl From<rules::Error> for Status {
             rules::Error::Datapath(datapath::Error::MapFull { .. }) => {
                 Status::resource_exhausted(msg)
             }
+            rules::Error::Persist(_) => {
+                tracing::error!(error = %msg, "persisting the rules failed");
+                Status::unavailable(msg)
+            }
             rules::Error::Datapath(_) => {
                 tracing::error!(error = %msg, "datapath operation failed");
                 Status::internal(msg)

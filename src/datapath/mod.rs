@@ -202,29 +202,39 @@ impl Datapath {
             .map_err(|e| full_or(e, "ll_services", "writing a service"))
     }
 
-    /// Removes a service; its flows are removed from conntrack and its
-    /// counters zeroed so that the id can be reused cleanly.
-    fn remove_service(&self, key: &[u8], id: u32) -> Result<()> {
-        match self.maps.services.delete(key) {
-            Ok(()) => {}
-            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::bpf("deleting a service")(e)),
+    /// Removes services (keys in map layout, with their ids); their flows
+    /// leave conntrack in one walk and their counters are zeroed so that the
+    /// ids can be reused cleanly.
+    fn remove_services(&self, services: &[(Vec<u8>, u32)]) -> Result<()> {
+        if services.is_empty() {
+            return Ok(());
         }
-        self.flush_conntrack(|_, ct| ct.svc_id == id)?;
-        self.reset_service_counters(id)
+        for (key, _) in services {
+            match self.maps.services.delete(key) {
+                Ok(()) => {}
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::bpf("deleting a service")(e)),
+            }
+        }
+        let ids: std::collections::HashSet<u32> = services.iter().map(|(_, id)| *id).collect();
+        self.flush_conntrack(|_, ct| ids.contains(&ct.svc_id))?;
+        ids.iter()
+            .try_for_each(|id| self.reset_service_counters(*id))
     }
 
-    /// Removes every service (the rule store is the source of truth).
-    pub fn clear_services(&self) -> Result<()> {
-        clear(&self.maps.services)
-    }
-
-    /// Removes the mirrored network state (the kernel is the source of truth).
-    pub fn clear_network(&self) -> Result<()> {
-        let m = &self.maps;
-        [&m.ifaces, &m.locals, &m.routes4, &m.routes6, &m.neighs]
-            .into_iter()
-            .try_for_each(clear)
+    /// Removes every service whose id is not in `live`.
+    pub fn prune_services(&self, live: &std::collections::HashSet<u32>) -> Result<()> {
+        let stale: Vec<(Vec<u8>, u32)> = self
+            .maps
+            .services
+            .keys()
+            .filter_map(|k| {
+                let v = self.maps.services.lookup(&k, MapFlags::ANY).ok()??;
+                let id = pod::read::<ll_svc>(&v)?.id;
+                (!live.contains(&id)).then_some((k, id))
+            })
+            .collect();
+        self.remove_services(&stale)
     }
 
     fn reset_service_counters(&self, id: u32) -> Result<()> {
@@ -329,18 +339,6 @@ fn full_or(e: libbpf_rs::Error, map: &'static str, what: &str) -> Error {
     } else {
         Error::bpf(what)(e)
     }
-}
-
-fn clear(map: &MapHandle) -> Result<()> {
-    let keys: Vec<Vec<u8>> = map.keys().collect();
-    for k in keys {
-        match map.delete(&k) {
-            Ok(()) => {}
-            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::bpf(format!("clearing {}", map.name().display()))(e)),
-        }
-    }
-    Ok(())
 }
 
 fn percpu_sum(map: &MapHandle, idx: u32) -> Result<ll_counters> {

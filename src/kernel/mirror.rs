@@ -135,6 +135,13 @@ async fn snapshot_once(h: &Handle) -> anyhow::Result<Snapshot> {
     Ok(snap)
 }
 
+/// The namespace's interfaces, read once.
+pub async fn interfaces() -> anyhow::Result<Vec<Iface>> {
+    let (conn, handle, _) = new_connection().context("opening rtnetlink")?;
+    tokio::spawn(conn);
+    Ok(snapshot(&handle).await?.links)
+}
+
 /// A dump that changes while it is read fails (EBUSY, "dump interrupted"):
 /// read it again.
 async fn snapshot(h: &Handle) -> anyhow::Result<Snapshot> {
@@ -497,10 +504,25 @@ pub async fn start(
         dp: dp.clone(),
         opts,
         handle,
-        links: HashMap::new(),
-        addrs: HashMap::new(),
-        routes: BTreeMap::new(),
-        neighs: HashMap::new(),
+        // What the (possibly adopted) maps hold now, so that the first
+        // snapshot also removes what went stale while no daemon ran.
+        links: dp.ifaces().into_iter().map(|(i, _)| (i.index, i)).collect(),
+        addrs: dp
+            .locals()
+            .into_iter()
+            .map(|a| ((a.ip, a.ifindex), a))
+            .collect(),
+        routes: dp.routes().into_iter().fold(BTreeMap::new(), |mut m, r| {
+            m.entry(r.dst)
+                .or_insert_with(BTreeMap::new)
+                .insert(r.metric, r);
+            m
+        }),
+        neighs: dp
+            .neighs()
+            .into_iter()
+            .map(|n| ((n.ifindex, n.ip), n))
+            .collect(),
         route_resync: false,
         overrun: false,
         other_table_routes: 0,

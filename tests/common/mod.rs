@@ -281,9 +281,21 @@ impl Lab {
             .arg(env!("CARGO_BIN_EXE_loxilight"))
             .arg("--pin-dir")
             .arg(&self.pin_dir)
+            .arg("--state-dir")
+            .arg(self.state_dir())
             .args(extra_args)
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// Where the daemon pins its maps (bpffs).
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Where the daemon keeps its state file.
+    pub fn state_dir(&self) -> PathBuf {
+        self.workdir.join("state")
     }
 
     pub fn daemon_log_path(&self) -> PathBuf {
@@ -299,7 +311,12 @@ impl Lab {
     pub fn start_daemon(&mut self, extra_args: &[&str]) {
         assert!(self.daemon.is_none(), "the daemon is already running");
         self.api_port = listen_port(extra_args).unwrap_or(API_PORT);
-        let log = File::create(self.daemon_log_path()).expect("creating the daemon log");
+        // Appended to, so that a restarted daemon's log follows the first one's.
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.daemon_log_path())
+            .expect("opening the daemon log");
         let mut cmd = self.daemon_command(extra_args);
         cmd.stdout(log.try_clone().expect("dup of the log file"))
             .stderr(log);
