@@ -210,6 +210,52 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_config_documents_every_key_with_its_default() {
+        let template = include_str!("../packaging/loxilight.toml");
+        // The first commented-out `key = value` of each key, uncommented.
+        let mut seen = std::collections::HashSet::new();
+        let text: String = template
+            .lines()
+            .filter_map(|l| {
+                let (key, _) = l.strip_prefix('#')?.split_once(" = ")?;
+                let is_key = key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+                (is_key && seen.insert(key)).then(|| format!("{}\n", &l[1..]))
+            })
+            .collect();
+        // No `..`: a key added to FileConfig does not compile here until it
+        // is documented in the packaged file.
+        let FileConfig {
+            listen,
+            metrics_listen,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            insecure,
+            interfaces,
+            pin_dir,
+            max_services,
+            conntrack_entries,
+            max_routes,
+            max_neighbours,
+            hook,
+            netlink_rcvbuf,
+        } = toml::from_str(&text).unwrap();
+        let d = Limits::default();
+        assert_eq!(listen, Some(DEFAULT_LISTEN.parse().unwrap()));
+        assert_eq!(metrics_listen, Some(DEFAULT_METRICS_LISTEN.parse().unwrap()));
+        assert!(tls_cert.is_some() && tls_key.is_some() && tls_client_ca.is_some());
+        assert_eq!(insecure, Some(false));
+        assert!(interfaces.is_some());
+        assert_eq!(pin_dir, Some(default_pin_dir()));
+        assert_eq!(max_services, Some(d.services));
+        assert_eq!(conntrack_entries, Some(d.conntrack));
+        assert_eq!(max_routes, Some(d.routes));
+        assert_eq!(max_neighbours, Some(d.neighbours));
+        assert_eq!(hook.as_deref(), Some("tc"));
+        assert_eq!(netlink_rcvbuf, Some(DEFAULT_NETLINK_RCVBUF));
+    }
+
+    #[test]
     fn tls_files_come_in_pairs_and_open_non_loopback_listeners() {
         let file: FileConfig = toml::from_str(
             "listen = \"0.0.0.0:11111\"\ntls_cert = \"/c.pem\"\ntls_client_ca = \"/ca.pem\"\n",
