@@ -242,7 +242,10 @@ mod tests {
         } = toml::from_str(&text).unwrap();
         let d = Limits::default();
         assert_eq!(listen, Some(DEFAULT_LISTEN.parse().unwrap()));
-        assert_eq!(metrics_listen, Some(DEFAULT_METRICS_LISTEN.parse().unwrap()));
+        assert_eq!(
+            metrics_listen,
+            Some(DEFAULT_METRICS_LISTEN.parse().unwrap())
+        );
         assert!(tls_cert.is_some() && tls_key.is_some() && tls_client_ca.is_some());
         assert_eq!(insecure, Some(false));
         assert!(interfaces.is_some());
