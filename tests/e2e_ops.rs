@@ -306,6 +306,8 @@ fn unix_socket_serves_loxicmd() {
     let mut lab = Lab::new("unix");
     let socket = lab.workdir().join("api.sock");
     let listen = format!("unix:{}", socket.display());
+    // Left over from a daemon that died: nobody answers on it.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
     lab.set_loxicmd_args(&["-s", &listen]);
     lab.start_daemon(&["--listen", &listen]);
     let meta = fs::metadata(&socket).unwrap();
@@ -325,6 +327,13 @@ fn unix_socket_serves_loxicmd() {
         2,
         "a backend's name"
     );
+
+    // A live socket is not taken over.
+    let out = lab.run_daemon_to_exit(&["--listen", &listen]);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(err.contains("another process is serving on it"), "{err}");
+    lab.loxicmd_ok(&["get", "lb"]);
 
     // Only the socket: nothing on the default TCP port.
     lab.set_loxicmd_args(&[]);
