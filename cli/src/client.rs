@@ -286,6 +286,29 @@ mod tests {
     }
 
     #[test]
+    fn hints_follow_the_cause_and_how_we_dialled() {
+        let peer = |tls, client_cert| Peer {
+            authority: "h:1".into(),
+            tls,
+            client_cert,
+        };
+        let hung_up = "connection error: stream closed because of a broken pipe";
+        assert!(peer(false, false).hint(hung_up).contains("give --tls-ca"));
+        assert!(peer(true, false)
+            .hint(hung_up)
+            .contains("requires a client certificate"));
+        assert_eq!(peer(true, true).hint(hung_up), "");
+        let bad = "invalid peer certificate: UnknownIssuer";
+        assert!(peer(true, true).hint(bad).contains("check --tls-ca"));
+        let plain = "received corrupt message of type InvalidContentType";
+        assert!(peer(true, false).hint(plain).contains("without TLS"));
+        assert_eq!(
+            peer(false, false).hint("Connection refused (os error 111)"),
+            ""
+        );
+    }
+
+    #[test]
     fn status_error_is_just_the_message() {
         let peer = Peer {
             authority: "h:1".into(),
