@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use loxilight::api::{ListenAddr, Listener};
 use loxilight::config::{Config, FileConfig, Overrides};
 use loxilight::datapath::Datapath;
+use loxilight::metrics::{self, ApiStats};
 use loxilight::rules::RuleStore;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -16,9 +18,24 @@ use tokio::signal::unix::{signal, SignalKind};
 #[derive(Parser, Debug)]
 #[command(name = "loxilight", version, about = "eBPF load balancer daemon")]
 struct Cli {
-    /// gRPC listen address [default: 127.0.0.1:11111]
+    /// gRPC listen address, ADDRESS:PORT or unix:PATH [default: 127.0.0.1:11111]
     #[arg(long)]
-    listen: Option<SocketAddr>,
+    listen: Option<ListenAddr>,
+    /// Prometheus metrics listen address (GET /metrics) [default: 127.0.0.1:11112]
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// PEM certificate chain: serve the API over TLS (with --tls-key)
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle: require client certificates signed by it (mutual TLS)
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
+    /// Allow a plaintext API on a non-loopback address
+    #[arg(long)]
+    insecure: bool,
     /// Interfaces to attach to, comma separated [default: every non-loopback
     /// interface of this network namespace, including ones added later]
     #[arg(long, value_delimiter = ',')]
@@ -160,6 +177,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let flags = Overrides {
         listen: cli.listen,
+        metrics_listen: cli.metrics_listen,
+        tls_cert: cli.tls_cert,
+        tls_key: cli.tls_key,
+        tls_client_ca: cli.tls_client_ca,
+        insecure: cli.insecure,
         interfaces: cli.interfaces,
         pin_dir: cli.pin_dir,
         hook: cli.hook,
@@ -169,9 +191,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(Command::Cleanup) = cli.command {
         return cleanup(&cfg).await;
     }
-    let listener = TcpListener::bind(cfg.listen)
+    let tls = cfg.tls.as_ref().map(|t| t.load()).transpose()?;
+    let listener = Listener::bind(&cfg.listen).await?;
+    let metrics_listener = TcpListener::bind(cfg.metrics_listen)
         .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        .with_context(|| format!("cannot listen on {} (metrics)", cfg.metrics_listen))?;
     let dp = Arc::new(load_datapath(&cfg)?);
     // Rules first: a bad state file stops the start before any interface is touched.
     let store = RuleStore::open(dp.clone(), Some(cfg.state_file()))
@@ -185,8 +209,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     let mirror = tokio::spawn(watcher);
-    tracing::info!(listen = %cfg.listen, pin_dir = %cfg.pin_dir.display(), "loxilight ready");
-    let served = loxilight::api::serve(listener, store, dp.clone(), shutdown_signal()).await;
+    let api_stats = Arc::new(ApiStats::default());
+    let sources = metrics::Sources {
+        dp: dp.clone(),
+        store: store.clone(),
+        mirror: cfg.mirror.stats.clone(),
+        api: api_stats.clone(),
+    };
+    let metrics = tokio::spawn(async move {
+        if let Err(e) = metrics::serve(metrics_listener, sources).await {
+            tracing::error!(error = %e, "the metrics endpoint stopped");
+        }
+    });
+    tracing::info!(
+        listen = %cfg.listen,
+        tls = tls.is_some(),
+        metrics = %cfg.metrics_listen,
+        pin_dir = %cfg.pin_dir.display(),
+        "loxilight ready"
+    );
+    let served = loxilight::api::serve(
+        listener,
+        tls,
+        store,
+        dp.clone(),
+        api_stats,
+        shutdown_signal(),
+    )
+    .await;
+    metrics.abort();
     // Stop the mirror first: detaching changes links, and it would attach again.
     mirror.abort();
     let _ = mirror.await;

@@ -13,7 +13,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use crate::args::ArgError;
-use crate::client::Client;
+use crate::client::{Client, Target, TlsOptions};
 use crate::output::service_label;
 
 mod pb {
@@ -27,7 +27,7 @@ mod pb {
     about = "Command line client for the loxilight load balancer"
 )]
 struct Cli {
-    /// Address of the loxilight API server
+    /// Address of the loxilight API server, or unix:PATH for its unix socket
     #[arg(
         short = 's',
         long,
@@ -54,6 +54,41 @@ struct Cli {
         help_heading = "Global options"
     )]
     output: Option<OutputFormat>,
+    /// PEM CA certificate that signed the server's: talk TLS
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        help_heading = "Global options"
+    )]
+    tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for a server that requires one (with --tls-key)
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        requires_all = ["tls_ca", "tls_key"],
+        help_heading = "Global options"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        requires = "tls_cert",
+        help_heading = "Global options"
+    )]
+    tls_key: Option<PathBuf>,
+    /// Name the server's certificate must carry [default: the --apiserver host]
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        requires = "tls_ca",
+        help_heading = "Global options"
+    )]
+    tls_server_name: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -186,9 +221,24 @@ async fn main() -> ExitCode {
     }
 }
 
+impl Cli {
+    fn target(&self) -> Target {
+        Target {
+            server: self.apiserver.clone(),
+            port: self.port,
+            tls: self.tls_ca.clone().map(|ca| TlsOptions {
+                ca,
+                identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+                server_name: self.tls_server_name.clone(),
+            }),
+        }
+    }
+}
+
 async fn run(cli: Cli) -> Result<()> {
     // Flag values are parsed before connecting so usage errors never wait on the network.
-    let connect = || Client::connect(&cli.apiserver, cli.port);
+    let target = cli.target();
+    let connect = || Client::connect(&target);
     match cli.command {
         Command::Create {
             resource: CreateResource::Lb(lb),

@@ -1,6 +1,7 @@
 //! The only code that touches BPF: loads the skeleton, pins its maps, attaches
 //! the TC program, and gives typed access to the maps.
 mod hooks;
+mod names;
 mod network;
 mod pod;
 mod service;
@@ -14,13 +15,14 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, ProgramHandle};
 
 pub use hooks::{Hook, HookKind};
+use names::EnumLabels;
 pub use skel::types;
 use skel::LoxilightSkelBuilder;
-use types::{ll_counters, ll_ct, ll_ct_key, ll_reason, ll_svc, ll_svc_key};
+use types::{ll_counters, ll_ct, ll_ct_key, ll_ct_state, ll_reason, ll_svc, ll_svc_key};
 
 /// Endpoints per service and selection slots per service (bpf/lib/common.h).
 pub const MAX_ENDPOINTS: usize = 32;
@@ -102,6 +104,7 @@ pub struct Datapath {
     xdp_prog: ProgramHandle,
     limits: Limits,
     ncpus: usize,
+    labels: EnumLabels,
     /// Interfaces the program is attached to, and how.
     hooks: Mutex<HashMap<u32, Hook>>,
 }
@@ -158,6 +161,7 @@ impl Datapath {
             }
         }
         let skel = open.load().map_err(Error::bpf("loading the BPF program"))?;
+        let labels = EnumLabels::read(skel.object().btf().map_err(Error::bpf("reading BTF"))?)?;
         let handle = |map: &libbpf_rs::Map| {
             MapHandle::try_from(map).map_err(Error::bpf("taking a map handle"))
         };
@@ -186,6 +190,7 @@ impl Datapath {
             xdp_prog,
             limits,
             ncpus,
+            labels,
             hooks: Mutex::new(HashMap::new()),
         })
     }
@@ -270,6 +275,17 @@ impl Datapath {
         (0..ll_reason::LL_R_MAX.0)
             .map(|r| Ok((ll_reason(r), percpu_sum(&self.maps.reasons, r)?)))
             .collect()
+    }
+
+    /// `reason`'s name in bpf/lib/common.h, in snake case without the
+    /// prefix (`pass_no_route`).
+    pub fn reason_label(&self, reason: ll_reason) -> Option<&str> {
+        self.labels.get("ll_reason", reason.0)
+    }
+
+    /// `state`'s name in bpf/lib/common.h, like [`Datapath::reason_label`].
+    pub fn ct_state_label(&self, state: ll_ct_state) -> Option<&str> {
+        self.labels.get("ll_ct_state", state.0)
     }
 
     /// Every conntrack entry (both directions of each flow).
