@@ -72,3 +72,27 @@ pub fn list(dp: &Datapath, store: &RuleStore) -> Vec<CtEntry> {
     });
     v
 }
+
+/// Recounts the live flows per endpoint of the least-connections rules and
+/// writes the counts the datapath selects by. The datapath adds each new
+/// flow itself; this recount takes away the flows that ended.
+pub fn refresh_active_flows(dp: &Datapath, store: &RuleStore) -> crate::datapath::Result<()> {
+    let ids: Vec<u32> = store
+        .list()
+        .iter()
+        .filter(|s| s.rule.selection == crate::rules::Selection::LeastConnections)
+        .map(|s| s.id)
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut counts = HashMap::new();
+    for (_, v) in dp.conntrack() {
+        // Closing flows (FIN, RST) no longer count as load.
+        let live = matches!(v.state, ll_ct_state::LL_CT_NEW | ll_ct_state::LL_CT_EST);
+        if v.dir == ll_ct_dir::LL_CT_ORIGINAL && live {
+            *counts.entry((v.svc_id, v.ep_idx)).or_insert(0u32) += 1;
+        }
+    }
+    dp.set_active_flows(&ids, &counts)
+}
