@@ -77,8 +77,10 @@ for i in "${!BACKENDS[@]}"; do
 done
 
 echo "== starting loxilight in $LB"
-in_lb "$LOXILIGHT" --pin-dir "$PIN_DIR" --state-dir "$WORK/state" --detach-on-exit \
-    2>"$WORK/loxilight.log" &
+# nsenter directly (not the in_lb function, which would run in a subshell), so
+# that $! is the daemon itself: nsenter execs it.
+nsenter --net="/run/netns/$LB" -- "$LOXILIGHT" --pin-dir "$PIN_DIR" --state-dir "$WORK/state" \
+    --detach-on-exit 2>"$WORK/loxilight.log" &
 DAEMON=$!
 # Ready once it answers a request (the port is bound before the datapath is attached).
 for _ in $(seq 100); do
