@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::Parser;
 use loxilight::config::{Config, FileConfig, Overrides};
+use loxilight::conntrack::Ageing;
 use loxilight::datapath::Datapath;
 use loxilight::rules::RuleStore;
 use tokio::net::TcpListener;
@@ -136,6 +137,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let dp = Arc::new(load_datapath(&cfg)?);
+    // Stopped when dropped, on every way out of here.
+    let ageing = Ageing::spawn(dp.clone(), cfg.ageing.clone())
+        .context("starting the conntrack ageing thread")?;
     let watcher = match loxilight::kernel::start(dp.clone(), cfg.mirror.clone()).await {
         Ok(w) => w,
         Err(e) => {
@@ -150,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // Stop the mirror first: detaching changes links, and it would attach again.
     mirror.abort();
     let _ = mirror.await;
+    ageing.stop();
     dp.detach_all();
     served
 }

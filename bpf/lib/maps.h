@@ -28,6 +28,14 @@ struct {
 	__type(value, struct ll_ct);
 } ll_conntrack SEC(".maps");
 
+/* Per enum ll_ct_stat. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LL_CT_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} ll_ct_stats SEC(".maps");
+
 /* Per service id. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -109,5 +117,7 @@ struct {
 /* Unused by the program: it puts enum ll_reason into BTF (array keys must be
  * plain integers), so the skeleton gives the daemon the reason names. */
 const volatile enum ll_reason ll_reason_count = LL_R_MAX;
+/* The same for enum ll_ct_stat. */
+const volatile enum ll_ct_stat ll_ct_stat_count = LL_CT_STAT_MAX;
 
 #endif

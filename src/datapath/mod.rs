@@ -1,5 +1,6 @@
 //! The only code that touches BPF: loads the skeleton, pins its maps, attaches
 //! the TC program, and gives typed access to the maps.
+mod conntrack;
 mod hooks;
 mod network;
 mod pod;
@@ -12,15 +13,17 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, ProgramHandle};
 
+pub use conntrack::{monotonic_ns, CtCounters, Removal, CT_BATCH};
 pub use hooks::{Hook, HookKind};
 pub use skel::types;
 use skel::LoxilightSkelBuilder;
-use types::{ll_counters, ll_ct, ll_ct_key, ll_reason, ll_svc, ll_svc_key};
+use types::{ll_counters, ll_reason, ll_svc, ll_svc_key};
 
 /// Endpoints per service and selection slots per service (bpf/lib/common.h).
 pub const MAX_ENDPOINTS: usize = 32;
@@ -72,7 +75,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             services: 4096,
-            conntrack: 65536,
+            conntrack: 1_000_000,
             routes: 262_144,
             neighbours: 16384,
         }
@@ -83,6 +86,7 @@ struct Maps {
     services: MapHandle,
     rr_cursor: MapHandle,
     conntrack: MapHandle,
+    ct_stats: MapHandle,
     svc_stats: MapHandle,
     ep_stats: MapHandle,
     reasons: MapHandle,
@@ -104,6 +108,10 @@ pub struct Datapath {
     ncpus: usize,
     /// Interfaces the program is attached to, and how.
     hooks: Mutex<HashMap<u32, Hook>>,
+    /// Serialises the daemon's updates of its conntrack counters.
+    ct_stats_lock: Mutex<()>,
+    /// The highest lower bound of LRU evictions seen by a table walk.
+    ct_evicted: AtomicU64,
 }
 
 /// Outcome of one BPF_PROG_TEST_RUN.
@@ -165,6 +173,7 @@ impl Datapath {
             services: handle(&skel.maps.ll_services)?,
             rr_cursor: handle(&skel.maps.ll_rr_cursor)?,
             conntrack: handle(&skel.maps.ll_conntrack)?,
+            ct_stats: handle(&skel.maps.ll_ct_stats)?,
             svc_stats: handle(&skel.maps.ll_svc_stats)?,
             ep_stats: handle(&skel.maps.ll_ep_stats)?,
             reasons: handle(&skel.maps.ll_reasons)?,
@@ -187,6 +196,8 @@ impl Datapath {
             limits,
             ncpus,
             hooks: Mutex::new(HashMap::new()),
+            ct_stats_lock: Mutex::new(()),
+            ct_evicted: AtomicU64::new(0),
         })
     }
 
@@ -262,33 +273,6 @@ impl Datapath {
             .collect()
     }
 
-    /// Every conntrack entry (both directions of each flow).
-    pub fn conntrack(&self) -> Vec<(ll_ct_key, ll_ct)> {
-        self.maps
-            .conntrack
-            .keys()
-            .filter_map(|k| {
-                let v = self.maps.conntrack.lookup(&k, MapFlags::ANY).ok()??;
-                Some((pod::read(&k)?, pod::read(&v)?))
-            })
-            .collect()
-    }
-
-    /// Deletes the conntrack entries for which `pred` holds.
-    pub fn flush_conntrack(&self, pred: impl Fn(&ll_ct_key, &ll_ct) -> bool) -> Result<()> {
-        for (k, v) in self.conntrack() {
-            if pred(&k, &v) {
-                match self.maps.conntrack.delete(pod::bytes(&k)) {
-                    Ok(()) => {}
-                    // Evicted by the LRU since we read it.
-                    Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::bpf("deleting a conntrack entry")(e)),
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Runs the program of `hook` once over `pkt` with BPF_PROG_TEST_RUN
     /// (`repeat` times when timing it).
     pub fn test_run(&self, hook: HookKind, pkt: &[u8], repeat: u32) -> Result<TestRun> {
@@ -343,14 +327,18 @@ fn clear(map: &MapHandle) -> Result<()> {
     Ok(())
 }
 
-fn percpu_sum(map: &MapHandle, idx: u32) -> Result<ll_counters> {
+/// The value of `idx` on each CPU.
+fn percpu_values<T: Copy>(map: &MapHandle, idx: u32) -> Result<Vec<T>> {
     let per_cpu = map
         .lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY)
         .map_err(Error::bpf("reading counters"))?
         .unwrap_or_default();
-    Ok(per_cpu
+    Ok(per_cpu.iter().filter_map(|b| pod::read::<T>(b)).collect())
+}
+
+fn percpu_sum(map: &MapHandle, idx: u32) -> Result<ll_counters> {
+    Ok(percpu_values::<ll_counters>(map, idx)?
         .iter()
-        .filter_map(|b| pod::read::<ll_counters>(b))
         .fold(ll_counters::default(), |acc, c| ll_counters {
             packets: acc.packets + c.packets,
             bytes: acc.bytes + c.bytes,
