@@ -3,10 +3,15 @@
 
 SHELL := /bin/bash
 CARGO ?= cargo
+# prometheus: promtool checks the metrics; rpm and systemd: the package tests.
 DEB_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config make iproute2 curl \
-	python3 linux-libc-dev libbpf-dev ethtool
+	python3 linux-libc-dev libbpf-dev ethtool prometheus rpm systemd
+# Cargo subcommands that build the packages, pinned for reproducible packages.
+CARGO_DEB := cargo-deb@3.8.0
+CARGO_GENERATE_RPM := cargo-generate-rpm@0.21.1
+PACKAGES_DIR := target/packages
 
-.PHONY: all deps build test demo lint clean check-root bench-mirror
+.PHONY: all deps build test demo lint clean check-root bench-mirror packages test-packages packaging-tools
 
 all: build
 
@@ -33,9 +38,26 @@ build: deps
 	$(CARGO) build --workspace
 
 # Unit, datapath and end-to-end tests; loxicmd must be built for the e2e tests.
+# Then the packages are built and checked.
 test: check-root deps
 	$(CARGO) build --workspace
 	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
+	$(MAKE) test-packages
+
+packaging-tools:
+	@command -v cargo-deb >/dev/null || $(CARGO) install --locked $(CARGO_DEB)
+	@command -v cargo-generate-rpm >/dev/null || $(CARGO) install --locked $(CARGO_GENERATE_RPM)
+
+# The .deb and .rpm (both commands, the systemd unit, the config) in target/packages.
+packages: deps packaging-tools
+	$(CARGO) build --release -p loxilight -p loxicmd
+	rm -rf $(PACKAGES_DIR) && mkdir -p $(PACKAGES_DIR)
+	$(CARGO) deb -p loxilight --no-build --output $(PACKAGES_DIR)/
+	$(CARGO) generate-rpm --output $(PACKAGES_DIR)/
+
+# Installs them into scratch roots (never onto this system) and checks them.
+test-packages: check-root packages
+	bash packaging/test-packages.sh $(PACKAGES_DIR)
 
 demo: check-root build
 	bash scripts/demo.sh

@@ -19,10 +19,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic_prost_build::configure()
         .build_server(false)
-        // `-o json` prints the responses directly, so the messages carry serde derives.
+        // `-o json` prints the responses directly and `apply -f` reads what
+        // `save` wrote, so the messages carry serde derives; a file may leave
+        // out any field, and counters are left out when absent.
         .message_attribute(
             ".loxilight.v1",
-            "#[derive(serde::Serialize)] #[serde(rename_all = \"camelCase\")]",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(rename_all = \"camelCase\", default)]",
+        )
+        .field_attribute(
+            ".loxilight.v1.LoadBalancer.counters",
+            "#[serde(skip_serializing_if = \"Option::is_none\")]",
+        )
+        .field_attribute(
+            ".loxilight.v1.Endpoint.counters",
+            "#[serde(skip_serializing_if = \"Option::is_none\")]",
         )
         .compile_protos(&protos, &[PathBuf::from(PROTO_ROOT)])?;
     Ok(())

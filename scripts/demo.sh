@@ -77,14 +77,16 @@ for i in "${!BACKENDS[@]}"; do
 done
 
 echo "== starting loxilight in $LB"
-in_lb "$LOXILIGHT" --pin-dir "$PIN_DIR" 2>"$WORK/loxilight.log" &
+in_lb "$LOXILIGHT" --pin-dir "$PIN_DIR" --state-dir "$WORK/state" --detach-on-exit \
+    2>"$WORK/loxilight.log" &
 DAEMON=$!
+# Ready once it answers a request (the port is bound before the datapath is attached).
 for _ in $(seq 100); do
-    in_lb bash -c '</dev/tcp/127.0.0.1/11111' 2>/dev/null && break
+    loxicmd get lb >/dev/null 2>&1 && break
     kill -0 "$DAEMON" 2>/dev/null || { cat "$WORK/loxilight.log" >&2; die "loxilight exited"; }
     sleep 0.1
 done
-in_lb bash -c '</dev/tcp/127.0.0.1/11111' 2>/dev/null || die "loxilight is not listening after 10 s"
+loxicmd get lb >/dev/null 2>&1 || die "loxilight does not answer after 10 s"
 
 # The backends' python servers take a moment to start.
 for i in "${!BACKENDS[@]}"; do

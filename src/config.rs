@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::api::{check_exposure, ListenAddr, TlsFiles};
 use crate::conntrack::AgeingConfig;
 use crate::datapath::{default_pin_dir, HookKind, Limits};
 use crate::kernel::{Managed, MirrorOptions};
@@ -15,8 +16,17 @@ use crate::kernel::{Managed, MirrorOptions};
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// gRPC listen address, e.g. "127.0.0.1:11111".
-    pub listen: Option<SocketAddr>,
+    /// gRPC listen address, e.g. "127.0.0.1:11111" or "unix:/run/loxilight/api.sock".
+    pub listen: Option<ListenAddr>,
+    /// Prometheus metrics listen address, e.g. "127.0.0.1:11112".
+    pub metrics_listen: Option<SocketAddr>,
+    /// PEM certificate chain and key: serve the API over TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: require client certificates signed by it (mutual TLS).
+    pub tls_client_ca: Option<PathBuf>,
+    /// Allow a plaintext API on a non-loopback address.
+    pub insecure: Option<bool>,
     /// Interfaces to attach to; absent: every non-loopback interface.
     pub interfaces: Option<Vec<String>>,
     /// bpffs directory for the pinned maps.
@@ -35,6 +45,8 @@ pub struct FileConfig {
     pub hook: Option<String>,
     /// Receive buffer of the rtnetlink event socket, in bytes.
     pub netlink_rcvbuf: Option<usize>,
+    /// Directory of the state file (the rules, kept across restarts).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// A duration in the config file: seconds, or a string with a unit
@@ -147,8 +159,11 @@ impl FileConfig {
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: SocketAddr,
+    pub listen: ListenAddr,
+    pub metrics_listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
     pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
     pub limits: Limits,
     pub mirror: MirrorOptions,
     pub ageing: AgeingConfig,
@@ -165,17 +180,44 @@ pub fn parse_hook(s: &str) -> anyhow::Result<HookKind> {
 /// Flags given on the command line; each wins over the file.
 #[derive(Debug, Default)]
 pub struct Overrides {
-    pub listen: Option<SocketAddr>,
+    pub listen: Option<ListenAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    pub insecure: bool,
     pub interfaces: Option<Vec<String>>,
     pub pin_dir: Option<PathBuf>,
     pub hook: Option<String>,
+    pub state_dir: Option<PathBuf>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:11111";
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:11112";
+
+/// The TLS files from flags over file; a key without a certificate (or the
+/// reverse) is a mistake, and so is a client CA without either.
+fn tls_files(file: &FileConfig, flags: &Overrides) -> anyhow::Result<Option<TlsFiles>> {
+    let pick = |flag: &Option<PathBuf>, key: &Option<PathBuf>| flag.clone().or(key.clone());
+    let cert = pick(&flags.tls_cert, &file.tls_cert);
+    let key = pick(&flags.tls_key, &file.tls_key);
+    let client_ca = pick(&flags.tls_client_ca, &file.tls_client_ca);
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            cert,
+            key,
+            client_ca,
+        })),
+        (None, None) if client_ca.is_none() => Ok(None),
+        (None, None) => anyhow::bail!("tls_client_ca needs tls_cert and tls_key"),
+        _ => anyhow::bail!("tls_cert and tls_key go together: give both or neither"),
+    }
+}
 
 impl Config {
     /// Flags override the file, which overrides the defaults.
     pub fn merge(file: FileConfig, flags: Overrides) -> anyhow::Result<Config> {
+        let tls = tls_files(&file, &flags)?;
         let d = Limits::default();
         let limits = Limits {
             services: file.max_services.unwrap_or(d.services),
@@ -200,23 +242,51 @@ impl Config {
             .filter(|v| !v.is_empty());
         let hook = parse_hook(flags.hook.or(file.hook).as_deref().unwrap_or("tc"))?;
         let ageing = file.conntrack.unwrap_or_default().merge()?;
+        let listen = flags
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default address"));
+        check_exposure(
+            &listen,
+            tls.as_ref(),
+            flags.insecure || file.insecure == Some(true),
+        )?;
         Ok(Config {
-            listen: flags
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default address")),
+            listen,
+            metrics_listen: flags
+                .metrics_listen
+                .or(file.metrics_listen)
+                .unwrap_or_else(|| {
+                    DEFAULT_METRICS_LISTEN
+                        .parse()
+                        .expect("valid default address")
+                }),
+            tls,
             pin_dir: flags
                 .pin_dir
                 .or(file.pin_dir)
                 .unwrap_or_else(default_pin_dir),
+            state_dir: flags
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             limits,
             mirror: MirrorOptions {
                 managed: interfaces.map_or(Managed::All, Managed::Named),
                 hook,
                 netlink_rcvbuf: file.netlink_rcvbuf.unwrap_or(DEFAULT_NETLINK_RCVBUF),
+                stats: Default::default(),
             },
             ageing,
         })
+    }
+}
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/loxilight";
+
+impl Config {
+    pub fn state_file(&self) -> PathBuf {
+        self.state_dir.join("state.json")
     }
 }
 
@@ -238,7 +308,9 @@ mod tests {
             ..Default::default()
         };
         let c = Config::merge(file, flags).unwrap();
-        assert_eq!(c.listen.port(), 7);
+        assert_eq!(c.listen, "127.0.0.1:7".parse().unwrap());
+        assert_eq!(c.metrics_listen.port(), 11112);
+        assert!(c.tls.is_none());
         assert!(matches!(c.mirror.managed, Managed::Named(ref n) if n == &["eth0"]));
         assert_eq!(c.mirror.hook, HookKind::Tc);
         assert_eq!(c.limits.services, 10);
@@ -288,5 +360,96 @@ mod tests {
         assert!(msg("[conntrack]\nudp = 0").contains("conntrack.udp must be at least 1s"));
         assert!(msg("[conntrack]\nsweep_interval = \"10ms\"").contains("sweep_interval"));
         assert!(msg("[conntrack]\ntcp_timewait = 5").contains("tcp_timewait"));
+    }
+
+    #[test]
+    fn the_packaged_config_documents_every_key_with_its_default() {
+        let template = include_str!("../packaging/loxilight.toml");
+        // The first commented-out `key = value` of each key, and the
+        // `[table]` headers (tables come last), uncommented.
+        let mut seen = std::collections::HashSet::new();
+        let text: String = template
+            .lines()
+            .filter_map(|l| {
+                let line = l.strip_prefix('#')?;
+                if line.starts_with('[') && line.ends_with(']') {
+                    return Some(format!("{line}\n"));
+                }
+                let (key, _) = line.split_once(" = ")?;
+                let is_key = key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+                (is_key && seen.insert(key)).then(|| format!("{line}\n"))
+            })
+            .collect();
+        // No `..`: a key added to FileConfig does not compile here until it
+        // is documented in the packaged file.
+        let FileConfig {
+            listen,
+            metrics_listen,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            insecure,
+            interfaces,
+            pin_dir,
+            max_services,
+            conntrack_entries,
+            conntrack,
+            max_routes,
+            max_neighbours,
+            hook,
+            netlink_rcvbuf,
+            state_dir,
+        } = toml::from_str(&text).unwrap();
+        let d = Limits::default();
+        assert_eq!(listen, Some(DEFAULT_LISTEN.parse().unwrap()));
+        assert_eq!(
+            metrics_listen,
+            Some(DEFAULT_METRICS_LISTEN.parse().unwrap())
+        );
+        assert!(tls_cert.is_some() && tls_key.is_some() && tls_client_ca.is_some());
+        assert_eq!(insecure, Some(false));
+        assert!(interfaces.is_some());
+        assert_eq!(pin_dir, Some(default_pin_dir()));
+        assert_eq!(max_services, Some(d.services));
+        assert_eq!(conntrack_entries, Some(d.conntrack));
+        let ageing = conntrack.expect("a [conntrack] table").merge().unwrap();
+        assert_eq!(ageing, AgeingConfig::default());
+        assert_eq!(max_routes, Some(d.routes));
+        assert_eq!(max_neighbours, Some(d.neighbours));
+        assert_eq!(hook.as_deref(), Some("tc"));
+        assert_eq!(netlink_rcvbuf, Some(DEFAULT_NETLINK_RCVBUF));
+        assert_eq!(state_dir, Some(PathBuf::from(DEFAULT_STATE_DIR)));
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_and_open_non_loopback_listeners() {
+        let file: FileConfig = toml::from_str(
+            "listen = \"0.0.0.0:11111\"\ntls_cert = \"/c.pem\"\ntls_client_ca = \"/ca.pem\"\n",
+        )
+        .unwrap();
+        let err = Config::merge(file, Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("go together"), "{err}");
+
+        let file: FileConfig =
+            toml::from_str("listen = \"0.0.0.0:11111\"\ntls_cert = \"/c.pem\"\n").unwrap();
+        let flags = Overrides {
+            tls_key: Some("/k.pem".into()),
+            ..Default::default()
+        };
+        let c = Config::merge(file, flags).unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(
+            (tls.cert.to_str(), tls.key.to_str()),
+            (Some("/c.pem"), Some("/k.pem"))
+        );
+
+        let plain: FileConfig = toml::from_str("listen = \"0.0.0.0:11111\"\n").unwrap();
+        assert!(Config::merge(plain, Overrides::default()).is_err());
+        let insecure: FileConfig =
+            toml::from_str("listen = \"0.0.0.0:11111\"\ninsecure = true\n").unwrap();
+        assert!(Config::merge(insecure, Overrides::default()).is_ok());
+        let unix: FileConfig = toml::from_str("listen = \"unix:/run/l.sock\"\n").unwrap();
+        let c = Config::merge(unix, Overrides::default()).unwrap();
+        assert_eq!(c.listen, ListenAddr::Unix("/run/l.sock".into()));
     }
 }

@@ -7,5 +7,6 @@ pub mod config;
 pub mod conntrack;
 pub mod datapath;
 pub mod kernel;
+pub mod metrics;
 pub mod proto;
 pub mod rules;

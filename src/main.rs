@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use loxilight::api::{ListenAddr, Listener};
 use loxilight::config::{Config, FileConfig, Overrides};
 use loxilight::conntrack::Ageing;
 use loxilight::datapath::Datapath;
+use loxilight::metrics::{self, ApiStats};
 use loxilight::rules::RuleStore;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -17,9 +19,24 @@ use tokio::signal::unix::{signal, SignalKind};
 #[derive(Parser, Debug)]
 #[command(name = "loxilight", version, about = "eBPF load balancer daemon")]
 struct Cli {
-    /// gRPC listen address [default: 127.0.0.1:11111]
+    /// gRPC listen address, ADDRESS:PORT or unix:PATH [default: 127.0.0.1:11111]
     #[arg(long)]
-    listen: Option<SocketAddr>,
+    listen: Option<ListenAddr>,
+    /// Prometheus metrics listen address (GET /metrics) [default: 127.0.0.1:11112]
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// PEM certificate chain: serve the API over TLS (with --tls-key)
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle: require client certificates signed by it (mutual TLS)
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
+    /// Allow a plaintext API on a non-loopback address
+    #[arg(long)]
+    insecure: bool,
     /// Interfaces to attach to, comma separated [default: every non-loopback
     /// interface of this network namespace, including ones added later]
     #[arg(long, value_delimiter = ',')]
@@ -31,9 +48,26 @@ struct Cli {
     /// the driver has it, generic otherwise)
     #[arg(long)]
     hook: Option<String>,
+    /// Directory of the state file that keeps the rules across restarts
+    /// [default: /var/lib/loxilight]
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Detach the datapath when stopping. By default it stays attached with
+    /// its pinned maps, so traffic keeps flowing and the next start adopts it.
+    #[arg(long)]
+    detach_on_exit: bool,
     /// TOML config file (flags win over it)
     #[arg(long)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Remove the datapath for good: detach it from every interface of this
+    /// network namespace, delete its pinned maps and the state file.
+    Cleanup,
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -97,12 +131,6 @@ fn load_datapath(cfg: &Config) -> anyhow::Result<Datapath> {
             )
         }
     })?;
-    // Rules are not persisted yet, so pinned services from an earlier run
-    // are stale: start from an empty table and no flows.
-    dp.clear_services().context("clearing stale services")?;
-    dp.clear_network().context("clearing stale network state")?;
-    dp.flush_conntrack(|_, _| true)
-        .context("clearing stale conntrack")?;
     Ok(dp)
 }
 
@@ -121,6 +149,28 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// Detaches every loxilight program in this namespace and removes the pins
+/// and the state file.
+async fn cleanup(cfg: &Config) -> anyhow::Result<()> {
+    let links = loxilight::kernel::interfaces().await?;
+    let detached = Datapath::detach_everywhere(links.iter().map(|l| l.index))
+        .context("detaching the datapath")?;
+    for path in [&cfg.pin_dir, &cfg.state_file()] {
+        let res = if path.is_dir() {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        };
+        match res {
+            Ok(()) => println!("removed {}", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+        }
+    }
+    println!("detached from {detached} interface(s)");
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let file = match &cli.config {
         Some(path) => FileConfig::read(path)?,
@@ -128,18 +178,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let flags = Overrides {
         listen: cli.listen,
+        metrics_listen: cli.metrics_listen,
+        tls_cert: cli.tls_cert,
+        tls_key: cli.tls_key,
+        tls_client_ca: cli.tls_client_ca,
+        insecure: cli.insecure,
         interfaces: cli.interfaces,
         pin_dir: cli.pin_dir,
         hook: cli.hook,
+        state_dir: cli.state_dir,
     };
     let cfg = Config::merge(file, flags)?;
-    let listener = TcpListener::bind(cfg.listen)
+    if let Some(Command::Cleanup) = cli.command {
+        return cleanup(&cfg).await;
+    }
+    let tls = cfg.tls.as_ref().map(|t| t.load()).transpose()?;
+    let listener = Listener::bind(&cfg.listen).await?;
+    let metrics_listener = TcpListener::bind(cfg.metrics_listen)
         .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        .with_context(|| format!("cannot listen on {} (metrics)", cfg.metrics_listen))?;
     let dp = Arc::new(load_datapath(&cfg)?);
     // Stopped when dropped, on every way out of here.
     let ageing = Ageing::spawn(dp.clone(), cfg.ageing.clone())
         .context("starting the conntrack ageing thread")?;
+    // Rules first: a bad state file stops the start before any interface is touched.
+    let store = RuleStore::open(dp.clone(), Some(cfg.state_file()))
+        .with_context(|| format!("restoring the rules from {}", cfg.state_file().display()))?;
+    let store = Arc::new(store);
     let watcher = match loxilight::kernel::start(dp.clone(), cfg.mirror.clone()).await {
         Ok(w) => w,
         Err(e) => {
@@ -148,14 +213,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     let mirror = tokio::spawn(watcher);
-    let store = Arc::new(RuleStore::new(dp.clone()));
-    tracing::info!(listen = %cfg.listen, pin_dir = %cfg.pin_dir.display(), "loxilight ready");
-    let served = loxilight::api::serve(listener, store, dp.clone(), shutdown_signal()).await;
+    let api_stats = Arc::new(ApiStats::default());
+    let sources = metrics::Sources {
+        dp: dp.clone(),
+        store: store.clone(),
+        mirror: cfg.mirror.stats.clone(),
+        api: api_stats.clone(),
+    };
+    let metrics = tokio::spawn(async move {
+        if let Err(e) = metrics::serve(metrics_listener, sources).await {
+            tracing::error!(error = %e, "the metrics endpoint stopped");
+        }
+    });
+    tracing::info!(
+        listen = %cfg.listen,
+        tls = tls.is_some(),
+        metrics = %cfg.metrics_listen,
+        pin_dir = %cfg.pin_dir.display(),
+        "loxilight ready"
+    );
+    let served = loxilight::api::serve(
+        listener,
+        tls,
+        store,
+        dp.clone(),
+        api_stats,
+        shutdown_signal(),
+    )
+    .await;
+    metrics.abort();
     // Stop the mirror first: detaching changes links, and it would attach again.
     mirror.abort();
     let _ = mirror.await;
     ageing.stop();
-    dp.detach_all();
+    if cli.detach_on_exit {
+        dp.detach_all();
+    } else {
+        tracing::info!("datapath left attached; the next start adopts it");
+    }
     served
 }
 

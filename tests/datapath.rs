@@ -604,7 +604,7 @@ fn deleting_a_service_removes_its_flows() {
     assert_eq!(parse(&run(&dp, &dgram.build())).dst, UDP_EP);
     assert_eq!(conntrack(&dp).len(), 4);
 
-    dp.delete_service(&key(Protocol::Tcp), 1)
+    dp.delete_services(&[(key(Protocol::Tcp), 1)])
         .expect("deleting the TCP service");
     let left = conntrack(&dp);
     assert_eq!(left.len(), 2, "{left:?}");

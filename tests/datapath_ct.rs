@@ -13,9 +13,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use loxilight::api::Listener;
 use loxilight::conntrack::{self, state_name, sweep, Filter, Timeouts};
 use loxilight::datapath::types::{ll_ct, ll_ct_key, ll_reason};
 use loxilight::datapath::{Datapath, HookKind, Limits, Removal};
+use loxilight::metrics::ApiStats;
 use loxilight::proto::v1::conntrack_service_client::ConntrackServiceClient;
 use loxilight::proto::v1::{ConntrackFilter, ListConntrackRequest};
 use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, RuleStore, Selection, ServiceKey};
@@ -68,14 +70,23 @@ fn rule(proto: Protocol, eps: &[SocketAddrV4]) -> LbRule {
     }
 }
 
-/// A datapath with a TCP service to EP1 and EP2 (rr) and a UDP one to UDP_EP.
-fn lb(conntrack: u32) -> Arc<Datapath> {
+/// An empty rule store on `dp`, which names the services in listings.
+fn store(dp: &Arc<Datapath>) -> Arc<RuleStore> {
+    Arc::new(RuleStore::open(dp.clone(), None).expect("opening a rule store"))
+}
+
+/// A datapath with a TCP service to EP1 and EP2 (rr) and a UDP one to
+/// UDP_EP, and the rule store that holds them.
+fn lb(conntrack: u32) -> (Arc<Datapath>, Arc<RuleStore>) {
     let dp = load(conntrack);
-    dp.program_service(1, &rule(Protocol::Tcp, &[EP1, EP2]))
-        .expect("programming the TCP service");
-    dp.program_service(2, &rule(Protocol::Udp, &[UDP_EP]))
-        .expect("programming the UDP service");
-    dp
+    let store = store(&dp);
+    store
+        .create(rule(Protocol::Tcp, &[EP1, EP2]))
+        .expect("creating the TCP service");
+    store
+        .create(rule(Protocol::Udp, &[UDP_EP]))
+        .expect("creating the UDP service");
+    (dp, store)
 }
 
 /// Both entries of one flow, driven packet by packet.
@@ -227,7 +238,7 @@ fn established(dp: &Datapath, hook: HookKind, port: u16) -> Flow<'_> {
 #[test]
 fn the_handshake_establishes_at_tc_and_xdp() {
     for hook in [HookKind::Tc, HookKind::Xdp] {
-        let dp = lb(1024);
+        let (dp, _) = lb(1024);
         let f = established(&dp, hook, 40000);
         f.client(ACK, C + 1, E + 1, 100).expect("est");
         f.endpoint(ACK, E + 1, C + 101, 1000).expect("est");
@@ -238,7 +249,7 @@ fn the_handshake_establishes_at_tc_and_xdp() {
 
 #[test]
 fn the_client_closing_goes_through_every_closing_state() {
-    let dp = lb(1024);
+    let (dp, _) = lb(1024);
     let f = established(&dp, HookKind::Tc, 40000);
     // The FIN carries 10 bytes: it is acked by C + 1 + 10 + 1.
     f.client(FIN | ACK, C + 1, E + 1, 10).expect("fin-wait");
@@ -252,7 +263,7 @@ fn the_client_closing_goes_through_every_closing_state() {
 
 #[test]
 fn the_endpoint_closing_mirrors_it() {
-    let dp = lb(1024);
+    let (dp, _) = lb(1024);
     let f = established(&dp, HookKind::Xdp, 40000);
     f.endpoint(FIN | ACK, E + 1, C + 1, 0).expect("fin-wait");
     f.client(ACK, C + 1, E + 2, 0).expect("close-wait");
@@ -262,7 +273,7 @@ fn the_endpoint_closing_mirrors_it() {
 
 #[test]
 fn simultaneous_and_combined_closes_reach_time_wait() {
-    let dp = lb(1024);
+    let (dp, _) = lb(1024);
     // FINs cross: neither acks the other's.
     let f = established(&dp, HookKind::Tc, 40000);
     f.client(FIN | ACK, C + 1, E + 1, 0).expect("fin-wait");
@@ -278,7 +289,7 @@ fn simultaneous_and_combined_closes_reach_time_wait() {
 
 #[test]
 fn a_reset_closes_from_any_state() {
-    let dp = lb(1024);
+    let (dp, _) = lb(1024);
     // Refused: the endpoint resets the SYN.
     let f = Flow::tcp(&dp, HookKind::Tc, client(40000), SYN, C);
     f.endpoint(RST | ACK, 0, C + 1, 0).expect("closed");
@@ -294,7 +305,7 @@ fn a_reset_closes_from_any_state() {
 
 #[test]
 fn a_new_syn_reopens_a_closed_flow_on_its_endpoint() {
-    let dp = lb(1024);
+    let (dp, _) = lb(1024);
     let f = established(&dp, HookKind::Tc, 40000);
     assert_eq!(f.ep, EP1);
     f.client(FIN | ACK, C + 1, E + 1, 0);
@@ -321,7 +332,7 @@ fn a_new_syn_reopens_a_closed_flow_on_its_endpoint() {
 
 #[test]
 fn flows_seen_mid_stream_are_picked_up() {
-    let dp = lb(1024);
+    let (dp, _) = lb(1024);
     Flow::tcp(&dp, HookKind::Tc, client(40000), ACK, C).expect("est");
     Flow::tcp(&dp, HookKind::Tc, client(40001), FIN | ACK, C).expect("fin-wait");
     Flow::tcp(&dp, HookKind::Tc, client(40002), RST, C).expect("closed");
@@ -334,7 +345,7 @@ fn flows_seen_mid_stream_are_picked_up() {
 
 #[test]
 fn udp_is_new_until_the_endpoint_answers() {
-    let dp = lb(1024);
+    let (dp, _) = lb(1024);
     let f = Flow::udp(&dp, client(40000));
     f.expect("udp-new");
     run(
@@ -348,7 +359,7 @@ fn udp_is_new_until_the_endpoint_answers() {
 
 #[test]
 fn every_entry_is_accounted_for() {
-    let dp = lb(1024);
+    let (dp, store) = lb(1024);
     for port in 40000..40010 {
         Flow::tcp(&dp, HookKind::Tc, client(port), SYN, C);
     }
@@ -358,7 +369,7 @@ fn every_entry_is_accounted_for() {
     // A flow refused for a clash inserts its first half, then takes it back.
     let mut other = rule(Protocol::Tcp, &[EP1]);
     other.key.ip = Ipv4Addr::new(20, 20, 20, 2);
-    dp.program_service(3, &other).unwrap();
+    store.create(other.clone()).unwrap();
     let clash = tcp(
         client(40000),
         SocketAddrV4::new(other.key.ip, 2020),
@@ -384,7 +395,7 @@ fn every_entry_is_accounted_for() {
     let c = dp.conntrack_counters().unwrap();
     assert_eq!((c.removed, c.deleted()), (2, 3));
     // Nothing was evicted: every entry is accounted for.
-    let all = conntrack::list(&dp, &RuleStore::new(dp.clone()), &Filter::default(), 0).unwrap();
+    let all = conntrack::list(&dp, &store, &Filter::default(), 0).unwrap();
     assert_eq!(all.table.entries, 18);
     assert_eq!(all.table.evicted, 0);
     assert_eq!(all.table.clashes, 1);
@@ -397,7 +408,7 @@ fn sweep_at(dp: &Datapath, t: &Timeouts, now: u64) -> conntrack::SweepReport {
 
 #[test]
 fn ageing_honours_each_states_timeout() {
-    let dp = lb(1024);
+    let (dp, _) = lb(1024);
     let t = Timeouts::default();
     // Kept through every sweep below.
     let keeper = established(&dp, HookKind::Tc, 39999);
@@ -505,7 +516,7 @@ impl<'a> Flow<'a> {
 
 #[test]
 fn a_flow_lives_while_either_direction_does() {
-    let dp = lb(1024);
+    let (dp, _) = lb(1024);
     let t = Timeouts::default();
     let f = Flow::udp(&dp, client(40000));
     f.endpoint(0, 0, 0, 0).expect("udp-est");
@@ -525,7 +536,7 @@ fn a_flow_lives_while_either_direction_does() {
 
 #[test]
 fn a_half_whose_partner_was_evicted_is_removed_as_an_orphan() {
-    let dp = lb(1024);
+    let (dp, _) = lb(1024);
     let t = Timeouts::default();
     let f = established(&dp, HookKind::Tc, 40000);
     let g = established(&dp, HookKind::Tc, 40001);
@@ -544,12 +555,11 @@ fn a_half_whose_partner_was_evicted_is_removed_as_an_orphan() {
 
 #[test]
 fn a_full_table_evicts_and_counts_what_it_evicted() {
-    let dp = lb(256);
+    let (dp, store) = lb(256);
     let flows = 200u16;
     for i in 0..flows {
         Flow::tcp(&dp, HookKind::Tc, client(40000 + i), SYN, C);
     }
-    let store = RuleStore::new(dp.clone());
     let l = conntrack::list(&dp, &store, &Filter::default(), 0).unwrap();
     assert!(l.table.entries <= 256, "{}", l.table.entries);
     // The table stood still while it was walked, so the count is exact.
@@ -587,7 +597,7 @@ fn million_frame(template: &mut [u8], i: u32) {
 fn a_million_entries_are_aged_listed_and_counted() {
     const ENTRIES: u32 = 1_000_000;
     let dp = load(ENTRIES);
-    let store = Arc::new(RuleStore::new(dp.clone()));
+    let store = store(&dp);
     store
         .create(rule(Protocol::Tcp, &[EP1, EP2]))
         .expect("creating the service");
@@ -693,9 +703,11 @@ fn api_and_cli_at_scale(dp: &Arc<Datapath>, store: &Arc<RuleStore>, syn_sent: u6
     let addr: SocketAddr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = rt.spawn(loxilight::api::serve(
-        listener,
+        Listener::Tcp(listener),
+        None,
         store.clone(),
         dp.clone(),
+        Arc::new(ApiStats::default()),
         async {
             let _ = stopped.await;
         },

@@ -101,14 +101,27 @@ fn tc_hook_forwards_with_linux_forwarding_off() {
 #[test]
 fn xdp_hook_forwards_with_linux_forwarding_off() {
     let mut lab = forwards_by_itself("xdp");
-    // Stopping the daemon takes its XDP programs off every interface.
+    let xdp_progs = |lab: &Lab| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &lab.lb, "link", "show"])
+            .output()
+            .expect("running ip");
+        String::from_utf8_lossy(&out.stdout)
+            .matches("prog/xdp")
+            .count()
+    };
+    // Stopping the daemon leaves the datapath in place (restarts are
+    // hitless); `loxilight cleanup` takes it off every interface.
     lab.stop_daemon();
-    let links = std::process::Command::new("ip")
-        .args(["-n", &lab.lb, "link", "show"])
-        .output()
-        .expect("running ip");
-    let links = String::from_utf8_lossy(&links.stdout);
-    assert!(!links.contains("prog/xdp"), "XDP left attached:\n{links}");
+    assert_eq!(xdp_progs(&lab), 3);
+    let out = lab.run_daemon_to_exit(&["cleanup"]);
+    assert!(
+        out.status.success(),
+        "cleanup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(xdp_progs(&lab), 0);
+    assert!(!lab.pin_dir().exists());
 }
 
 fn route_via(lab: &Lab, dst: &str, gw: &str) -> bool {

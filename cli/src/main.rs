@@ -5,14 +5,15 @@ mod args;
 mod client;
 mod output;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use crate::args::{ArgError, UsageError};
-use crate::client::Client;
+use crate::client::{Client, Target, TlsOptions};
 use crate::output::service_label;
 
 mod pb {
@@ -26,7 +27,7 @@ mod pb {
     about = "Command line client for the loxilight load balancer"
 )]
 struct Cli {
-    /// Address of the loxilight API server
+    /// Address of the loxilight API server, or unix:PATH for its unix socket
     #[arg(
         short = 's',
         long,
@@ -53,6 +54,41 @@ struct Cli {
         help_heading = "Global options"
     )]
     output: Option<OutputFormat>,
+    /// PEM CA certificate that signed the server's: talk TLS
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        help_heading = "Global options"
+    )]
+    tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for a server that requires one (with --tls-key)
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        requires_all = ["tls_ca", "tls_key"],
+        help_heading = "Global options"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        requires = "tls_cert",
+        help_heading = "Global options"
+    )]
+    tls_key: Option<PathBuf>,
+    /// Name the server's certificate must carry [default: the --apiserver host]
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        requires = "tls_ca",
+        help_heading = "Global options"
+    )]
+    tls_server_name: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -81,6 +117,20 @@ enum Command {
     Get {
         #[command(subcommand)]
         resource: GetResource,
+    },
+    /// Write the running rule set as JSON (to FILE, or standard output)
+    Save {
+        #[arg(short, long)]
+        file: Option<PathBuf>,
+    },
+    /// Make the running rule set match FILE (as `save` writes it): creates,
+    /// updates and deletes, all or nothing
+    Apply {
+        #[arg(short, long)]
+        file: PathBuf,
+        /// Only print what would change
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -213,9 +263,24 @@ async fn main() -> ExitCode {
     }
 }
 
+impl Cli {
+    fn target(&self) -> Target {
+        Target {
+            server: self.apiserver.clone(),
+            port: self.port,
+            tls: self.tls_ca.clone().map(|ca| TlsOptions {
+                ca,
+                identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+                server_name: self.tls_server_name.clone(),
+            }),
+        }
+    }
+}
+
 async fn run(cli: Cli) -> Result<()> {
     // Flag values are parsed before connecting so usage errors never wait on the network.
-    let connect = || Client::connect(&cli.apiserver, cli.port);
+    let target = cli.target();
+    let connect = || Client::connect(&target);
     match cli.command {
         Command::Create {
             resource: CreateResource::Lb(lb),
@@ -274,6 +339,35 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 Some(OutputFormat::Json) => println!("{}", output::lb_json(response)?),
             }
+        }
+        Command::Save { file } => {
+            let mut rules = connect().await?.list_lbs().await?;
+            for lb in &mut rules.load_balancers {
+                lb.counters = None;
+                lb.endpoints.iter_mut().for_each(|e| e.counters = None);
+            }
+            let text = serde_json::to_string_pretty(&rules)? + "\n";
+            match file {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{text}"),
+            }
+        }
+        Command::Apply { file, dry_run } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let rules: pb::ListLoadBalancersResponse =
+                serde_json::from_str(&text).with_context(|| {
+                    format!(
+                        "{}: not a rule set as `loxicmd save` writes it",
+                        file.display()
+                    )
+                })?;
+            let report = connect()
+                .await?
+                .apply_lbs(rules.load_balancers, dry_run)
+                .await?;
+            print!("{}", output::apply_report(&report, dry_run));
         }
         Command::Get {
             resource: GetResource::Ct(get),

@@ -4,8 +4,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::pb::{
-    Address, ConntrackCount, ConntrackEntry, ConntrackTable, Counters, Interface,
-    ListLoadBalancersResponse, LoadBalancer, Neighbour, NextHop, Route,
+    Address, ApplyLoadBalancersResponse, ConntrackCount, ConntrackEntry, ConntrackTable, Counters,
+    Interface, ListLoadBalancersResponse, LoadBalancer, Neighbour, NextHop, Route,
 };
 
 /// `ip:port/proto`, with IPv6 addresses bracketed so the port stays readable.
@@ -255,6 +255,28 @@ fn render(header: &[&str], rows: &[Vec<String>]) -> String {
     for row in rows {
         out.push_str(&line(&mut row.iter().map(String::as_str)));
     }
+    out
+}
+
+/// One line per change (`+` create, `~` update, `-` delete), then totals.
+pub fn apply_report(r: &ApplyLoadBalancersResponse, dry_run: bool) -> String {
+    let mut out = String::new();
+    for (sign, keys) in [("+", &r.created), ("~", &r.updated), ("-", &r.deleted)] {
+        for k in keys {
+            out += &format!(
+                "{sign} lb {}\n",
+                service_label(&k.external_ip, k.port, &k.protocol)
+            );
+        }
+    }
+    let verb = if dry_run { "would be" } else { "were" };
+    out += &format!(
+        "{} created, {} updated, {} deleted, {} unchanged ({verb} changed)\n",
+        r.created.len(),
+        r.updated.len(),
+        r.deleted.len(),
+        r.unchanged
+    );
     out
 }
 

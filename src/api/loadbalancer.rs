@@ -67,15 +67,15 @@ fn key_from_proto(field: &str, k: Option<&pb::ServiceKey>) -> crate::rules::Resu
     })
 }
 
-fn rule_from_proto(lb: Option<&pb::LoadBalancer>) -> crate::rules::Result<LbRule> {
-    const F: &str = "load_balancer";
-    let lb = lb.ok_or_else(|| crate::rules::Error::invalid(F, "is required"))?;
+/// `f` is the request field the rule came from, for error messages.
+fn rule_from_proto(f: &str, lb: Option<&pb::LoadBalancer>) -> crate::rules::Result<LbRule> {
+    let lb = lb.ok_or_else(|| crate::rules::Error::invalid(f, "is required"))?;
     let endpoints = lb
         .endpoints
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            let f = format!("{F}.endpoints[{i}]");
+            let f = format!("{f}.endpoints[{i}]");
             Ok(Endpoint {
                 ip: parse_ip(&format!("{f}.ip"), &e.ip)?,
                 port: parse_port(&format!("{f}.target_port"), e.target_port)?,
@@ -84,13 +84,13 @@ fn rule_from_proto(lb: Option<&pb::LoadBalancer>) -> crate::rules::Result<LbRule
         })
         .collect::<crate::rules::Result<Vec<_>>>()?;
     let rule = LbRule {
-        key: key_from_proto(&format!("{F}.service"), lb.service.as_ref())?,
+        key: key_from_proto(&format!("{f}.service"), lb.service.as_ref())?,
         name: lb.name.clone(),
-        selection: Selection::parse(&format!("{F}.selection"), &lb.selection)?,
-        mode: Mode::parse(&format!("{F}.mode"), &lb.mode)?,
+        selection: Selection::parse(&format!("{f}.selection"), &lb.selection)?,
+        mode: Mode::parse(&format!("{f}.mode"), &lb.mode)?,
         endpoints,
     };
-    rule.validate(F)?;
+    rule.validate(f)?;
     Ok(rule)
 }
 
@@ -100,7 +100,7 @@ impl LoadBalancerService for Api {
         &self,
         req: Request<pb::CreateLoadBalancerRequest>,
     ) -> Result<Response<pb::CreateLoadBalancerResponse>, Status> {
-        let rule = rule_from_proto(req.get_ref().load_balancer.as_ref())?;
+        let rule = rule_from_proto("load_balancer", req.get_ref().load_balancer.as_ref())?;
         let stored = self.store.create(rule)?;
         tracing::info!(service = %stored.rule.key, id = stored.id, "load balancer created");
         Ok(Response::new(pb::CreateLoadBalancerResponse {
@@ -126,6 +126,39 @@ impl LoadBalancerService for Api {
         let stored = self.store.get(&key)?;
         Ok(Response::new(pb::GetLoadBalancerResponse {
             load_balancer: Some(self.to_proto(&stored)),
+        }))
+    }
+
+    async fn apply_load_balancers(
+        &self,
+        req: Request<pb::ApplyLoadBalancersRequest>,
+    ) -> Result<Response<pb::ApplyLoadBalancersResponse>, Status> {
+        let req = req.into_inner();
+        let rules = req
+            .load_balancers
+            .iter()
+            .enumerate()
+            .map(|(i, lb)| rule_from_proto(&format!("load_balancers[{i}]"), Some(lb)))
+            .collect::<crate::rules::Result<Vec<_>>>()?;
+        let store = self.store.clone();
+        // Thousands of map updates and a file write: keep them off the reactor.
+        let report = tokio::task::spawn_blocking(move || store.apply(rules, req.dry_run))
+            .await
+            .map_err(|e| Status::internal(format!("applying: {e}")))??;
+        if !req.dry_run {
+            tracing::info!(
+                created = report.created.len(),
+                updated = report.updated.len(),
+                deleted = report.deleted.len(),
+                "rule set applied"
+            );
+        }
+        let keys = |v: &[crate::rules::ServiceKey]| v.iter().map(key_to_proto).collect();
+        Ok(Response::new(pb::ApplyLoadBalancersResponse {
+            created: keys(&report.created),
+            updated: keys(&report.updated),
+            deleted: keys(&report.deleted),
+            unchanged: report.unchanged as u32,
         }))
     }
 

@@ -2,15 +2,19 @@
 mod conntrack;
 mod loadbalancer;
 mod network;
+mod stats;
+mod transport;
 
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::{Server, ServerTlsConfig};
 use tonic::Status;
 
+pub use transport::{check_exposure, ListenAddr, Listener, TlsFiles};
+
 use crate::datapath::{self, Datapath};
+use crate::metrics::ApiStats;
 use crate::proto::v1::conntrack_service_server::ConntrackServiceServer;
 use crate::proto::v1::load_balancer_service_server::LoadBalancerServiceServer;
 use crate::proto::v1::network_service_server::NetworkServiceServer;
@@ -28,6 +32,10 @@ impl From<rules::Error> for Status {
             rules::Error::Datapath(datapath::Error::MapFull { .. }) => {
                 Status::resource_exhausted(msg)
             }
+            rules::Error::Persist(_) => {
+                tracing::error!(error = %msg, "persisting the rules failed");
+                Status::unavailable(msg)
+            }
             rules::Error::Datapath(_) => {
                 tracing::error!(error = %msg, "datapath operation failed");
                 Status::internal(msg)
@@ -36,11 +44,14 @@ impl From<rules::Error> for Status {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the API on `listener` (with TLS if given; `tls` is for TCP only)
+/// until `shutdown` completes, counting requests into `stats`.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
+    tls: Option<ServerTlsConfig>,
     store: Arc<RuleStore>,
     dp: Arc<Datapath>,
+    stats: Arc<ApiStats>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let reflection = tonic_reflection::server::Builder::configure()
@@ -55,7 +66,12 @@ pub async fn serve(
         .set_serving::<ConntrackServiceServer<conntrack::Api>>()
         .await;
 
-    Server::builder()
+    let mut server = Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    let router = server
+        .layer(stats::CountLayer(stats))
         .add_service(health)
         .add_service(reflection)
         .add_service(LoadBalancerServiceServer::new(loadbalancer::Api::new(
@@ -66,8 +82,18 @@ pub async fn serve(
             store,
             dp.clone(),
         )))
-        .add_service(NetworkServiceServer::new(network::Api::new(dp)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .add_service(NetworkServiceServer::new(network::Api::new(dp)));
+    match listener {
+        Listener::Tcp(l) => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(l), shutdown)
+                .await?
+        }
+        Listener::Unix(l, _file) => {
+            router
+                .serve_with_incoming_shutdown(UnixListenerStream::new(l), shutdown)
+                .await?
+        }
+    }
     Ok(())
 }

@@ -1,4 +1,5 @@
 //! Attaching the program to interfaces: TC ingress (clsact) or XDP.
+use std::io;
 use std::os::fd::AsFd;
 
 use libbpf_rs::{ProgramHandle, TcHook, TcHookBuilder, Xdp, XdpFlags, TC_INGRESS};
@@ -129,6 +130,61 @@ impl Datapath {
             .collect();
         v.sort_unstable_by_key(|(i, _)| *i);
         v
+    }
+
+    /// Detaches loxilight's programs, whoever loaded them (an earlier daemon
+    /// too), from these interfaces; returns how many hooks it removed.
+    pub fn detach_everywhere(ifindexes: impl Iterator<Item = u32>) -> Result<usize> {
+        use libbpf_rs::libbpf_sys as sys;
+        let ours: std::collections::HashSet<u32> = libbpf_rs::query::ProgInfoIter::default()
+            .filter(|p| p.name == "ll_tc_ingress" || p.name == "ll_xdp")
+            .map(|p| p.id)
+            .collect();
+        let mut detached = 0;
+        for ifindex in ifindexes {
+            // SAFETY: zeroed structs with their sizes set are what libbpf expects.
+            let mut hook: sys::bpf_tc_hook = unsafe { std::mem::zeroed() };
+            hook.sz = std::mem::size_of::<sys::bpf_tc_hook>() as _;
+            hook.ifindex = ifindex as i32;
+            hook.attach_point = sys::BPF_TC_INGRESS;
+            let mut opts: sys::bpf_tc_opts = unsafe { std::mem::zeroed() };
+            opts.sz = std::mem::size_of::<sys::bpf_tc_opts>() as _;
+            opts.handle = TC_HANDLE;
+            opts.priority = TC_PRIORITY;
+            // SAFETY: valid pointers to the structs above.
+            if unsafe { sys::bpf_tc_query(&hook, &mut opts) } == 0 && ours.contains(&opts.prog_id) {
+                opts.prog_id = 0;
+                opts.prog_fd = 0;
+                opts.flags = 0;
+                let rc = unsafe { sys::bpf_tc_detach(&hook, &opts) };
+                if rc != 0 {
+                    return Err(Error::Io {
+                        what: format!("detaching TC from ifindex {ifindex}"),
+                        source: io::Error::from_raw_os_error(-rc),
+                    });
+                }
+                detached += 1;
+            }
+            for mode in [XdpFlags::DRV_MODE, XdpFlags::SKB_MODE] {
+                let mut id = 0u32;
+                // SAFETY: a valid out-pointer.
+                let rc =
+                    unsafe { sys::bpf_xdp_query_id(ifindex as i32, mode.bits() as i32, &mut id) };
+                if rc == 0 && ours.contains(&id) {
+                    let rc = unsafe {
+                        sys::bpf_xdp_detach(ifindex as i32, mode.bits(), std::ptr::null())
+                    };
+                    if rc != 0 {
+                        return Err(Error::Io {
+                            what: format!("detaching XDP from ifindex {ifindex}"),
+                            source: io::Error::from_raw_os_error(-rc),
+                        });
+                    }
+                    detached += 1;
+                }
+            }
+        }
+        Ok(detached)
     }
 
     /// Detaches from every interface, leaving the clsact qdisc for other users.

@@ -2,6 +2,7 @@
 //! the TC program, and gives typed access to the maps.
 mod conntrack;
 mod hooks;
+mod names;
 mod network;
 mod pod;
 mod service;
@@ -16,14 +17,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, ProgramHandle};
 
 pub use conntrack::{monotonic_ns, CtCounters, Removal, CT_BATCH};
 pub use hooks::{Hook, HookKind};
+use names::EnumLabels;
 pub use skel::types;
 use skel::LoxilightSkelBuilder;
-use types::{ll_counters, ll_reason, ll_svc, ll_svc_key};
+use types::{ll_counters, ll_ct_state, ll_reason, ll_svc, ll_svc_key};
 
 /// Endpoints per service and selection slots per service (bpf/lib/common.h).
 pub const MAX_ENDPOINTS: usize = 32;
@@ -106,6 +108,7 @@ pub struct Datapath {
     xdp_prog: ProgramHandle,
     limits: Limits,
     ncpus: usize,
+    labels: EnumLabels,
     /// Interfaces the program is attached to, and how.
     hooks: Mutex<HashMap<u32, Hook>>,
     /// Serialises the daemon's updates of its conntrack counters.
@@ -166,6 +169,7 @@ impl Datapath {
             }
         }
         let skel = open.load().map_err(Error::bpf("loading the BPF program"))?;
+        let labels = EnumLabels::read(skel.object().btf().map_err(Error::bpf("reading BTF"))?)?;
         let handle = |map: &libbpf_rs::Map| {
             MapHandle::try_from(map).map_err(Error::bpf("taking a map handle"))
         };
@@ -195,6 +199,7 @@ impl Datapath {
             xdp_prog,
             limits,
             ncpus,
+            labels,
             hooks: Mutex::new(HashMap::new()),
             ct_stats_lock: Mutex::new(()),
             ct_evicted: AtomicU64::new(0),
@@ -213,29 +218,39 @@ impl Datapath {
             .map_err(|e| full_or(e, "ll_services", "writing a service"))
     }
 
-    /// Removes a service; its flows are removed from conntrack and its
-    /// counters zeroed so that the id can be reused cleanly.
-    fn remove_service(&self, key: &[u8], id: u32) -> Result<()> {
-        match self.maps.services.delete(key) {
-            Ok(()) => {}
-            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::bpf("deleting a service")(e)),
+    /// Removes services (keys in map layout, with their ids); their flows
+    /// leave conntrack in one walk and their counters are zeroed so that the
+    /// ids can be reused cleanly.
+    fn remove_services(&self, services: &[(Vec<u8>, u32)]) -> Result<()> {
+        if services.is_empty() {
+            return Ok(());
         }
-        self.flush_conntrack(|_, ct| ct.svc_id == id)?;
-        self.reset_service_counters(id)
+        for (key, _) in services {
+            match self.maps.services.delete(key) {
+                Ok(()) => {}
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::bpf("deleting a service")(e)),
+            }
+        }
+        let ids: std::collections::HashSet<u32> = services.iter().map(|(_, id)| *id).collect();
+        self.flush_conntrack(|_, ct| ids.contains(&ct.svc_id))?;
+        ids.iter()
+            .try_for_each(|id| self.reset_service_counters(*id))
     }
 
-    /// Removes every service (the rule store is the source of truth).
-    pub fn clear_services(&self) -> Result<()> {
-        clear(&self.maps.services)
-    }
-
-    /// Removes the mirrored network state (the kernel is the source of truth).
-    pub fn clear_network(&self) -> Result<()> {
-        let m = &self.maps;
-        [&m.ifaces, &m.locals, &m.routes4, &m.routes6, &m.neighs]
-            .into_iter()
-            .try_for_each(clear)
+    /// Removes every service whose id is not in `live`.
+    pub fn prune_services(&self, live: &std::collections::HashSet<u32>) -> Result<()> {
+        let stale: Vec<(Vec<u8>, u32)> = self
+            .maps
+            .services
+            .keys()
+            .filter_map(|k| {
+                let v = self.maps.services.lookup(&k, MapFlags::ANY).ok()??;
+                let id = pod::read::<ll_svc>(&v)?.id;
+                (!live.contains(&id)).then_some((k, id))
+            })
+            .collect();
+        self.remove_services(&stale)
     }
 
     fn reset_service_counters(&self, id: u32) -> Result<()> {
@@ -271,6 +286,17 @@ impl Datapath {
         (0..ll_reason::LL_R_MAX.0)
             .map(|r| Ok((ll_reason(r), percpu_sum(&self.maps.reasons, r)?)))
             .collect()
+    }
+
+    /// `reason`'s name in bpf/lib/common.h, in snake case without the
+    /// prefix (`pass_no_route`).
+    pub fn reason_label(&self, reason: ll_reason) -> Option<&str> {
+        self.labels.get("ll_reason", reason.0)
+    }
+
+    /// `state`'s name in bpf/lib/common.h, like [`Datapath::reason_label`].
+    pub fn ct_state_label(&self, state: ll_ct_state) -> Option<&str> {
+        self.labels.get("ll_ct_state", u32::from(state.0))
     }
 
     /// Runs the program of `hook` once over `pkt` with BPF_PROG_TEST_RUN
@@ -313,18 +339,6 @@ fn full_or(e: libbpf_rs::Error, map: &'static str, what: &str) -> Error {
     } else {
         Error::bpf(what)(e)
     }
-}
-
-fn clear(map: &MapHandle) -> Result<()> {
-    let keys: Vec<Vec<u8>> = map.keys().collect();
-    for k in keys {
-        match map.delete(&k) {
-            Ok(()) => {}
-            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::bpf(format!("clearing {}", map.name().display()))(e)),
-        }
-    }
-    Ok(())
 }
 
 /// The value of `idx` on each CPU.

@@ -76,9 +76,13 @@ impl Datapath {
         self.upsert_service(&svc_key(&rule.key), &svc)
     }
 
-    /// Deletes the service of `key`, which had datapath id `id`.
-    pub fn delete_service(&self, key: &ServiceKey, id: u32) -> Result<()> {
-        self.remove_service(pod::bytes(&svc_key(key)), id)
+    /// Deletes services, each given with the datapath id it had.
+    pub fn delete_services(&self, services: &[(ServiceKey, u32)]) -> Result<()> {
+        let keys: Vec<(Vec<u8>, u32)> = services
+            .iter()
+            .map(|(k, id)| (pod::bytes(&svc_key(k)).to_vec(), *id))
+            .collect();
+        self.remove_services(&keys)
     }
 }
 

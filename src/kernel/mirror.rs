@@ -1,5 +1,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -41,6 +42,30 @@ pub struct MirrorOptions {
     /// Receive buffer of the event socket; when events come faster than it
     /// holds, the kernel reports ENOBUFS and the mirror dumps everything again.
     pub netlink_rcvbuf: usize,
+    /// Shared with whoever reports on the mirror (the metrics endpoint).
+    pub stats: Arc<MirrorStats>,
+}
+
+/// What the mirror has done since start, counted as it happens so that a
+/// reader never waits on the mirror's task.
+#[derive(Debug, Default)]
+pub struct MirrorStats {
+    pub link_events: AtomicU64,
+    pub address_events: AtomicU64,
+    pub route_events: AtomicU64,
+    pub neighbour_events: AtomicU64,
+    /// The event socket overran (ENOBUFS) and events were lost.
+    pub overruns: AtomicU64,
+    /// Re-reads of the routes only.
+    pub route_resyncs: AtomicU64,
+    /// Re-reads of everything, after an overrun.
+    pub full_resyncs: AtomicU64,
+    /// Route events of tables other than main, which are not mirrored.
+    pub other_table_routes: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) -> u64 {
+    c.fetch_add(1, Ordering::Relaxed) + 1
 }
 
 /// Everything the kernel holds that the datapath needs.
@@ -72,8 +97,6 @@ struct Mirror {
     route_resync: bool,
     /// Events were lost (ENOBUFS): everything must be dumped again.
     overrun: bool,
-    other_table_routes: u64,
-    resyncs: u64,
 }
 
 /// Multicast and IPv6 link-local destinations always go to Linux, so their
@@ -133,6 +156,13 @@ async fn snapshot_once(h: &Handle) -> anyhow::Result<Snapshot> {
         routes: dump_routes(h).await?,
     };
     Ok(snap)
+}
+
+/// The namespace's interfaces, read once.
+pub async fn interfaces() -> anyhow::Result<Vec<Iface>> {
+    let (conn, handle, _) = new_connection().context("opening rtnetlink")?;
+    tokio::spawn(conn);
+    Ok(snapshot(&handle).await?.links)
 }
 
 /// A dump that changes while it is read fails (EBUSY, "dump interrupted"):
@@ -265,11 +295,8 @@ impl Mirror {
             RouteMsg::Main(r) if add => self.route_set(r)?,
             RouteMsg::Main(r) => self.route_del(&r)?,
             RouteMsg::OtherTable => {
-                self.other_table_routes += 1;
-                tracing::debug!(
-                    total = self.other_table_routes,
-                    "route of another table ignored"
-                );
+                let total = bump(&self.opts.stats.other_table_routes);
+                tracing::debug!(total, "route of another table ignored");
             }
             RouteMsg::Ignored => {}
         }
@@ -278,6 +305,14 @@ impl Mirror {
 
     fn on_message(&mut self, msg: RouteNetlinkMessage) -> anyhow::Result<()> {
         use RouteNetlinkMessage as M;
+        let s = &self.opts.stats;
+        match &msg {
+            M::NewLink(_) | M::DelLink(_) => bump(&s.link_events),
+            M::NewAddress(_) | M::DelAddress(_) => bump(&s.address_events),
+            M::NewRoute(_) | M::DelRoute(_) => bump(&s.route_events),
+            M::NewNeighbour(_) | M::DelNeighbour(_) => bump(&s.neighbour_events),
+            _ => 0,
+        };
         match msg {
             M::NewLink(m) => self.link_set(convert::link(&m)),
             M::DelLink(m) => self.link_del(m.header.index),
@@ -299,6 +334,7 @@ impl Mirror {
                 log_err("applying a netlink event", self.on_message(m))
             }
             NetlinkPayload::Overrun(_) => {
+                bump(&self.opts.stats.overruns);
                 tracing::warn!(
                     rcvbuf = self.opts.netlink_rcvbuf,
                     "netlink events overran (ENOBUFS); dumping again"
@@ -369,12 +405,14 @@ impl Mirror {
         let started = std::time::Instant::now();
         let (what, res) = if std::mem::take(&mut self.overrun) {
             self.route_resync = false;
+            bump(&self.opts.stats.full_resyncs);
             (
                 "everything",
                 async { self.apply_snapshot(snapshot(&self.handle).await?) }.await,
             )
         } else {
             self.route_resync = false;
+            bump(&self.opts.stats.route_resyncs);
             let res = async {
                 let routes = match dump_routes(&self.handle).await {
                     Ok(r) => r,
@@ -386,10 +424,8 @@ impl Mirror {
             .await;
             ("routes", res)
         };
-        self.resyncs += 1;
         tracing::info!(
             what,
-            resyncs = self.resyncs,
             took_ms = started.elapsed().as_millis() as u64,
             "mirror resynchronised"
         );
@@ -497,14 +533,27 @@ pub async fn start(
         dp: dp.clone(),
         opts,
         handle,
-        links: HashMap::new(),
-        addrs: HashMap::new(),
-        routes: BTreeMap::new(),
-        neighs: HashMap::new(),
+        // What the (possibly adopted) maps hold now, so that the first
+        // snapshot also removes what went stale while no daemon ran.
+        links: dp.ifaces().into_iter().map(|(i, _)| (i.index, i)).collect(),
+        addrs: dp
+            .locals()
+            .into_iter()
+            .map(|a| ((a.ip, a.ifindex), a))
+            .collect(),
+        routes: dp.routes().into_iter().fold(BTreeMap::new(), |mut m, r| {
+            m.entry(r.dst)
+                .or_insert_with(BTreeMap::new)
+                .insert(r.metric, r);
+            m
+        }),
+        neighs: dp
+            .neighs()
+            .into_iter()
+            .map(|n| ((n.ifindex, n.ip), n))
+            .collect(),
         route_resync: false,
         overrun: false,
-        other_table_routes: 0,
-        resyncs: 0,
     };
     m.apply_snapshot(snap)?;
 

@@ -5,4 +5,4 @@ mod convert;
 mod mirror;
 pub mod model;
 
-pub use mirror::{start, Managed, MirrorOptions};
+pub use mirror::{interfaces, start, Managed, MirrorOptions, MirrorStats};

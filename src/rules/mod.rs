@@ -1,12 +1,13 @@
 //! The domain model of the rule set, its validation, and the rule store (the
 //! single source of truth that the datapath is programmed from).
 mod model;
+mod persist;
 mod store;
 
 pub use model::{
     parse_ip, parse_port, parse_weight, Endpoint, LbRule, Mode, Protocol, Selection, ServiceKey,
 };
-pub use store::{RuleStore, StoredRule};
+pub use store::{ApplyReport, RuleStore, StoredRule};
 
 use crate::datapath;
 
@@ -23,6 +24,9 @@ pub enum Error {
     Exhausted(String),
     #[error(transparent)]
     Datapath(#[from] datapath::Error),
+    /// The state file could not be read or written.
+    #[error("state file: {0}")]
+    Persist(String),
 }
 
 impl Error {

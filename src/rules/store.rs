@@ -1,7 +1,8 @@
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{Error, LbRule, Result, ServiceKey};
+use super::{persist, Error, LbRule, Result, ServiceKey};
 use crate::datapath::Datapath;
 
 /// A rule as stored, with the datapath id that indexes its counters.
@@ -11,29 +12,88 @@ pub struct StoredRule {
     pub rule: LbRule,
 }
 
+/// One change to the rule set, with what undoing it needs.
+enum Change {
+    Create(StoredRule),
+    Update { old: StoredRule, new: StoredRule },
+    Delete(StoredRule),
+}
+
+/// What an apply changed (or, for a dry run, would change).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub created: Vec<ServiceKey>,
+    pub updated: Vec<ServiceKey>,
+    pub deleted: Vec<ServiceKey>,
+    pub unchanged: usize,
+}
+
 struct Inner {
     rules: BTreeMap<ServiceKey, StoredRule>,
     free_ids: Vec<u32>,
     next_id: u32,
 }
 
-/// The rule set. Every change goes to the datapath first and is stored only
-/// if the datapath took it, so a failed change leaves the old state intact.
+impl Inner {
+    fn alloc_id(&mut self, limit: u32) -> Result<u32> {
+        if let Some(id) = self.free_ids.pop() {
+            return Ok(id);
+        }
+        if self.next_id >= limit {
+            return Err(Error::Exhausted(format!(
+                "the service table is full ({limit} services)"
+            )));
+        }
+        self.next_id += 1;
+        Ok(self.next_id - 1)
+    }
+}
+
+/// The rule set: the single source of truth the datapath is programmed from.
+/// A change goes to the datapath first, then to the state file, and is kept
+/// only if both took it; otherwise it is undone, so a failed change leaves
+/// the old state intact.
 pub struct RuleStore {
     dp: Arc<Datapath>,
+    state_file: Option<PathBuf>,
     inner: Mutex<Inner>,
 }
 
 impl RuleStore {
-    pub fn new(dp: Arc<Datapath>) -> RuleStore {
-        RuleStore {
-            dp,
-            inner: Mutex::new(Inner {
-                rules: BTreeMap::new(),
-                free_ids: Vec::new(),
-                next_id: 0,
-            }),
+    /// A store persisted in `state_file` (when given). Rules saved there are
+    /// programmed again under their old ids, so a restarted daemon adopts
+    /// the pinned counters and flows; services the file does not know are
+    /// removed from the datapath.
+    pub fn open(dp: Arc<Datapath>, state_file: Option<PathBuf>) -> Result<RuleStore> {
+        let saved = match &state_file {
+            Some(path) => persist::load(path)?,
+            None => Vec::new(),
+        };
+        let limit = dp.limits().services;
+        let mut rules = BTreeMap::new();
+        for s in saved {
+            if s.id >= limit || rules.values().any(|o: &StoredRule| o.id == s.id) {
+                return Err(Error::Persist(format!(
+                    "rule {} has id {}, a duplicate or beyond max_services ({limit})",
+                    s.rule.key, s.id
+                )));
+            }
+            dp.program_service(s.id, &s.rule)?;
+            rules.insert(s.rule.key, s);
         }
+        let live: HashSet<u32> = rules.values().map(|s| s.id).collect();
+        dp.prune_services(&live)?;
+        let next_id = live.iter().max().map_or(0, |m| m + 1);
+        let free_ids = (0..next_id).filter(|i| !live.contains(i)).collect();
+        Ok(RuleStore {
+            dp,
+            state_file,
+            inner: Mutex::new(Inner {
+                rules,
+                free_ids,
+                next_id,
+            }),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -41,44 +101,164 @@ impl RuleStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn program(&self, c: &Change) -> Result<()> {
+        match c {
+            Change::Create(s) | Change::Update { new: s, .. } => {
+                self.dp.program_service(s.id, &s.rule)?
+            }
+            Change::Delete(s) => self.dp.delete_services(&[(s.rule.key, s.id)])?,
+        }
+        Ok(())
+    }
+
+    fn undo(&self, c: &Change) {
+        let res = match c {
+            Change::Create(s) => self.dp.delete_services(&[(s.rule.key, s.id)]),
+            Change::Update { old: s, .. } | Change::Delete(s) => {
+                self.dp.program_service(s.id, &s.rule)
+            }
+        };
+        if let Err(e) = res {
+            tracing::error!(error = %e, "undoing a failed change left the datapath inconsistent");
+        }
+    }
+
+    /// Programs `changes` (deletes in one batch, so conntrack is walked
+    /// once), persists the result and commits it, or undoes all of it.
+    fn commit(&self, inner: &mut Inner, changes: Vec<Change>) -> Result<()> {
+        let (deletes, others): (Vec<Change>, Vec<Change>) = changes
+            .into_iter()
+            .partition(|c| matches!(c, Change::Delete(_)));
+        let keys: Vec<(ServiceKey, u32)> = deletes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Delete(s) => Some((s.rule.key, s.id)),
+                _ => None,
+            })
+            .collect();
+        self.dp.delete_services(&keys)?;
+        let mut done: Vec<&Change> = deletes.iter().collect();
+        let undo_all = |done: &[&Change]| done.iter().rev().for_each(|c| self.undo(c));
+        for c in &others {
+            if let Err(e) = self.program(c) {
+                undo_all(&done);
+                return Err(e);
+            }
+            done.push(c);
+        }
+
+        let mut rules = inner.rules.clone();
+        for c in done.iter() {
+            match c {
+                Change::Create(s) | Change::Update { new: s, .. } => {
+                    rules.insert(s.rule.key, s.clone());
+                }
+                Change::Delete(s) => {
+                    rules.remove(&s.rule.key);
+                }
+            }
+        }
+        if let Some(path) = &self.state_file {
+            if let Err(e) = persist::save(path, rules.values()) {
+                undo_all(&done);
+                return Err(e);
+            }
+        }
+        inner.rules = rules;
+        inner.free_ids.extend(keys.iter().map(|(_, id)| *id));
+        Ok(())
+    }
+
     pub fn create(&self, rule: LbRule) -> Result<StoredRule> {
         let mut inner = self.lock();
         if inner.rules.contains_key(&rule.key) {
             return Err(Error::AlreadyExists(format!("load balancer {}", rule.key)));
         }
-        let id = match inner.free_ids.pop() {
-            Some(id) => id,
-            None if inner.next_id < self.dp.limits().services => {
-                inner.next_id += 1;
-                inner.next_id - 1
-            }
-            None => {
-                return Err(Error::Exhausted(format!(
-                    "the service table is full ({} services)",
-                    self.dp.limits().services
-                )))
-            }
+        let stored = StoredRule {
+            id: inner.alloc_id(self.dp.limits().services)?,
+            rule,
         };
-        if let Err(e) = self.dp.program_service(id, &rule) {
-            inner.free_ids.push(id);
-            return Err(e.into());
+        let changes = vec![Change::Create(stored.clone())];
+        if let Err(e) = self.commit(&mut inner, changes) {
+            inner.free_ids.push(stored.id);
+            return Err(e);
         }
-        let stored = StoredRule { id, rule };
-        inner.rules.insert(stored.rule.key, stored.clone());
         Ok(stored)
     }
 
     pub fn delete(&self, key: &ServiceKey) -> Result<()> {
         let mut inner = self.lock();
-        let id = inner
+        let old = inner
             .rules
             .get(key)
-            .map(|s| s.id)
+            .cloned()
             .ok_or_else(|| Error::NotFound(format!("load balancer {key}")))?;
-        self.dp.delete_service(key, id)?;
-        inner.rules.remove(key);
-        inner.free_ids.push(id);
-        Ok(())
+        self.commit(&mut inner, vec![Change::Delete(old)])
+    }
+
+    /// Makes the rule set exactly `desired`: creates what is new, updates
+    /// what differs (keeping its id, so its flows and counters stay), deletes
+    /// what is missing; all or nothing. With `dry_run`, only reports.
+    pub fn apply(&self, desired: Vec<LbRule>, dry_run: bool) -> Result<ApplyReport> {
+        let mut inner = self.lock();
+        let mut report = ApplyReport::default();
+        let mut changes = Vec::new();
+        let mut wanted = HashSet::new();
+        for rule in desired {
+            if !wanted.insert(rule.key) {
+                return Err(Error::invalid(
+                    "load_balancers",
+                    format!("{} is listed twice", rule.key),
+                ));
+            }
+            match inner.rules.get(&rule.key) {
+                Some(old) if old.rule == rule => report.unchanged += 1,
+                Some(old) => {
+                    report.updated.push(rule.key);
+                    let new = StoredRule { id: old.id, rule };
+                    changes.push(Change::Update {
+                        old: old.clone(),
+                        new,
+                    });
+                }
+                None => {
+                    report.created.push(rule.key);
+                    changes.push(Change::Create(StoredRule { id: u32::MAX, rule }));
+                }
+            }
+        }
+        for (key, old) in &inner.rules {
+            if !wanted.contains(key) {
+                report.deleted.push(*key);
+                changes.push(Change::Delete(old.clone()));
+            }
+        }
+        if dry_run || changes.is_empty() {
+            return Ok(report);
+        }
+        // Ids only once the whole plan is known; deleted ids are freed only
+        // by the commit, so an undo never finds its id taken.
+        let limit = self.dp.limits().services;
+        let mut allocated = Vec::new();
+        for c in changes.iter_mut() {
+            if let Change::Create(s) = c {
+                match inner.alloc_id(limit) {
+                    Ok(id) => {
+                        s.id = id;
+                        allocated.push(id);
+                    }
+                    Err(e) => {
+                        inner.free_ids.extend(allocated);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.commit(&mut inner, changes) {
+            inner.free_ids.extend(allocated);
+            return Err(e);
+        }
+        Ok(report)
     }
 
     pub fn get(&self, key: &ServiceKey) -> Result<StoredRule> {

@@ -87,6 +87,8 @@ pub struct Lab {
     pin_dir: PathBuf,
     daemon: Option<Child>,
     api_port: u16,
+    /// Global loxicmd options for every call, the readiness probe included.
+    loxicmd_args: Vec<String>,
     stop: Arc<AtomicBool>,
     servers: Vec<JoinHandle<()>>,
 }
@@ -125,6 +127,7 @@ impl Lab {
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/loxilight-test-{id}")),
             daemon: None,
             api_port: API_PORT,
+            loxicmd_args: Vec::new(),
             stop: Arc::default(),
             servers: Vec::new(),
         };
@@ -281,9 +284,31 @@ impl Lab {
             .arg(env!("CARGO_BIN_EXE_loxilight"))
             .arg("--pin-dir")
             .arg(&self.pin_dir)
+            .arg("--state-dir")
+            .arg(self.state_dir())
             .args(extra_args)
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// Where the daemon pins its maps (bpffs).
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Where the daemon keeps its state file.
+    pub fn state_dir(&self) -> PathBuf {
+        self.workdir.join("state")
+    }
+
+    /// The lab's private temp dir (removed on drop), e.g. for sockets and certificates.
+    pub fn workdir(&self) -> &Path {
+        &self.workdir
+    }
+
+    /// Options that every later `loxicmd` call gets (TLS files, `-s unix:PATH`).
+    pub fn set_loxicmd_args(&mut self, args: &[&str]) {
+        self.loxicmd_args = args.iter().map(|a| a.to_string()).collect();
     }
 
     pub fn daemon_log_path(&self) -> PathBuf {
@@ -298,8 +323,23 @@ impl Lab {
     /// connections. Its output goes to [`Lab::daemon_log_path`], printed if the test fails.
     pub fn start_daemon(&mut self, extra_args: &[&str]) {
         assert!(self.daemon.is_none(), "the daemon is already running");
-        self.api_port = listen_port(extra_args).unwrap_or(API_PORT);
-        let log = File::create(self.daemon_log_path()).expect("creating the daemon log");
+        let listen = listen_arg(extra_args);
+        let unix_socket = listen
+            .and_then(|l| l.strip_prefix("unix:"))
+            .map(PathBuf::from);
+        let mut addr = listen
+            .and_then(|l| l.parse::<SocketAddr>().ok())
+            .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, API_PORT)));
+        if addr.ip().is_unspecified() {
+            addr.set_ip(Ipv4Addr::LOCALHOST.into());
+        }
+        self.api_port = addr.port();
+        // Appended to, so that a restarted daemon's log follows the first one's.
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.daemon_log_path())
+            .expect("opening the daemon log");
         let mut cmd = self.daemon_command(extra_args);
         cmd.stdout(log.try_clone().expect("dup of the log file"))
             .stderr(log);
@@ -316,7 +356,6 @@ impl Lab {
         }
         self.daemon = Some(cmd.spawn().expect("spawning nsenter loxilight"));
 
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.api_port));
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Ok(Some(status)) = self.daemon.as_mut().unwrap().try_wait() {
@@ -324,9 +363,12 @@ impl Lab {
             }
             // The port accepts connections as soon as it is bound, before the
             // datapath is attached: only an answered request means ready.
-            let up = in_netns(&self.lb, || {
-                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-            });
+            let up = match &unix_socket {
+                Some(path) => path.exists(),
+                None => in_netns(&self.lb, || {
+                    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                }),
+            };
             if up && self.loxicmd(&["get", "lb"]).status.success() {
                 return;
             }
@@ -367,6 +409,7 @@ impl Lab {
         if self.api_port != API_PORT {
             cmd.arg("--port").arg(self.api_port.to_string());
         }
+        cmd.args(&self.loxicmd_args);
         run_bounded(&mut cmd, COMMAND_TIMEOUT).unwrap_or_else(|e| panic!("loxicmd {args:?}: {e}"))
     }
 
@@ -390,7 +433,7 @@ impl Lab {
 
     pub fn http_get_timeout(&self, ip: &str, port: u16, timeout: Duration) -> io::Result<String> {
         let addr = SocketAddr::new(ip.parse().map_err(invalid)?, port);
-        in_netns(&self.client, || http_request(addr, timeout))
+        in_netns(&self.client, || http_request(addr, "/", timeout))
     }
 
     /// A UDP request from the client namespace (from `src_port` when given); returns
@@ -400,6 +443,11 @@ impl Lab {
         in_netns(&self.client, || {
             udp_exchange(addr, src_port.unwrap_or(0), Duration::from_secs(2))
         })
+    }
+
+    /// An HTTP GET of `path` on `addr` from inside namespace `ns`; returns the body.
+    pub fn http_get_in(&self, ns: &str, addr: SocketAddr, path: &str) -> io::Result<String> {
+        in_netns(ns, || http_request(addr, path, Duration::from_secs(5)))
     }
 
     /// Runs `f` on a thread inside namespace `ns` (e.g. to hold a port there).
@@ -537,13 +585,12 @@ pub fn loxicmd_path() -> PathBuf {
     path
 }
 
-/// The port of a `--listen ADDR:PORT` / `--listen=ADDR:PORT` argument.
-fn listen_port(args: &[&str]) -> Option<u16> {
-    let value = args.iter().enumerate().find_map(|(i, arg)| match *arg {
+/// The value of a `--listen VALUE` / `--listen=VALUE` argument.
+fn listen_arg<'a>(args: &[&'a str]) -> Option<&'a str> {
+    args.iter().enumerate().find_map(|(i, arg)| match *arg {
         "--listen" => args.get(i + 1).copied(),
         _ => arg.strip_prefix("--listen="),
-    })?;
-    value.rsplit_once(':')?.1.parse().ok()
+    })
 }
 
 /// Runs `ip ARGS` (split on spaces), panicking with its error output if it fails.
@@ -654,13 +701,13 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
 }
 
 /// A minimal HTTP/1.1 GET; returns the body of a 200 answer.
-fn http_request(addr: SocketAddr, timeout: Duration) -> io::Result<String> {
+fn http_request(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<String> {
     let deadline = Instant::now() + timeout;
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_write_timeout(Some(timeout))?;
     write!(
         stream,
-        "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
     let mut response = Vec::new();
     let mut chunk = [0u8; 4096];
