@@ -22,8 +22,8 @@ impl Api {
         Api { store, dp }
     }
 
-    /// Runs a walk of the table off the reactor: a full table is a second
-    /// or so of map syscalls.
+    /// Runs a walk of the table off the reactor: a full table is a few
+    /// hundred milliseconds of map syscalls (more with deletes).
     async fn blocking<T: Send + 'static>(
         &self,
         what: &str,
