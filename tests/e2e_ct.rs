@@ -274,7 +274,7 @@ fn delete_ct_removes_only_the_matching_flows() {
     assert_eq!(flows_via(&b1) + flows_via(&b2), 4, "nothing was deleted");
 
     let out = lab.loxicmd_ok(&["delete", "ct", "--ip", &b1]);
-    assert_eq!(out.trim(), "Deleted 1 flows (2 entries)");
+    assert_eq!(out.trim(), "Deleted 1 flow (2 entries)");
     assert_eq!((flows_via(&b1), flows_via(&b2)), (0, 2));
     // The other flow carries on, untouched.
     ping(&mut to_b2).expect("the flow via b2 still works");
@@ -328,7 +328,7 @@ fn get_ct_filters_counts_and_refuses_bad_filters() {
     let counted = lab.loxicmd_ok(&["get", "ct", "--count", "--proto", "tcp"]);
     assert!(!counted.contains('|'), "{counted}");
     assert!(
-        counted.starts_with("Matched 2 entries (1 flows: tcp est 1)"),
+        counted.starts_with("Matched 2 entries (1 flow: tcp est 1)"),
         "{counted}"
     );
     // --limit shows the first entries of all that matched.

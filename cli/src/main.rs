@@ -323,8 +323,9 @@ async fn run(cli: Cli) -> Result<()> {
             match cli.output {
                 Some(OutputFormat::Json) => println!("{}", output::json(&response)?),
                 _ => println!(
-                    "Deleted {} flows ({} entries)",
-                    response.flows, response.entries
+                    "Deleted {} ({})",
+                    output::counted(response.flows, "flow", "flows"),
+                    output::counted(response.entries, "entry", "entries")
                 ),
             }
         }

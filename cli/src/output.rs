@@ -118,7 +118,11 @@ pub fn ct_summary(
         .iter()
         .map(|c| format!("{} {} {}", c.protocol, c.state, c.flows))
         .collect();
-    let mut out = format!("Matched {matched} entries ({flows} flows");
+    let mut out = format!(
+        "Matched {} ({}",
+        counted(matched, "entry", "entries"),
+        counted(flows, "flow", "flows")
+    );
     if !by_state.is_empty() {
         out.push_str(&format!(": {}", by_state.join(", ")));
     }
@@ -143,6 +147,11 @@ pub fn ct_summary(
         ));
     }
     out
+}
+
+/// `n` and the noun, singular or plural.
+pub fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// `get port` table.
