@@ -149,6 +149,22 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// Keeps the least-connections counts in step with the flows that end.
+async fn refresh_active_flows(dp: Arc<Datapath>, store: Arc<RuleStore>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let (dp, store) = (dp.clone(), store.clone());
+        let res = tokio::task::spawn_blocking(move || {
+            loxilight::conntrack::refresh_active_flows(&dp, &store)
+        })
+        .await;
+        if let Ok(Err(e)) = res {
+            tracing::warn!(error = %e, "recounting active flows failed");
+        }
+    }
+}
+
 /// Detaches every loxilight program in this namespace and removes the pins
 /// and the state file.
 async fn cleanup(cfg: &Config) -> anyhow::Result<()> {
@@ -213,6 +229,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     let mirror = tokio::spawn(watcher);
+    tokio::spawn(refresh_active_flows(dp.clone(), store.clone()));
     let api_stats = Arc::new(ApiStats::default());
     let sources = metrics::Sources {
         dp: dp.clone(),

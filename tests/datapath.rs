@@ -65,6 +65,7 @@ fn service(
                 weight,
             })
             .collect(),
+        inactivity_timeout: 0,
     };
     dp.program_service(id, &rule)
         .expect("programming a service");
@@ -681,6 +682,7 @@ fn a_reply_tuple_owned_by_another_live_flow_is_refused() {
             port: EP1.port(),
             weight: 1,
         }],
+        inactivity_timeout: 0,
     };
     dp.program_service(2, &rule).expect("programming a service");
 
@@ -697,4 +699,162 @@ fn a_reply_tuple_owned_by_another_live_flow_is_refused() {
     let out = run(&dp, &second);
     assert_eq!(parse(&out).dst, EP1);
     assert_eq!(conntrack(&dp).len(), 2);
+}
+
+const EP3: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(31, 31, 31, 3), 8080);
+const EP4: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(31, 31, 31, 4), 8080);
+
+fn tally(dp: &Datapath, sources: impl Iterator<Item = SocketAddrV4>) -> Vec<SocketAddrV4> {
+    sources.map(|s| endpoint_of(dp, s)).collect()
+}
+
+fn share(chosen: &[SocketAddrV4], ep: SocketAddrV4) -> f64 {
+    chosen.iter().filter(|&&e| e == ep).count() as f64 / chosen.len() as f64
+}
+
+#[test]
+fn priority_spreads_new_flows_in_the_ratio_of_the_weights() {
+    let dp = load();
+    service(
+        &dp,
+        1,
+        Protocol::Tcp,
+        Selection::Priority,
+        &[(EP1, 3), (EP2, 1)],
+    );
+    let chosen = tally(&dp, (0..800).map(|p| client(20000 + p)));
+    let s1 = share(&chosen, EP1);
+    assert!(
+        (s1 - 0.75).abs() < 0.07,
+        "EP1 got {s1} of the flows, weight says 0.75"
+    );
+}
+
+#[test]
+fn persist_keeps_a_client_on_its_endpoint_until_it_is_idle_too_long() {
+    let dp = load();
+    let mut rule_eps = [(EP1, 1), (EP2, 1)];
+    service(&dp, 1, Protocol::Tcp, Selection::Persist, &rule_eps);
+    let other = |port| SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), port);
+    let first = tally(&dp, (0..10).map(|p| client(30000 + p)));
+    assert!(first.iter().all(|&e| e == first[0]), "{first:?}");
+    // Another client takes the next endpoint and sticks to it too.
+    let second = tally(&dp, (0..10).map(|p| other(30000 + p)));
+    assert!(second.iter().all(|&e| e == second[0]) && second[0] != first[0]);
+
+    // If its endpoint leaves the list, the client is placed again.
+    rule_eps[0].0 = EP3;
+    let rule = LbRule {
+        key: key(Protocol::Tcp),
+        name: "svc1".into(),
+        selection: Selection::Persist,
+        mode: Mode::Default,
+        endpoints: rule_eps
+            .iter()
+            .map(|&(a, w)| Endpoint {
+                ip: *a.ip(),
+                port: a.port(),
+                weight: w,
+            })
+            .collect(),
+        inactivity_timeout: 1,
+    };
+    dp.program_service(1, &rule).unwrap();
+    let moved = tally(&dp, (0..4).map(|p| client(31000 + p)));
+    if first[0] == EP1 {
+        assert!(
+            moved.iter().all(|&e| e == moved[0] && e != EP1),
+            "{moved:?}"
+        );
+    } else {
+        assert!(moved.iter().all(|&e| e == EP2), "{moved:?}");
+    }
+    // With a 1 s timeout, an idle client is placed afresh (round robin goes on).
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let before = endpoint_of(&dp, other(32000));
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let after = endpoint_of(&dp, other(32001));
+    assert_ne!(
+        before, after,
+        "an idle client stayed stuck past its timeout"
+    );
+}
+
+#[test]
+fn least_connections_fills_the_emptiest_endpoint() {
+    let dp = load();
+    service(
+        &dp,
+        1,
+        Protocol::Tcp,
+        Selection::LeastConnections,
+        &[(EP1, 1), (EP2, 1)],
+    );
+    let chosen = tally(&dp, (0..6).map(|p| client(33000 + p)));
+    assert_eq!(share(&chosen, EP1), 0.5, "{chosen:?}");
+    // The daemon's recount says EP1 is busy: new flows go to EP2 until even.
+    let counts = [((1, 0), 5u32), ((1, 1), 1u32)].into_iter().collect();
+    dp.set_active_flows(&[1], &counts).unwrap();
+    let chosen = tally(&dp, (0..4).map(|p| client(34000 + p)));
+    assert!(chosen.iter().all(|&e| e == EP2), "{chosen:?}");
+    // Weights count: EP1 with weight 4 takes four flows for each of EP2's.
+    service(
+        &dp,
+        1,
+        Protocol::Tcp,
+        Selection::LeastConnections,
+        &[(EP1, 4), (EP2, 1)],
+    );
+    dp.set_active_flows(&[1], &Default::default()).unwrap();
+    let chosen = tally(&dp, (0..10).map(|p| client(35000 + p)));
+    assert_eq!(share(&chosen, EP1), 0.8, "{chosen:?}");
+}
+
+#[test]
+fn maglev_moves_about_one_in_n_flows_when_an_endpoint_leaves() {
+    let dp = load();
+    let eps = [(EP1, 1), (EP2, 1), (EP3, 1), (EP4, 1)];
+    service(&dp, 1, Protocol::Tcp, Selection::Maglev, &eps);
+    let flows: Vec<SocketAddrV4> = (0..2000).map(|p| client(40000 + p)).collect();
+    let before = tally(&dp, flows.iter().copied());
+    for (ep, _) in eps {
+        let s = share(&before, ep);
+        assert!((s - 0.25).abs() < 0.05, "{ep} got {s}");
+    }
+    dp.flush_conntrack(|_, _| true).unwrap();
+    assert_eq!(
+        tally(&dp, flows.iter().copied()),
+        before,
+        "maglev is a function of the flow"
+    );
+
+    dp.flush_conntrack(|_, _| true).unwrap();
+    service(
+        &dp,
+        1,
+        Protocol::Tcp,
+        Selection::Maglev,
+        &[eps[0], eps[1], eps[3]],
+    );
+    let after = tally(&dp, flows.iter().copied());
+    let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+    let stayed_away = before
+        .iter()
+        .zip(&after)
+        .filter(|(&b, a)| b != EP3 && b != **a)
+        .count();
+    eprintln!(
+        "maglev: {moved} of {} flows moved, {stayed_away} of them from a surviving endpoint",
+        flows.len()
+    );
+    assert!(after.iter().all(|&e| e != EP3));
+    // About 1/4 must move (EP3's flows); flows of the survivors barely do.
+    assert!(
+        (moved as f64 / flows.len() as f64 - 0.25).abs() < 0.07,
+        "{moved} moved"
+    );
+    assert!(
+        stayed_away < flows.len() / 20,
+        "{stayed_away} flows left a surviving endpoint"
+    );
 }

@@ -59,6 +59,7 @@ fn rule(proto: Protocol, eps: &[SocketAddrV4]) -> LbRule {
         name: format!("{}-svc", proto.as_str()),
         selection: Selection::RoundRobin,
         mode: Mode::Default,
+        inactivity_timeout: 0,
         endpoints: eps
             .iter()
             .map(|a| Endpoint {

@@ -481,6 +481,7 @@ fn load_balanced_traffic_is_translated_and_forwarded_both_ways() {
             port: ep.port(),
             weight: 1,
         }],
+        inactivity_timeout: 0,
     };
     for hook in HOOKS {
         let net = Net::routed(hook);

@@ -328,7 +328,10 @@ fn a_netlink_overrun_is_resynchronised_without_loss() {
         })
         .collect();
     std::fs::write(&batch, adds).unwrap();
+    // Frozen, the daemon cannot read: the burst must overflow its socket.
+    lab.signal_daemon(libc::SIGSTOP);
     ip(&format!("-n {} -batch {}", lab.lb, batch.display()));
+    lab.signal_daemon(libc::SIGCONT);
     let _ = std::fs::remove_file(&batch);
 
     let count = |lab: &Lab| {

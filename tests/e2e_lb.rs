@@ -408,3 +408,57 @@ fn named_interfaces_limit_where_the_datapath_runs() {
     assert!(ingress_filters(&lab, "veth-b1").contains("ll_tc_ingress"));
     assert!(!ingress_filters(&lab, "veth-b2").contains("ll_tc_ingress"));
 }
+
+#[test]
+fn every_selection_algorithm_carries_real_traffic() {
+    // persist: one client, one backend, whatever its source ports.
+    let lab = lab_with_rule(
+        "persist",
+        &["--tcp=2020:8080", "--select=persist", "--inatimeout=60"],
+    );
+    let answers: Vec<String> = (0..10).map(|_| lab.http_get(VIP, PORT).unwrap()).collect();
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    drop(lab);
+
+    // priority: in the ratio of the weights (3:1 here).
+    let mut lab = Lab::new("priority");
+    lab.start_daemon(&[]);
+    let eps = format!(
+        "--endpoints={}:3,{}:1",
+        lab.backends[0].ip, lab.backends[1].ip
+    );
+    lab.loxicmd_ok(&[
+        "create",
+        "lb",
+        VIP,
+        "--tcp=2020:8080",
+        "--select=priority",
+        &eps,
+    ]);
+    let answers: Vec<String> = (0..40).map(|_| lab.http_get(VIP, PORT).unwrap()).collect();
+    let b1 = tally(&answers).get("b1").copied().unwrap_or(0);
+    assert!(
+        (22..=38).contains(&b1),
+        "b1 served {b1} of 40 with weight 3 of 4"
+    );
+    drop(lab);
+
+    // maglev and lc over UDP: every request answered, both backends used.
+    for select in ["maglev", "lc"] {
+        let lab = lab_with_rule(select, &["--udp=2020:9000", &format!("--select={select}")]);
+        let answers: Vec<String> = (0..16)
+            .map(|p| lab.udp_request(VIP, PORT, Some(42000 + p)).unwrap())
+            .collect();
+        let counts = tally(&answers);
+        assert_eq!(counts.len(), 2, "{select}: {counts:?}");
+        if select == "lc" {
+            assert_eq!(
+                counts.values().copied().collect::<Vec<_>>(),
+                [8, 8],
+                "lc evens out"
+            );
+        }
+        let table = lab.loxicmd_ok(&["get", "lb"]);
+        assert!(table.contains(&format!("| {select} ")), "{table}");
+    }
+}

@@ -22,8 +22,32 @@
 #define LL_DEFAULT_NEIGHS 16384
 
 enum ll_selection {
-	LL_SEL_RR = 0,
-	LL_SEL_HASH = 1,
+	LL_SEL_RR = 0,       /* round robin over the weighted slots */
+	LL_SEL_HASH = 1,     /* flow hash over the weighted slots */
+	LL_SEL_PRIORITY = 2, /* random over the weighted slots: traffic in weight ratio */
+	LL_SEL_PERSIST = 3,  /* a client address sticks to its endpoint (timeout) */
+	LL_SEL_LC = 4,       /* least active connections per weight */
+	LL_SEL_MAGLEV = 5,   /* consistent hashing: removing 1 of N moves ~1/N */
+};
+
+/* Maglev lookup table size: a prime much larger than LL_MAX_ENDPOINTS. */
+#define LL_MAGLEV_SIZE 1021
+
+struct ll_maglev {
+	__u8 slots[LL_MAGLEV_SIZE]; /* -> endpoint index */
+	__u8 pad[3];
+};
+
+struct ll_persist_key {
+	__u32 svc_id;
+	__be32 client;
+};
+
+struct ll_persist {
+	__be32 ep_addr;     /* the endpoint as it was: a changed list is noticed */
+	__be16 ep_port;
+	__u16 ep_idx;
+	__u64 last_ns;
 };
 
 /* What happened to a packet, counted per CPU in ll_reasons. Every packet
@@ -144,6 +168,7 @@ struct ll_svc {
 	__u16 n_slots;      /* 0: no usable endpoint */
 	__u8 n_endpoints;
 	__u8 pad;
+	__u32 persist_s;    /* LL_SEL_PERSIST: how long an idle client stays stuck */
 	struct ll_endpoint endpoints[LL_MAX_ENDPOINTS];
 	__u8 slots[LL_MAX_SLOTS]; /* slot -> endpoint index */
 };

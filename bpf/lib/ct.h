@@ -198,35 +198,39 @@ static __always_inline void ll_ct_undo(const struct ll_ct_key *k)
 static __always_inline int ll_ct_create(const struct ll_pkt *p, const struct ll_ct_key *key,
 					const struct ll_endpoint *ep, __u32 svc_id, __u32 ep_idx)
 {
-	struct ll_ct ct = {
-		.nat_addr = ep->addr,
-		.nat_port = ep->port,
-		.dir = LL_CT_ORIGINAL,
-		.seen = ll_ct_first_events(p),
-		.svc_id = svc_id,
-		.ep_idx = ep_idx,
-		.packets = 1,
-		.bytes = p->len,
-		.last_seen_ns = bpf_ktime_get_ns(),
-	};
 	struct ll_ct_key rkey = {}, other = {};
-	struct ll_ct *hit;
+	struct ll_ct *ct, *hit;
+	__u32 zero = 0;
 	long err;
 
-	ct.state = ll_ct_state_of(p->proto, ct.seen);
-	err = bpf_map_update_elem(&ll_conntrack, key, &ct, BPF_NOEXIST);
+	/* Built off the stack: the pipeline's frame is near the limit. */
+	ct = bpf_map_lookup_elem(&ll_ct_scratch, &zero);
+	if (!ct)
+		return LL_R_PASS_CT_FULL;
+	ct->nat_addr = ep->addr;
+	ct->nat_port = ep->port;
+	ct->dir = LL_CT_ORIGINAL;
+	ct->seen = ll_ct_first_events(p);
+	ct->state = ll_ct_state_of(p->proto, ct->seen);
+	ct->fin_ack = 0;
+	ct->svc_id = svc_id;
+	ct->ep_idx = ep_idx;
+	ct->packets = 1;
+	ct->bytes = p->len;
+	ct->last_seen_ns = bpf_ktime_get_ns();
+	err = bpf_map_update_elem(&ll_conntrack, key, ct, BPF_NOEXIST);
 	if (err)
 		return err == -LL_EEXIST ? LL_CT_RACED : LL_R_PASS_CT_FULL;
 	ll_ct_stat(LL_CT_STAT_CREATED);
 
-	/* The reply entry, built in place: the stack is tight. */
-	ll_ct_partner(key, &ct, &rkey);
-	ct.nat_addr = p->daddr;
-	ct.nat_port = p->dport;
-	ct.dir = LL_CT_REPLY;
-	ct.packets = 0;
-	ct.bytes = 0;
-	err = bpf_map_update_elem(&ll_conntrack, &rkey, &ct, BPF_NOEXIST);
+	/* The reply entry is the original turned around. */
+	ll_ct_partner(key, ct, &rkey);
+	ct->nat_addr = p->daddr;
+	ct->nat_port = p->dport;
+	ct->dir = LL_CT_REPLY;
+	ct->packets = 0;
+	ct->bytes = 0;
+	err = bpf_map_update_elem(&ll_conntrack, &rkey, ct, BPF_NOEXIST);
 	if (!err) {
 		ll_ct_stat(LL_CT_STAT_CREATED);
 		return 0;
@@ -245,7 +249,7 @@ static __always_inline int ll_ct_create(const struct ll_pkt *p, const struct ll_
 				return LL_R_PASS_CT_CLASH;
 			}
 		}
-		if (!bpf_map_update_elem(&ll_conntrack, &rkey, &ct, BPF_EXIST))
+		if (!bpf_map_update_elem(&ll_conntrack, &rkey, ct, BPF_EXIST))
 			return 0;
 	}
 	ll_ct_undo(key);

@@ -37,6 +37,120 @@ static __always_inline void ll_count_flow(__u32 svc_id, __u32 ep_idx, __u32 len)
 	ll_count(&ll_ep_stats, svc_id * LL_MAX_ENDPOINTS + ep_idx, len);
 }
 
+/* Least active flows per weight among the endpoints. */
+static __always_inline int ll_select_lc(const struct ll_svc *svc, __u32 *ep_idx)
+{
+	__u64 best_load = 0, best_w = 0;
+	int found = 0;
+
+	for (__u32 i = 0; i < LL_MAX_ENDPOINTS; i++) {
+		__u32 idx = svc->id * LL_MAX_ENDPOINTS + i, *active;
+		__u64 w;
+
+		if (i >= svc->n_endpoints)
+			break;
+		w = svc->endpoints[i].weight;
+		active = bpf_map_lookup_elem(&ll_ep_active, &idx);
+		if (!w || !active)
+			continue;
+		/* active/w < best_load/best_w, without division */
+		if (!found || (__u64)*active * best_w < best_load * w) {
+			best_load = *active;
+			best_w = w;
+			*ep_idx = i;
+			found = 1;
+		}
+	}
+	return found ? 0 : -1;
+}
+
+/* The endpoint a client is stuck to, if it has been active recently and that
+ * endpoint is still in the list. */
+static __always_inline int ll_persist_lookup(const struct ll_svc *svc, __be32 client,
+					     __u32 *ep_idx)
+{
+	struct ll_persist_key pk = {.svc_id = svc->id, .client = client};
+	struct ll_persist *ps = bpf_map_lookup_elem(&ll_persist, &pk);
+	__u64 now = bpf_ktime_get_ns();
+	const struct ll_endpoint *ep;
+	__u32 i;
+
+	if (!ps || now - ps->last_ns >= (__u64)svc->persist_s * 1000000000ULL)
+		return -1;
+	i = ps->ep_idx;
+	if (i >= LL_MAX_ENDPOINTS || i >= svc->n_endpoints)
+		return -1;
+	ep = &svc->endpoints[i];
+	if (ep->addr != ps->ep_addr || ep->port != ps->ep_port)
+		return -1;
+	ps->last_ns = now;
+	*ep_idx = i;
+	return 0;
+}
+
+static __always_inline void ll_persist_store(const struct ll_svc *svc, __be32 client, __u32 i)
+{
+	struct ll_persist_key pk = {.svc_id = svc->id, .client = client};
+	const struct ll_endpoint *ep;
+	struct ll_persist *fresh;
+	__u32 zero = 0;
+
+	fresh = bpf_map_lookup_elem(&ll_persist_scratch, &zero);
+	if (!fresh || i >= LL_MAX_ENDPOINTS)
+		return;
+	ep = &svc->endpoints[i];
+	fresh->ep_addr = ep->addr;
+	fresh->ep_port = ep->port;
+	fresh->ep_idx = i;
+	fresh->last_ns = bpf_ktime_get_ns();
+	bpf_map_update_elem(&ll_persist, &pk, fresh, BPF_ANY);
+}
+
+/* A subprogram of its own: inlined, its locals would push the pipeline's
+ * frame past the 512-byte stack. */
+static __noinline int ll_select(const struct ll_svc *svc, const struct ll_ct_key *key,
+				__be32 client, __u32 *ep_idx)
+{
+	__u32 slot, *cur;
+
+	switch (svc->sel) {
+	case LL_SEL_HASH:
+		slot = ll_flow_hash(key) % svc->n_slots;
+		break;
+	case LL_SEL_PRIORITY:
+		slot = bpf_get_prandom_u32() % svc->n_slots;
+		break;
+	case LL_SEL_MAGLEV: {
+		struct ll_maglev *m = bpf_map_lookup_elem(&ll_maglev, &svc->id);
+
+		slot = ll_flow_hash(key) % LL_MAGLEV_SIZE;
+		/* Hide the bound from clang, which would drop the check the
+		 * verifier needs (it cannot follow the modulo). */
+		asm volatile("" : "+r"(slot));
+		if (!m || slot >= LL_MAGLEV_SIZE)
+			return -1;
+		*ep_idx = m->slots[slot];
+		return 0;
+	}
+	case LL_SEL_LC:
+		return ll_select_lc(svc, ep_idx);
+	case LL_SEL_PERSIST:
+		if (!ll_persist_lookup(svc, client, ep_idx))
+			return 0;
+		/* not stuck yet: round robin, then stick */
+		/* fallthrough */
+	default:
+		cur = bpf_map_lookup_elem(&ll_rr_cursor, &svc->id);
+		if (!cur)
+			return -1;
+		slot = __sync_fetch_and_add(cur, 1) % svc->n_slots;
+	}
+	*ep_idx = svc->slots[slot & (LL_MAX_SLOTS - 1)];
+	if (svc->sel == LL_SEL_PERSIST)
+		ll_persist_store(svc, client, *ep_idx);
+	return 0;
+}
+
 /* Not load-balancer traffic: not a VIP and not in conntrack. */
 #define LL_LB_NONE (-2)
 
@@ -49,7 +163,7 @@ static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct l
 	struct ll_svc_key skey = {.vip = p->daddr, .port = p->dport, .proto = p->proto};
 	struct ll_endpoint *ep;
 	struct ll_svc *svc;
-	__u32 slot, ep_idx;
+	__u32 ep_idx, idx, *active;
 	int r;
 
 	svc = bpf_map_lookup_elem(&ll_services, &skey);
@@ -58,16 +172,8 @@ static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct l
 	if (svc->n_slots == 0 || svc->n_slots > LL_MAX_SLOTS)
 		return LL_R_PASS_NO_ENDPOINT;
 
-	if (svc->sel == LL_SEL_HASH) {
-		slot = ll_flow_hash(key) % svc->n_slots;
-	} else {
-		__u32 *cur = bpf_map_lookup_elem(&ll_rr_cursor, &svc->id);
-
-		if (!cur)
-			return LL_R_PASS_NO_ENDPOINT;
-		slot = __sync_fetch_and_add(cur, 1) % svc->n_slots;
-	}
-	ep_idx = svc->slots[slot & (LL_MAX_SLOTS - 1)];
+	if (ll_select(svc, key, p->saddr, &ep_idx))
+		return LL_R_PASS_NO_ENDPOINT;
 	if (ep_idx >= LL_MAX_ENDPOINTS || ep_idx >= svc->n_endpoints)
 		return LL_R_PASS_NO_ENDPOINT;
 	ep = &svc->endpoints[ep_idx];
@@ -76,6 +182,11 @@ static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct l
 	if (r)
 		return r;
 	ll_count_flow(svc->id, ep_idx, p->len);
+	/* Least-connections load: the daemon takes ended flows away. */
+	idx = svc->id * LL_MAX_ENDPOINTS + ep_idx;
+	active = bpf_map_lookup_elem(&ll_ep_active, &idx);
+	if (active)
+		__sync_fetch_and_add(active, 1);
 	nat->addr = ep->addr;
 	nat->port = ep->port;
 	nat->rewrite_dst = 1;

@@ -28,6 +28,14 @@ struct {
 	__type(value, struct ll_ct);
 } ll_conntrack SEC(".maps");
 
+/* Per-CPU scratch for building a new flow's entries off the stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ll_ct);
+} ll_ct_scratch SEC(".maps");
+
 /* Per enum ll_ct_stat. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -35,6 +43,40 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } ll_ct_stats SEC(".maps");
+
+/* Maglev table per service id (LL_SEL_MAGLEV). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LL_DEFAULT_SERVICES);
+	__type(key, __u32);
+	__type(value, struct ll_maglev);
+} ll_maglev SEC(".maps");
+
+/* Client -> endpoint stickiness (LL_SEL_PERSIST). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ll_persist_key);
+	__type(value, struct ll_persist);
+} ll_persist SEC(".maps");
+
+/* Per-CPU scratch for building a persist entry off the stack (the
+ * pipeline's stack is near the 512-byte limit). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ll_persist);
+} ll_persist_scratch SEC(".maps");
+
+/* Active flows per service id * LL_MAX_ENDPOINTS + endpoint index
+ * (LL_SEL_LC): the datapath adds new flows, the daemon recounts. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LL_DEFAULT_SERVICES * LL_MAX_ENDPOINTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} ll_ep_active SEC(".maps");
 
 /* Per service id. */
 struct {

@@ -184,9 +184,12 @@ struct CreateLb {
     /// Endpoints; the weight (1-255, default 1) follows the last ':'
     #[arg(long, required = true, value_name = "IP:WEIGHT", value_delimiter = ',')]
     endpoints: Vec<String>,
-    /// Endpoint selection: rr or hash
+    /// Endpoint selection: rr, hash, priority, persist, lc or maglev
     #[arg(long, default_value = "rr")]
     select: String,
+    /// Seconds a client stays with its endpoint without traffic (persist)
+    #[arg(long)]
+    inatimeout: Option<u32>,
     /// Rule name
     #[arg(long)]
     name: Option<String>,
@@ -467,6 +470,7 @@ fn create_requests(lb: &CreateLb) -> Result<Vec<pb::LoadBalancer>, ArgError> {
                     })
                     .collect(),
                 counters: None,
+                inactivity_timeout: lb.inatimeout.unwrap_or(0),
             });
         }
     }

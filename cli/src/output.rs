@@ -318,6 +318,7 @@ mod tests {
                 packets: 10,
                 bytes: 1000,
             }),
+            inactivity_timeout: 0,
         }]
     }
 

@@ -46,6 +46,7 @@ impl Api {
                 })
                 .collect(),
             counters: self.dp.service_counters(s.id).ok().and_then(counters),
+            inactivity_timeout: r.inactivity_timeout,
         }
     }
 }
@@ -89,6 +90,7 @@ fn rule_from_proto(f: &str, lb: Option<&pb::LoadBalancer>) -> crate::rules::Resu
         selection: Selection::parse(&format!("{f}.selection"), &lb.selection)?,
         mode: Mode::parse(&format!("{f}.mode"), &lb.mode)?,
         endpoints,
+        inactivity_timeout: lb.inactivity_timeout,
     };
     rule.validate(f)?;
     Ok(rule)

@@ -303,6 +303,43 @@ pub fn delete(dp: &Datapath, filter: &Filter) -> datapath::Result<Deleted> {
     Ok(deleted)
 }
 
+/// Recounts the live flows per endpoint of the least-connections rules and
+/// writes the counts the datapath selects by. The datapath adds each new
+/// flow itself; this recount takes away the flows that ended.
+pub fn refresh_active_flows(dp: &Datapath, store: &RuleStore) -> datapath::Result<()> {
+    let ids: Vec<u32> = store
+        .list()
+        .iter()
+        .filter(|s| s.rule.selection == crate::rules::Selection::LeastConnections)
+        .map(|s| s.id)
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut counts = HashMap::new();
+    dp.walk_conntrack(CT_BATCH, |_, values| {
+        for v in values {
+            if v.dir == ll_ct_dir::LL_CT_ORIGINAL && is_open(v.state) {
+                *counts.entry((v.svc_id, v.ep_idx)).or_insert(0u32) += 1;
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    dp.set_active_flows(&ids, &counts)
+}
+
+/// Whether a flow still carries load: not closing (FIN or RST seen).
+fn is_open(st: ll_ct_state) -> bool {
+    matches!(
+        st,
+        ll_ct_state::LL_CT_SYN_SENT
+            | ll_ct_state::LL_CT_SYN_RECV
+            | ll_ct_state::LL_CT_ESTABLISHED
+            | ll_ct_state::LL_CT_UNREPLIED
+            | ll_ct_state::LL_CT_REPLIED
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

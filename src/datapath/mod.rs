@@ -92,6 +92,8 @@ struct Maps {
     svc_stats: MapHandle,
     ep_stats: MapHandle,
     reasons: MapHandle,
+    maglev: MapHandle,
+    ep_active: MapHandle,
     ifaces: MapHandle,
     locals: MapHandle,
     routes4: MapHandle,
@@ -147,6 +149,8 @@ impl Datapath {
             (&mut m.ll_rr_cursor, limits.services),
             (&mut m.ll_svc_stats, limits.services),
             (&mut m.ll_ep_stats, eps),
+            (&mut m.ll_maglev, limits.services),
+            (&mut m.ll_ep_active, eps),
             (&mut m.ll_conntrack, limits.conntrack),
             (&mut m.ll_routes4, limits.routes),
             (&mut m.ll_routes6, limits.routes),
@@ -181,6 +185,8 @@ impl Datapath {
             svc_stats: handle(&skel.maps.ll_svc_stats)?,
             ep_stats: handle(&skel.maps.ll_ep_stats)?,
             reasons: handle(&skel.maps.ll_reasons)?,
+            maglev: handle(&skel.maps.ll_maglev)?,
+            ep_active: handle(&skel.maps.ll_ep_active)?,
             ifaces: handle(&skel.maps.ll_ifaces)?,
             locals: handle(&skel.maps.ll_locals)?,
             routes4: handle(&skel.maps.ll_routes4)?,
@@ -267,6 +273,39 @@ impl Datapath {
             .map_err(Error::bpf("resetting the round-robin cursor"))?;
         for idx in first..first + MAX_ENDPOINTS as u32 {
             reset(&self.maps.ep_stats, idx)?;
+            self.set_active(idx, 0)?;
+        }
+        Ok(())
+    }
+
+    fn set_maglev(&self, id: u32, table: &types::ll_maglev) -> Result<()> {
+        self.maps
+            .maglev
+            .update(&id.to_ne_bytes(), pod::bytes(table), MapFlags::ANY)
+            .map_err(Error::bpf("writing a maglev table"))
+    }
+
+    /// Sets the active-flow count of endpoint `idx` (service id *
+    /// MAX_ENDPOINTS + endpoint) that least-connections selection reads.
+    fn set_active(&self, idx: u32, n: u32) -> Result<()> {
+        self.maps
+            .ep_active
+            .update(&idx.to_ne_bytes(), &n.to_ne_bytes(), MapFlags::ANY)
+            .map_err(Error::bpf("writing active-flow counts"))
+    }
+
+    /// Rewrites the active-flow counts of services `ids` from `counts`
+    /// ((service id, endpoint) -> flows); endpoints not in it have none.
+    pub fn set_active_flows(
+        &self,
+        ids: &[u32],
+        counts: &std::collections::HashMap<(u32, u32), u32>,
+    ) -> Result<()> {
+        for &id in ids {
+            for ep in 0..MAX_ENDPOINTS as u32 {
+                let n = counts.get(&(id, ep)).copied().unwrap_or(0);
+                self.set_active(id * MAX_ENDPOINTS as u32 + ep, n)?;
+            }
         }
         Ok(())
     }

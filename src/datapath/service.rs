@@ -1,8 +1,8 @@
 //! Rules -> the service map's value layout.
 use super::pod;
-use super::types::{ll_endpoint, ll_selection, ll_svc, ll_svc_key};
+use super::types::{ll_endpoint, ll_maglev, ll_selection, ll_svc, ll_svc_key};
 use super::{Datapath, Result, MAX_ENDPOINTS, MAX_SLOTS};
-use crate::rules::{LbRule, Selection, ServiceKey};
+use crate::rules::{LbRule, Selection, ServiceKey, DEFAULT_INACTIVITY_TIMEOUT};
 
 pub(super) fn svc_key(k: &ServiceKey) -> ll_svc_key {
     ll_svc_key {
@@ -58,8 +58,16 @@ impl Datapath {
             sel: match rule.selection {
                 Selection::RoundRobin => ll_selection::LL_SEL_RR,
                 Selection::Hash => ll_selection::LL_SEL_HASH,
+                Selection::Priority => ll_selection::LL_SEL_PRIORITY,
+                Selection::Persist => ll_selection::LL_SEL_PERSIST,
+                Selection::LeastConnections => ll_selection::LL_SEL_LC,
+                Selection::Maglev => ll_selection::LL_SEL_MAGLEV,
             },
             n_endpoints: rule.endpoints.len() as u8,
+            persist_s: match rule.inactivity_timeout {
+                0 => DEFAULT_INACTIVITY_TIMEOUT,
+                t => t,
+            },
             ..Default::default()
         };
         for (slot, e) in svc.endpoints.iter_mut().zip(&rule.endpoints) {
@@ -70,9 +78,25 @@ impl Datapath {
                 pad: 0,
             };
         }
-        let table = slots(&rule.endpoints.iter().map(|e| e.weight).collect::<Vec<_>>());
+        let weights: Vec<u8> = rule.endpoints.iter().map(|e| e.weight).collect();
+        let table = slots(&weights);
         svc.n_slots = table.len() as u16;
         svc.slots[..table.len()].copy_from_slice(&table);
+        // The table first: the datapath must never see a maglev service
+        // without (or with another service's stale) table.
+        if rule.selection == Selection::Maglev {
+            let names: Vec<String> = rule
+                .endpoints
+                .iter()
+                .map(|e| format!("{}:{}", e.ip, e.port))
+                .collect();
+            let mut m = ll_maglev {
+                slots: [0; MAGLEV_SIZE],
+                pad: [0; 3],
+            };
+            m.slots.copy_from_slice(&maglev(&names, &weights));
+            self.set_maglev(id, &m)?;
+        }
         self.upsert_service(&svc_key(&rule.key), &svc)
     }
 
@@ -86,12 +110,93 @@ impl Datapath {
     }
 }
 
+/// bpf/lib/common.h LL_MAGLEV_SIZE (a prime).
+pub const MAGLEV_SIZE: usize = 1021;
+
+/// FNV-1a with a seed: a hash that never changes across builds, so a
+/// restarted daemon computes the same maglev table.
+fn fnv(seed: u64, s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325 ^ seed, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// The maglev lookup table (Eisenbud et al., NSDI 2016), weighted: in each
+/// round, endpoint i claims `weights[i]` entries from its own permutation.
+/// Endpoints are identified by name, so one leaving or joining disturbs
+/// only about 1/N of the table.
+fn maglev(names: &[String], weights: &[u8]) -> Vec<u8> {
+    let m = MAGLEV_SIZE as u64;
+    let perm: Vec<(u64, u64)> = names
+        .iter()
+        .map(|n| (fnv(0x9e37_79b9, n) % m, fnv(0x85eb_ca6b, n) % (m - 1) + 1))
+        .collect();
+    let mut next = vec![0u64; names.len()];
+    let mut table = vec![u8::MAX; MAGLEV_SIZE];
+    let mut filled = 0;
+    while filled < MAGLEV_SIZE {
+        for (i, &(offset, skip)) in perm.iter().enumerate() {
+            for _ in 0..weights[i].max(1) {
+                let slot = loop {
+                    let c = ((offset + next[i] * skip) % m) as usize;
+                    next[i] += 1;
+                    if table[c] == u8::MAX {
+                        break c;
+                    }
+                };
+                table[slot] = i as u8;
+                filled += 1;
+                if filled == MAGLEV_SIZE {
+                    return table;
+                }
+            }
+        }
+    }
+    table
+}
+
 #[cfg(test)]
 mod tests {
-    use super::slots;
+    use super::{maglev, slots, MAGLEV_SIZE};
 
     fn count(t: &[u8], ep: u8) -> usize {
         t.iter().filter(|&&e| e == ep).count()
+    }
+
+    fn names(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("10.0.0.{i}:80")).collect()
+    }
+
+    #[test]
+    fn maglev_spreads_by_weight_and_moves_little_on_removal() {
+        let t = maglev(&names(4), &[1, 1, 1, 1]);
+        for ep in 0..4u8 {
+            let share = count(&t, ep) as f64 / MAGLEV_SIZE as f64;
+            assert!((share - 0.25).abs() < 0.02, "endpoint {ep}: {share}");
+        }
+        let t = maglev(&names(2), &[3, 1]);
+        let share = count(&t, 0) as f64 / MAGLEV_SIZE as f64;
+        assert!((share - 0.75).abs() < 0.02, "{share}");
+
+        // Removing the third of four endpoints: its entries move, and few others.
+        let before = maglev(&names(4), &[1; 4]);
+        let mut left = names(4);
+        left.remove(2);
+        let after = maglev(&left, &[1; 3]);
+        let name = |t: &[u8], names: &[String], i: usize| names[t[i] as usize].clone();
+        let all = names(4);
+        let moved = (0..MAGLEV_SIZE)
+            .filter(|&i| before[i] != 2 && name(&before, &all, i) != name(&after, &left, i))
+            .count();
+        assert!(
+            moved < MAGLEV_SIZE / 20,
+            "{moved} entries of surviving endpoints moved"
+        );
+        assert_eq!(
+            maglev(&names(4), &[1; 4]),
+            before,
+            "the table is deterministic"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod store;
 
 pub use model::{
     parse_ip, parse_port, parse_weight, Endpoint, LbRule, Mode, Protocol, Selection, ServiceKey,
+    DEFAULT_INACTIVITY_TIMEOUT,
 };
 pub use store::{ApplyReport, RuleStore, StoredRule};
 

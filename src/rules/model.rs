@@ -50,23 +50,44 @@ impl Protocol {
     }
 }
 
+/// How an endpoint is chosen for a new flow. Weights count for all of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Selection {
+    /// Round robin.
     #[default]
     #[serde(rename = "rr")]
     RoundRobin,
+    /// Flow hash: one 5-tuple, one endpoint.
     #[serde(rename = "hash")]
     Hash,
+    /// Random, in the ratio of the weights.
+    #[serde(rename = "priority")]
+    Priority,
+    /// A client address keeps its endpoint while it stays active.
+    #[serde(rename = "persist")]
+    Persist,
+    /// Least active connections (per weight).
+    #[serde(rename = "lc")]
+    LeastConnections,
+    /// Consistent hashing: removing one of N endpoints moves about 1/N flows.
+    #[serde(rename = "maglev")]
+    Maglev,
 }
+
+const SELECTIONS: &str = "rr, hash, priority, persist, lc or maglev";
 
 impl Selection {
     pub fn parse(field: &str, s: &str) -> Result<Selection> {
         match s.to_ascii_lowercase().as_str() {
             "" | "rr" => Ok(Selection::RoundRobin),
             "hash" => Ok(Selection::Hash),
+            "priority" => Ok(Selection::Priority),
+            "persist" => Ok(Selection::Persist),
+            "lc" => Ok(Selection::LeastConnections),
+            "maglev" => Ok(Selection::Maglev),
             other => Err(Error::invalid(
                 field,
-                format!("unknown selection {other:?} (rr or hash)"),
+                format!("unknown selection {other:?} ({SELECTIONS})"),
             )),
         }
     }
@@ -75,6 +96,10 @@ impl Selection {
         match self {
             Selection::RoundRobin => "rr",
             Selection::Hash => "hash",
+            Selection::Priority => "priority",
+            Selection::Persist => "persist",
+            Selection::LeastConnections => "lc",
+            Selection::Maglev => "maglev",
         }
     }
 }
@@ -176,7 +201,14 @@ pub struct LbRule {
     pub selection: Selection,
     pub mode: Mode,
     pub endpoints: Vec<Endpoint>,
+    /// Seconds a client stays stuck to its endpoint without traffic
+    /// (`persist` selection); 0 means the default.
+    #[serde(default)]
+    pub inactivity_timeout: u32,
 }
+
+/// The `persist` stickiness when a rule sets no inactivity timeout.
+pub const DEFAULT_INACTIVITY_TIMEOUT: u32 = 1800;
 
 impl LbRule {
     /// Checks what single fields cannot: the endpoint list and the name.
@@ -238,6 +270,7 @@ mod tests {
             selection: Selection::RoundRobin,
             mode: Mode::Default,
             endpoints,
+            inactivity_timeout: 0,
         }
     }
 
@@ -293,7 +326,15 @@ mod tests {
             .contains("unknown protocol"));
         assert_eq!(Selection::parse("s", "").unwrap(), Selection::RoundRobin);
         assert_eq!(Selection::parse("s", "hash").unwrap(), Selection::Hash);
-        assert!(Selection::parse("s", "maglev").is_err());
+        assert_eq!(Selection::parse("s", "maglev").unwrap(), Selection::Maglev);
+        assert_eq!(
+            Selection::parse("s", "LC").unwrap(),
+            Selection::LeastConnections
+        );
+        assert!(Selection::parse("s", "wrr")
+            .unwrap_err()
+            .to_string()
+            .contains("maglev"));
         assert!(Mode::parse("m", "dsr").is_err());
         assert_eq!(parse_weight("w", 0).unwrap(), 1);
         assert!(parse_weight("w", 256).is_err());

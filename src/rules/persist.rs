@@ -109,6 +109,7 @@ mod tests {
                     port: 53,
                     weight: 3,
                 }],
+                inactivity_timeout: 0,
             },
         }
     }

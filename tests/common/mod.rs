@@ -387,6 +387,17 @@ impl Lab {
         run_bounded(&mut cmd, READY_TIMEOUT).unwrap_or_else(|e| panic!("loxilight: {e}"))
     }
 
+    /// Sends `signal` to the daemon (nsenter execs it, so the pid is its own).
+    pub fn signal_daemon(&self, signal: i32) {
+        let pid = self.daemon.as_ref().expect("the daemon is running").id();
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(
+            unsafe { libc::kill(pid as i32, signal) },
+            0,
+            "signalling the daemon"
+        );
+    }
+
     pub fn daemon_alive(&mut self) -> bool {
         self.daemon
             .as_mut()
