@@ -1,11 +1,13 @@
 //! Daemon configuration: command-line flags over an optional TOML file.
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
 
 use crate::api::{check_exposure, ListenAddr, TlsFiles};
+use crate::conntrack::AgeingConfig;
 use crate::datapath::{default_pin_dir, HookKind, Limits};
 use crate::kernel::{Managed, MirrorOptions};
 
@@ -33,6 +35,8 @@ pub struct FileConfig {
     pub max_services: Option<u32>,
     /// Capacity of the conntrack table (each flow takes two entries).
     pub conntrack_entries: Option<u32>,
+    /// `[conntrack]`: timeouts and ageing.
+    pub conntrack: Option<ConntrackFile>,
     /// Capacity of each route table (IPv4 and IPv6).
     pub max_routes: Option<u32>,
     /// Capacity of the neighbour table.
@@ -43,6 +47,106 @@ pub struct FileConfig {
     pub netlink_rcvbuf: Option<usize>,
     /// Directory of the state file (the rules, kept across restarts).
     pub state_dir: Option<PathBuf>,
+}
+
+/// A duration in the config file: seconds, or a string with a unit
+/// ("500ms", "90s", "5m", "1h", "1d").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DurationValue {
+    Seconds(u64),
+    Text(String),
+}
+
+impl DurationValue {
+    fn parse(&self, key: &str) -> anyhow::Result<Duration> {
+        let text = match self {
+            DurationValue::Seconds(s) => return Ok(Duration::from_secs(*s)),
+            DurationValue::Text(t) => t.trim(),
+        };
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (n, unit) = text.split_at(split);
+        let n: u64 = n.parse().with_context(|| {
+            format!("{key}: {text:?} is not a duration (e.g. \"90s\", \"5m\", \"1h\")")
+        })?;
+        let ms = match unit {
+            "ms" => 1,
+            "" | "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            other => anyhow::bail!("{key}: unknown unit {other:?} in {text:?} (ms, s, m, h or d)"),
+        };
+        n.checked_mul(ms)
+            .map(Duration::from_millis)
+            .with_context(|| format!("{key}: {text:?} is too long"))
+    }
+}
+
+/// `[conntrack]`: how long a flow may stay idle in each state, and how
+/// often the table is swept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConntrackFile {
+    pub tcp_syn_sent: Option<DurationValue>,
+    pub tcp_syn_recv: Option<DurationValue>,
+    pub tcp_established: Option<DurationValue>,
+    pub tcp_fin_wait: Option<DurationValue>,
+    pub tcp_close_wait: Option<DurationValue>,
+    pub tcp_last_ack: Option<DurationValue>,
+    pub tcp_time_wait: Option<DurationValue>,
+    pub tcp_close: Option<DurationValue>,
+    /// UDP before the first reply.
+    pub udp: Option<DurationValue>,
+    /// UDP after a reply.
+    pub udp_replied: Option<DurationValue>,
+    pub icmp: Option<DurationValue>,
+    /// Pause between two sweeps of the table.
+    pub sweep_interval: Option<DurationValue>,
+}
+
+impl ConntrackFile {
+    fn merge(&self) -> anyhow::Result<AgeingConfig> {
+        let mut cfg = AgeingConfig::default();
+        let t = &mut cfg.timeouts;
+        for (key, value, slot) in [
+            ("tcp_syn_sent", &self.tcp_syn_sent, &mut t.tcp_syn_sent),
+            ("tcp_syn_recv", &self.tcp_syn_recv, &mut t.tcp_syn_recv),
+            (
+                "tcp_established",
+                &self.tcp_established,
+                &mut t.tcp_established,
+            ),
+            ("tcp_fin_wait", &self.tcp_fin_wait, &mut t.tcp_fin_wait),
+            (
+                "tcp_close_wait",
+                &self.tcp_close_wait,
+                &mut t.tcp_close_wait,
+            ),
+            ("tcp_last_ack", &self.tcp_last_ack, &mut t.tcp_last_ack),
+            ("tcp_time_wait", &self.tcp_time_wait, &mut t.tcp_time_wait),
+            ("tcp_close", &self.tcp_close, &mut t.tcp_close),
+            ("udp", &self.udp, &mut t.udp),
+            ("udp_replied", &self.udp_replied, &mut t.udp_replied),
+            ("icmp", &self.icmp, &mut t.icmp),
+        ] {
+            if let Some(v) = value {
+                let key = format!("conntrack.{key}");
+                *slot = v.parse(&key)?;
+                anyhow::ensure!(*slot >= Duration::from_secs(1), "{key} must be at least 1s");
+            }
+        }
+        if let Some(v) = &self.sweep_interval {
+            cfg.interval = v.parse("conntrack.sweep_interval")?;
+            anyhow::ensure!(
+                cfg.interval >= Duration::from_millis(100),
+                "conntrack.sweep_interval must be at least 100ms"
+            );
+        }
+        Ok(cfg)
+    }
 }
 
 impl FileConfig {
@@ -62,6 +166,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub limits: Limits,
     pub mirror: MirrorOptions,
+    pub ageing: AgeingConfig,
 }
 
 pub fn parse_hook(s: &str) -> anyhow::Result<HookKind> {
@@ -136,6 +241,7 @@ impl Config {
             .or(file.interfaces)
             .filter(|v| !v.is_empty());
         let hook = parse_hook(flags.hook.or(file.hook).as_deref().unwrap_or("tc"))?;
+        let ageing = file.conntrack.unwrap_or_default().merge()?;
         let listen = flags
             .listen
             .or(file.listen)
@@ -171,6 +277,7 @@ impl Config {
                 netlink_rcvbuf: file.netlink_rcvbuf.unwrap_or(DEFAULT_NETLINK_RCVBUF),
                 stats: Default::default(),
             },
+            ageing,
         })
     }
 }
@@ -225,17 +332,52 @@ mod tests {
         assert!(Config::merge(file, Overrides::default()).is_err());
     }
 
+    fn ageing(toml: &str) -> anyhow::Result<AgeingConfig> {
+        let file: FileConfig = toml::from_str(toml)?;
+        Ok(Config::merge(file, Overrides::default())?.ageing)
+    }
+
+    #[test]
+    fn conntrack_timeouts_take_units_or_seconds() {
+        let a = ageing(
+            "[conntrack]\ntcp_time_wait = \"2m\"\nudp = 5\ntcp_established = \"1d\"\nsweep_interval = \"500ms\"\n",
+        )
+        .unwrap();
+        assert_eq!(a.timeouts.tcp_time_wait, Duration::from_secs(120));
+        assert_eq!(a.timeouts.udp, Duration::from_secs(5));
+        assert_eq!(a.timeouts.tcp_established, Duration::from_secs(86400));
+        assert_eq!(a.interval, Duration::from_millis(500));
+        // Keys not given keep their defaults.
+        assert_eq!(a.timeouts.tcp_close, Duration::from_secs(10));
+        assert_eq!(ageing("").unwrap(), AgeingConfig::default());
+    }
+
+    #[test]
+    fn bad_conntrack_keys_are_refused_naming_the_key() {
+        let msg = |t: &str| format!("{:#}", ageing(t).unwrap_err());
+        assert!(msg("[conntrack]\nudp = \"5x\"").contains("conntrack.udp: unknown unit"));
+        assert!(msg("[conntrack]\nudp = \"soon\"").contains("conntrack.udp"));
+        assert!(msg("[conntrack]\nudp = 0").contains("conntrack.udp must be at least 1s"));
+        assert!(msg("[conntrack]\nsweep_interval = \"10ms\"").contains("sweep_interval"));
+        assert!(msg("[conntrack]\ntcp_timewait = 5").contains("tcp_timewait"));
+    }
+
     #[test]
     fn the_packaged_config_documents_every_key_with_its_default() {
         let template = include_str!("../packaging/loxilight.toml");
-        // The first commented-out `key = value` of each key, uncommented.
+        // The first commented-out `key = value` of each key, and the
+        // `[table]` headers (tables come last), uncommented.
         let mut seen = std::collections::HashSet::new();
         let text: String = template
             .lines()
             .filter_map(|l| {
-                let (key, _) = l.strip_prefix('#')?.split_once(" = ")?;
+                let line = l.strip_prefix('#')?;
+                if line.starts_with('[') && line.ends_with(']') {
+                    return Some(format!("{line}\n"));
+                }
+                let (key, _) = line.split_once(" = ")?;
                 let is_key = key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
-                (is_key && seen.insert(key)).then(|| format!("{}\n", &l[1..]))
+                (is_key && seen.insert(key)).then(|| format!("{line}\n"))
             })
             .collect();
         // No `..`: a key added to FileConfig does not compile here until it
@@ -251,6 +393,7 @@ mod tests {
             pin_dir,
             max_services,
             conntrack_entries,
+            conntrack,
             max_routes,
             max_neighbours,
             hook,
@@ -269,6 +412,8 @@ mod tests {
         assert_eq!(pin_dir, Some(default_pin_dir()));
         assert_eq!(max_services, Some(d.services));
         assert_eq!(conntrack_entries, Some(d.conntrack));
+        let ageing = conntrack.expect("a [conntrack] table").merge().unwrap();
+        assert_eq!(ageing, AgeingConfig::default());
         assert_eq!(max_routes, Some(d.routes));
         assert_eq!(max_neighbours, Some(d.neighbours));
         assert_eq!(hook.as_deref(), Some("tc"));

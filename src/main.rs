@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use loxilight::api::{ListenAddr, Listener};
 use loxilight::config::{Config, FileConfig, Overrides};
+use loxilight::conntrack::Ageing;
 use loxilight::datapath::Datapath;
 use loxilight::metrics::{self, ApiStats};
 use loxilight::rules::RuleStore;
@@ -213,6 +214,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (metrics)", cfg.metrics_listen))?;
     let dp = Arc::new(load_datapath(&cfg)?);
+    // Stopped when dropped, on every way out of here.
+    let ageing = Ageing::spawn(dp.clone(), cfg.ageing.clone())
+        .context("starting the conntrack ageing thread")?;
     // Rules first: a bad state file stops the start before any interface is touched.
     let store = RuleStore::open(dp.clone(), Some(cfg.state_file()))
         .with_context(|| format!("restoring the rules from {}", cfg.state_file().display()))?;
@@ -258,6 +262,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // Stop the mirror first: detaching changes links, and it would attach again.
     mirror.abort();
     let _ = mirror.await;
+    ageing.stop();
     if cli.detach_on_exit {
         dp.detach_all();
     } else {

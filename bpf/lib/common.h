@@ -17,7 +17,7 @@
 
 /* Default sizes; the daemon overrides max_entries from its config before load. */
 #define LL_DEFAULT_SERVICES 4096
-#define LL_DEFAULT_CT 65536
+#define LL_DEFAULT_CT 1000000
 #define LL_DEFAULT_ROUTES 262144
 #define LL_DEFAULT_NEIGHS 16384
 
@@ -182,32 +182,70 @@ struct ll_ct_key {
 	__u8 pad[3];
 };
 
-enum ll_ct_dir {
+/* Packed enums keep these fields one byte wide and still typed in BTF. */
+enum __attribute__((packed)) ll_ct_dir {
 	LL_CT_ORIGINAL = 0, /* client -> VIP: rewrite destination */
 	LL_CT_REPLY = 1,    /* endpoint -> client: rewrite source */
 };
 
-enum ll_ct_state {
-	LL_CT_NEW = 0,     /* first packet seen, no reply yet */
-	LL_CT_EST = 1,     /* a reply was seen */
-	LL_CT_FIN = 2,     /* FIN seen in either direction */
-	LL_CT_CLOSED = 3,  /* RST seen */
+/* The state of a flow, the same in both of its entries. TCP follows Linux's
+ * conntrack states, simplified: no window tracking, and a FIN counts as
+ * acknowledged once the other side acks its sequence number. UDP (and ICMP,
+ * once it is tracked) only tells whether a reply was seen. */
+enum __attribute__((packed)) ll_ct_state {
+	LL_CT_SYN_SENT = 0, /* TCP: SYN from the client */
+	LL_CT_SYN_RECV,     /* TCP: SYN-ACK from the endpoint */
+	LL_CT_ESTABLISHED,  /* TCP: the client acked the SYN-ACK, or picked up mid-stream */
+	LL_CT_FIN_WAIT,     /* TCP: one side sent FIN */
+	LL_CT_CLOSE_WAIT,   /* TCP: that FIN was acked, the other side still sends */
+	LL_CT_LAST_ACK,     /* TCP: both sides sent FIN, not both acked yet */
+	LL_CT_TIME_WAIT,    /* TCP: both FINs acked */
+	LL_CT_CLOSE,        /* TCP: RST seen */
+	LL_CT_UNREPLIED,    /* other protocols: no reply yet */
+	LL_CT_REPLIED,      /* other protocols: the endpoint answered */
+	LL_CT_STATE_MAX,
 };
 
-/* Enum-typed fields (not __u8) so that the enums reach BTF and the skeleton.
- * Each direction is its own entry carrying its own translation; both share
- * the state, which the datapath writes into both on transitions. */
+/* What a flow has seen (ll_ct.seen). The bits only accumulate and are ORed
+ * atomically into both entries, so CPUs handling the two directions at once
+ * cannot lose each other's events; the state is a function of them. */
+#define LL_CT_SEEN_SYN             0x001 /* SYN from the client */
+#define LL_CT_SEEN_SYNACK          0x002 /* SYN-ACK from the endpoint */
+#define LL_CT_SEEN_EST             0x004 /* handshake completed, or picked up mid-stream */
+#define LL_CT_SEEN_FIN_ORIG        0x008 /* FIN from the client */
+#define LL_CT_SEEN_FIN_REPLY       0x010 /* FIN from the endpoint */
+#define LL_CT_SEEN_FIN_ORIG_ACKED  0x020 /* the client's FIN was acked */
+#define LL_CT_SEEN_FIN_REPLY_ACKED 0x040 /* the endpoint's FIN was acked */
+#define LL_CT_SEEN_RST             0x080
+#define LL_CT_SEEN_REPLY           0x100 /* not TCP: a packet from the endpoint */
+
+/* One direction of a flow, carrying its own translation. 48 bytes, which the
+ * per-entry memory of a 1,000,000-entry table is sensitive to. */
 struct ll_ct {
 	__be32 nat_addr;    /* new daddr (original) or new saddr (reply) */
 	__be16 nat_port;
-	__u16 pad;
 	enum ll_ct_dir dir;
 	enum ll_ct_state state;
+	__u32 seen;         /* LL_CT_SEEN_* */
+	__u32 fin_ack;      /* TCP: the ack number from this direction that acks the other's FIN */
 	__u32 svc_id;
 	__u32 ep_idx;
 	__u64 packets;
 	__u64 bytes;
-	__u64 last_seen_ns;
+	__u64 last_seen_ns; /* bpf_ktime_get_ns (CLOCK_MONOTONIC) of the last packet */
+};
+
+/* Conntrack bookkeeping, per CPU in ll_ct_stats. The datapath counts what it
+ * inserts and deletes; the daemon counts its own deletions under keys the
+ * datapath never writes. What is inserted but neither deleted nor present
+ * any more was evicted by the LRU. */
+enum ll_ct_stat {
+	LL_CT_STAT_CREATED = 0, /* datapath: entries inserted */
+	LL_CT_STAT_DELETED,     /* datapath: entries deleted (a refused flow's first half) */
+	LL_CT_STAT_AGED,        /* daemon: entries removed by ageing */
+	LL_CT_STAT_REMOVED,     /* daemon: entries removed on request or with their rule */
+	LL_CT_STAT_ORPHANS,     /* daemon: entries removed because the LRU evicted their partner */
+	LL_CT_STAT_MAX,
 };
 
 struct ll_counters {

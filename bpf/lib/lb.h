@@ -1,12 +1,11 @@
 /* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
 /* The hook-independent part of the pipeline: conntrack lookup, and on a miss
- * service lookup, endpoint selection and conntrack creation. It decides the
- * translation; the hook's entry file applies it. */
+ * service lookup, endpoint selection and conntrack creation (ct.h). It
+ * decides the translation; the hook's entry file applies it. */
 #ifndef LL_LB_H
 #define LL_LB_H
 
-#include "maps.h"
-#include "parse.h"
+#include "ct.h"
 #include "stats.h"
 
 /* The translation to apply to one packet. */
@@ -32,80 +31,10 @@ static __always_inline __u32 ll_flow_hash(const struct ll_ct_key *k)
 	return h;
 }
 
-static __always_inline int ll_ct_key_eq(const struct ll_ct_key *a, const struct ll_ct_key *b)
+static __always_inline void ll_count_flow(__u32 svc_id, __u32 ep_idx, __u32 len)
 {
-	return a->saddr == b->saddr && a->daddr == b->daddr && a->sport == b->sport &&
-	       a->dport == b->dport && a->proto == b->proto;
-}
-
-/* The key of the other direction of the flow that entry (k, ct) belongs to. */
-static __always_inline void ll_ct_partner(const struct ll_ct_key *k, const struct ll_ct *ct,
-					  struct ll_ct_key *out)
-{
-	out->proto = k->proto;
-	if (ct->dir == LL_CT_ORIGINAL) {
-		out->saddr = ct->nat_addr;
-		out->daddr = k->saddr;
-		out->sport = ct->nat_port;
-		out->dport = k->sport;
-	} else {
-		out->saddr = k->daddr;
-		out->daddr = ct->nat_addr;
-		out->sport = k->dport;
-		out->dport = ct->nat_port;
-	}
-}
-
-static __always_inline enum ll_ct_state ll_ct_next_state(const struct ll_pkt *p, const struct ll_ct *ct)
-{
-	enum ll_ct_state st = ct->state;
-
-	if (p->proto == IPPROTO_TCP) {
-		if (p->tcp_flags & LL_TCP_RST)
-			return LL_CT_CLOSED;
-		if (p->tcp_flags & LL_TCP_FIN)
-			return st == LL_CT_CLOSED ? st : LL_CT_FIN;
-	}
-	if (st == LL_CT_NEW && ct->dir == LL_CT_REPLY)
-		return LL_CT_EST;
-	return st;
-}
-
-static __always_inline void ll_ct_touch(const struct ll_pkt *p, const struct ll_ct_key *k,
-					struct ll_ct *ct)
-{
-	enum ll_ct_state next = ll_ct_next_state(p, ct);
-
-	__sync_fetch_and_add(&ct->packets, 1);
-	__sync_fetch_and_add(&ct->bytes, p->len);
-	ct->last_seen_ns = bpf_ktime_get_ns();
-	if (next != ct->state) {
-		struct ll_ct_key pk = {};
-		struct ll_ct *partner;
-
-		ct->state = next;
-		ll_ct_partner(k, ct, &pk);
-		partner = bpf_map_lookup_elem(&ll_conntrack, &pk);
-		if (partner)
-			partner->state = next;
-	}
-}
-
-static __always_inline void ll_count_flow(const struct ll_ct *ct, __u32 len)
-{
-	ll_count(&ll_svc_stats, ct->svc_id, len);
-	ll_count(&ll_ep_stats, ct->svc_id * LL_MAX_ENDPOINTS + ct->ep_idx, len);
-}
-
-static __always_inline int ll_ct_hit(const struct ll_pkt *p, const struct ll_ct_key *k,
-				     struct ll_ct *ct, struct ll_nat *nat)
-{
-	ll_ct_touch(p, k, ct);
-	ll_count_flow(ct, p->len);
-	nat->addr = ct->nat_addr;
-	nat->port = ct->nat_port;
-	nat->rewrite_dst = ct->dir == LL_CT_ORIGINAL;
-	return LL_R_NAT_EST;
+	ll_count(&ll_svc_stats, svc_id, len);
+	ll_count(&ll_ep_stats, svc_id * LL_MAX_ENDPOINTS + ep_idx, len);
 }
 
 /* Least active flows per weight among the endpoints. */
@@ -225,9 +154,48 @@ static __noinline int ll_select(const struct ll_svc *svc, const struct ll_ct_key
 /* Not load-balancer traffic: not a VIP and not in conntrack. */
 #define LL_LB_NONE (-2)
 
+/* A packet that found no flow: picks the service's endpoint and creates the
+ * flow. Returns LL_R_NAT_NEW with *nat filled in, LL_LB_NONE, LL_CT_RACED,
+ * or the reason to hand the VIP's packet to Linux as it is. */
+static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct ll_ct_key *key,
+					  struct ll_nat *nat)
+{
+	struct ll_svc_key skey = {.vip = p->daddr, .port = p->dport, .proto = p->proto};
+	struct ll_endpoint *ep;
+	struct ll_svc *svc;
+	__u32 ep_idx, idx, *active;
+	int r;
+
+	svc = bpf_map_lookup_elem(&ll_services, &skey);
+	if (!svc)
+		return LL_LB_NONE;
+	if (svc->n_slots == 0 || svc->n_slots > LL_MAX_SLOTS)
+		return LL_R_PASS_NO_ENDPOINT;
+
+	if (ll_select(svc, key, p->saddr, &ep_idx))
+		return LL_R_PASS_NO_ENDPOINT;
+	if (ep_idx >= LL_MAX_ENDPOINTS || ep_idx >= svc->n_endpoints)
+		return LL_R_PASS_NO_ENDPOINT;
+	ep = &svc->endpoints[ep_idx];
+
+	r = ll_ct_create(p, key, ep, svc->id, ep_idx);
+	if (r)
+		return r;
+	ll_count_flow(svc->id, ep_idx, p->len);
+	/* Least-connections load: the daemon takes ended flows away. */
+	idx = svc->id * LL_MAX_ENDPOINTS + ep_idx;
+	active = bpf_map_lookup_elem(&ll_ep_active, &idx);
+	if (active)
+		__sync_fetch_and_add(active, 1);
+	nat->addr = ep->addr;
+	nat->port = ep->port;
+	nat->rewrite_dst = 1;
+	return LL_R_NAT_NEW;
+}
+
 /* For an IPv4 TCP/UDP packet: LL_R_NAT_NEW or LL_R_NAT_EST with *nat filled
  * in, LL_LB_NONE, or the reason to hand the VIP's packet to Linux as it is. */
-static __always_inline int ll_lb_decide(const struct ll_pkt *p, struct ll_nat *nat)
+static __noinline int ll_lb_decide(const struct ll_pkt *p, struct ll_nat *nat)
 {
 	struct ll_ct_key key = {
 		.saddr = p->saddr,
@@ -236,86 +204,25 @@ static __always_inline int ll_lb_decide(const struct ll_pkt *p, struct ll_nat *n
 		.dport = p->dport,
 		.proto = p->proto,
 	};
-	struct ll_svc_key skey = {.vip = p->daddr, .port = p->dport, .proto = p->proto};
-	struct ll_ct_key rkey = {};
-	struct ll_ct ct = {};
-	struct ll_endpoint *ep;
-	struct ll_svc *svc;
 	struct ll_ct *hit;
-	__u32 ep_idx;
+	int r;
 
 	hit = bpf_map_lookup_elem(&ll_conntrack, &key);
-	if (hit)
-		return ll_ct_hit(p, &key, hit, nat);
-
-	svc = bpf_map_lookup_elem(&ll_services, &skey);
-	if (!svc)
-		return LL_LB_NONE;
-	if (svc->n_slots == 0 || svc->n_slots > LL_MAX_SLOTS)
-		return LL_R_PASS_NO_ENDPOINT;
-
-	if (ll_select(svc, &key, p->saddr, &ep_idx))
-		return LL_R_PASS_NO_ENDPOINT;
-	if (ep_idx >= LL_MAX_ENDPOINTS || ep_idx >= svc->n_endpoints)
-		return LL_R_PASS_NO_ENDPOINT;
-	ep = &svc->endpoints[ep_idx];
-
-	ct.nat_addr = ep->addr;
-	ct.nat_port = ep->port;
-	ct.dir = LL_CT_ORIGINAL;
-	ct.state = LL_CT_NEW;
-	ct.svc_id = svc->id;
-	ct.ep_idx = ep_idx;
-	ct.packets = 1;
-	ct.bytes = p->len;
-	ct.last_seen_ns = bpf_ktime_get_ns();
-	if (bpf_map_update_elem(&ll_conntrack, &key, &ct, BPF_NOEXIST)) {
+	if (!hit) {
+		r = ll_lb_new_flow(p, &key, nat);
+		if (r != LL_CT_RACED)
+			return r;
 		/* Another CPU created this flow first: follow its choice. */
 		hit = bpf_map_lookup_elem(&ll_conntrack, &key);
-		if (hit)
-			return ll_ct_hit(p, &key, hit, nat);
-		return LL_R_PASS_CT_FULL;
+		if (!hit)
+			return LL_R_PASS_CT_FULL;
 	}
-
-	ll_ct_partner(&key, &ct, &rkey);
-	hit = bpf_map_lookup_elem(&ll_conntrack, &rkey);
-	if (hit) {
-		/* The endpoint's reply tuple is taken: by a live flow of another
-		 * service (same client address and port towards the same endpoint),
-		 * whose replies we could not tell apart, or by a stale half of a
-		 * flow whose other half the LRU evicted, which we may replace. */
-		struct ll_ct_key other = {};
-
-		ll_ct_partner(&rkey, hit, &other);
-		if (!ll_ct_key_eq(&other, &key) && bpf_map_lookup_elem(&ll_conntrack, &other)) {
-			bpf_map_delete_elem(&ll_conntrack, &key);
-			return LL_R_PASS_CT_CLASH;
-		}
-	}
-	/* The reply entry is the original turned around (one struct on the
-	 * stack, not two: the pipeline's frame is tight). */
-	nat->addr = ct.nat_addr;
-	nat->port = ct.nat_port;
-	nat->rewrite_dst = 1;
-	ct.nat_addr = p->daddr;
-	ct.nat_port = p->dport;
-	ct.dir = LL_CT_REPLY;
-	ct.packets = 0;
-	ct.bytes = 0;
-	if (bpf_map_update_elem(&ll_conntrack, &rkey, &ct, BPF_ANY)) {
-		bpf_map_delete_elem(&ll_conntrack, &key);
-		return LL_R_PASS_CT_FULL;
-	}
-
-	ll_count_flow(&ct, p->len);
-	{
-		__u32 idx = ct.svc_id * LL_MAX_ENDPOINTS + ct.ep_idx, *active;
-
-		active = bpf_map_lookup_elem(&ll_ep_active, &idx);
-		if (active)
-			__sync_fetch_and_add(active, 1);
-	}
-	return LL_R_NAT_NEW;
+	ll_ct_touch(p, &key, hit);
+	ll_count_flow(hit->svc_id, hit->ep_idx, p->len);
+	nat->addr = hit->nat_addr;
+	nat->port = hit->nat_port;
+	nat->rewrite_dst = hit->dir == LL_CT_ORIGINAL;
+	return LL_R_NAT_EST;
 }
 
 #endif

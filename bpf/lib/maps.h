@@ -28,6 +28,22 @@ struct {
 	__type(value, struct ll_ct);
 } ll_conntrack SEC(".maps");
 
+/* Per-CPU scratch for building a new flow's entries off the stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ll_ct);
+} ll_ct_scratch SEC(".maps");
+
+/* Per enum ll_ct_stat. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LL_CT_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} ll_ct_stats SEC(".maps");
+
 /* Maglev table per service id (LL_SEL_MAGLEV). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -143,5 +159,7 @@ struct {
 /* Unused by the program: it puts enum ll_reason into BTF (array keys must be
  * plain integers), so the skeleton gives the daemon the reason names. */
 const volatile enum ll_reason ll_reason_count = LL_R_MAX;
+/* The same for enum ll_ct_stat. */
+const volatile enum ll_ct_stat ll_ct_stat_count = LL_CT_STAT_MAX;
 
 #endif

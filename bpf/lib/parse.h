@@ -51,11 +51,14 @@ struct ll_pkt {
 	__u8 l2_mcast;      /* group bit of the destination MAC */
 	__u8 pad;
 	__u8 dmac[6];
+	__u32 tcp_ack;      /* TCP, host order: acknowledgement number */
+	__u32 tcp_end;      /* TCP, host order: sequence number after this segment */
 };
 
 #define LL_TCP_FIN 0x01
 #define LL_TCP_SYN 0x02
 #define LL_TCP_RST 0x04
+#define LL_TCP_ACK 0x10
 
 #define LL_PARSED (-1)
 
@@ -69,9 +72,16 @@ static __always_inline int ll_parse_ports(void *data, void *data_end, __u32 l3_e
 
 		if ((void *)(th + 1) > data_end || p->l4_off + sizeof(*th) > l3_end)
 			return LL_R_PASS_TRUNCATED;
+		__u32 hlen = (((__u8 *)th)[12] >> 4) * 4;
+		__u32 payload = l3_end > p->l4_off + hlen ? l3_end - p->l4_off - hlen : 0;
+
 		p->sport = th->source;
 		p->dport = th->dest;
 		p->tcp_flags = ((__u8 *)th)[13];
+		p->tcp_ack = bpf_ntohl(th->ack_seq);
+		/* SYN and FIN each take one sequence number. */
+		p->tcp_end = bpf_ntohl(th->seq) + payload + !!(p->tcp_flags & LL_TCP_SYN) +
+			     !!(p->tcp_flags & LL_TCP_FIN);
 		p->has_ports = 1;
 	} else if (p->proto == IPPROTO_UDP) {
 		struct udphdr *uh = data + p->l4_off;

@@ -51,6 +51,30 @@ fn number(s: &str) -> Option<u32> {
     s.parse().ok()
 }
 
+/// A plain number flag (`--port`, `--limit`); the range is the daemon's to judge.
+pub fn parse_number(
+    flag: &'static str,
+    value: &str,
+    reason: &'static str,
+) -> Result<u32, ArgError> {
+    number(value).map_or_else(|| fail(flag, value, reason), Ok)
+}
+
+/// A command that is incomplete as a whole, shown as `command: reason`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UsageError {
+    pub command: &'static str,
+    pub reason: &'static str,
+}
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.command, self.reason)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 /// Parses `PORT:TARGETPORT` values of `--tcp`/`--udp` for `create lb`.
 pub fn parse_port_maps(flag: &'static str, values: &[String]) -> Result<Vec<PortMap>, ArgError> {
     values
@@ -210,6 +234,17 @@ mod tests {
             let err = parse_port_maps("--tcp", &strings(&[value])).unwrap_err();
             assert_eq!(err.to_string(), message);
         }
+    }
+
+    #[test]
+    fn numbers_are_digits_only() {
+        assert_eq!(
+            parse_number("--port", "8080", "port must be a number"),
+            Ok(8080)
+        );
+        let err = parse_number("--port", "+80", "port must be a number").unwrap_err();
+        assert_eq!(err.to_string(), r#"--port: "+80": port must be a number"#);
+        assert!(parse_number("--limit", "", "limit must be a number").is_err());
     }
 
     #[test]

@@ -13,16 +13,19 @@ use crate::pb::conntrack_service_client::ConntrackServiceClient;
 use crate::pb::load_balancer_service_client::LoadBalancerServiceClient;
 use crate::pb::network_service_client::NetworkServiceClient;
 use crate::pb::{
-    ApplyLoadBalancersRequest, ApplyLoadBalancersResponse, CreateLoadBalancerRequest,
-    DeleteLoadBalancerRequest, ListAddressesRequest, ListAddressesResponse, ListConntrackRequest,
-    ListConntrackResponse, ListInterfacesRequest, ListInterfacesResponse, ListLoadBalancersRequest,
-    ListLoadBalancersResponse, ListNeighboursRequest, ListNeighboursResponse, ListRoutesRequest,
-    ListRoutesResponse, LoadBalancer, ServiceKey,
+    ApplyLoadBalancersRequest, ApplyLoadBalancersResponse, ConntrackFilter, CountConntrackRequest,
+    CountConntrackResponse, CreateLoadBalancerRequest, DeleteConntrackRequest,
+    DeleteConntrackResponse, DeleteLoadBalancerRequest, ListAddressesRequest,
+    ListAddressesResponse, ListConntrackRequest, ListConntrackResponse, ListInterfacesRequest,
+    ListInterfacesResponse, ListLoadBalancersRequest, ListLoadBalancersResponse,
+    ListNeighboursRequest, ListNeighboursResponse, ListRoutesRequest, ListRoutesResponse,
+    LoadBalancer, ServiceKey,
 };
 
 /// A daemon that is down or unroutable should fail fast, not hang the shell.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Bounds a wedged daemon; every call is a small table operation.
+/// Bounds a wedged daemon. The longest calls walk the whole conntrack table
+/// (a million entries: about 0.3 s).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the daemon is and how to talk to it.
@@ -175,9 +178,38 @@ impl Client {
         answer(&self.peer, self.lb.apply_load_balancers(request)).await
     }
 
-    pub async fn list_conntrack(&mut self) -> Result<ListConntrackResponse> {
-        let call = self.ct.list_conntrack(ListConntrackRequest {});
-        answer(&self.peer, call).await
+    pub async fn list_conntrack(
+        &mut self,
+        filter: ConntrackFilter,
+        limit: u32,
+    ) -> Result<ListConntrackResponse> {
+        let request = ListConntrackRequest {
+            filter: Some(filter),
+            limit,
+        };
+        answer(&self.peer, self.ct.list_conntrack(request)).await
+    }
+
+    pub async fn count_conntrack(
+        &mut self,
+        filter: ConntrackFilter,
+    ) -> Result<CountConntrackResponse> {
+        let request = CountConntrackRequest {
+            filter: Some(filter),
+        };
+        answer(&self.peer, self.ct.count_conntrack(request)).await
+    }
+
+    pub async fn delete_conntrack(
+        &mut self,
+        filter: ConntrackFilter,
+        all: bool,
+    ) -> Result<DeleteConntrackResponse> {
+        let request = DeleteConntrackRequest {
+            filter: Some(filter),
+            all,
+        };
+        answer(&self.peer, self.ct.delete_conntrack(request)).await
     }
 
     pub async fn list_interfaces(&mut self) -> Result<ListInterfacesResponse> {

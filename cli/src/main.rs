@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
-use crate::args::ArgError;
+use crate::args::{ArgError, UsageError};
 use crate::client::{Client, Target, TlsOptions};
 use crate::output::service_label;
 
@@ -146,6 +146,9 @@ enum DeleteResource {
     /// Delete the load-balancer rules of the given ports
     #[command(alias = "loadbalancer")]
     Lb(DeleteLb),
+    /// Delete tracked connections: those matching the filters, or --all
+    #[command(alias = "conntrack")]
+    Ct(DeleteCt),
 }
 
 #[derive(Subcommand)]
@@ -153,9 +156,9 @@ enum GetResource {
     /// List load-balancer rules
     #[command(alias = "loadbalancer")]
     Lb,
-    /// List tracked connections
+    /// List tracked connections (both directions of each), with counts
     #[command(alias = "conntrack")]
-    Ct,
+    Ct(GetCt),
     /// List network interfaces
     Port,
     /// List interface addresses
@@ -208,12 +211,51 @@ struct DeleteLb {
     udp: Vec<String>,
 }
 
+/// Selects tracked connections; every filter given must match.
+#[derive(Args)]
+struct CtFilter {
+    /// Client, VIP or endpoint address (either end, or the translation)
+    #[arg(long)]
+    ip: Option<String>,
+    /// Client, service or endpoint port (not --port: that is the API
+    /// server's port)
+    #[arg(long, value_name = "PORT")]
+    ctport: Option<String>,
+    /// tcp, udp or icmp
+    #[arg(long)]
+    proto: Option<String>,
+    /// e.g. est, syn-sent, fin-wait, time-wait, closed, udp-new, udp-est
+    #[arg(long)]
+    state: Option<String>,
+}
+
+#[derive(Args)]
+struct GetCt {
+    #[command(flatten)]
+    filter: CtFilter,
+    /// Entries to show at most (the daemon's default: 1000; at most 10000)
+    #[arg(long)]
+    limit: Option<String>,
+    /// Only the counts, no entries
+    #[arg(long)]
+    count: bool,
+}
+
+#[derive(Args)]
+struct DeleteCt {
+    #[command(flatten)]
+    filter: CtFilter,
+    /// Every tracked connection
+    #[arg(long, conflicts_with_all = ["ip", "ctport", "proto", "state"])]
+    all: bool,
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         // A bad flag value is a usage error, reported and coded like clap's own.
-        Err(err) if err.is::<ArgError>() => {
+        Err(err) if err.is::<ArgError>() || err.is::<UsageError>() => {
             eprintln!("error: {err}");
             ExitCode::from(2)
         }
@@ -266,6 +308,30 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("Deleted lb {label}");
             }
         }
+        Command::Delete {
+            resource: DeleteResource::Ct(delete),
+        } => {
+            let filter = ct_filter(&delete.filter)?;
+            if filter == pb::ConntrackFilter::default() && !delete.all {
+                return Err(UsageError {
+                    command: "delete ct",
+                    reason: "needs a filter (--ip, --ctport, --proto, --state) or --all",
+                }
+                .into());
+            }
+            let response = connect()
+                .await?
+                .delete_conntrack(filter, delete.all)
+                .await?;
+            match cli.output {
+                Some(OutputFormat::Json) => println!("{}", output::json(&response)?),
+                _ => println!(
+                    "Deleted {} ({})",
+                    output::counted(response.flows, "flow", "flows"),
+                    output::counted(response.entries, "entry", "entries")
+                ),
+            }
+        }
         Command::Get {
             resource: GetResource::Lb,
         } => {
@@ -308,10 +374,32 @@ async fn run(cli: Cli) -> Result<()> {
             print!("{}", output::apply_report(&report, dry_run));
         }
         Command::Get {
-            resource: GetResource::Ct,
+            resource: GetResource::Ct(get),
         } => {
-            let response = connect().await?.list_conntrack().await?;
-            print_list(cli.output, &response, |r| output::ct_table(&r.entries))?;
+            let filter = ct_filter(&get.filter)?;
+            let limit = get
+                .limit
+                .as_deref()
+                .map(|l| args::parse_number("--limit", l, "limit must be a number"))
+                .transpose()?
+                .unwrap_or(0);
+            let mut client = connect().await?;
+            if get.count {
+                let response = client.count_conntrack(filter).await?;
+                print_list(cli.output, &response, |r| {
+                    output::ct_summary(r.matched, None, &r.counts, r.table.as_ref())
+                })?;
+            } else {
+                let response = client.list_conntrack(filter, limit).await?;
+                print_list(cli.output, &response, |r| {
+                    let shown = r.entries.len() as u64;
+                    format!(
+                        "{}{}",
+                        output::ct_table(&r.entries),
+                        output::ct_summary(r.matched, Some(shown), &r.counts, r.table.as_ref())
+                    )
+                })?;
+            }
         }
         Command::Get {
             resource: GetResource::Port,
@@ -387,6 +475,23 @@ fn create_requests(lb: &CreateLb) -> Result<Vec<pb::LoadBalancer>, ArgError> {
         }
     }
     Ok(requests)
+}
+
+/// The filter of `get ct` / `delete ct`; values are the daemon's to judge,
+/// except that a port must be a number.
+fn ct_filter(f: &CtFilter) -> Result<pb::ConntrackFilter, ArgError> {
+    let port = f
+        .ctport
+        .as_deref()
+        .map(|p| args::parse_number("--ctport", p, "port must be a number"))
+        .transpose()?
+        .unwrap_or(0);
+    Ok(pb::ConntrackFilter {
+        ip: f.ip.clone().unwrap_or_default(),
+        port,
+        protocol: f.proto.clone().unwrap_or_default(),
+        state: f.state.clone().unwrap_or_default(),
+    })
 }
 
 fn delete_keys(lb: &DeleteLb) -> Result<Vec<pb::ServiceKey>, ArgError> {

@@ -4,8 +4,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::pb::{
-    Address, ApplyLoadBalancersResponse, ConntrackEntry, Counters, Interface,
-    ListLoadBalancersResponse, LoadBalancer, Neighbour, NextHop, Route,
+    Address, ApplyLoadBalancersResponse, ConntrackCount, ConntrackEntry, ConntrackTable, Counters,
+    Interface, ListLoadBalancersResponse, LoadBalancer, Neighbour, NextHop, Route,
 };
 
 /// `ip:port/proto`, with IPv6 addresses bracketed so the port stays readable.
@@ -78,11 +78,11 @@ pub fn lb_table(lbs: &[LoadBalancer], wide: bool) -> String {
     render(&header, &rows)
 }
 
-/// `get ct` table.
+/// `get ct` table: one row per direction of each flow.
 pub fn ct_table(entries: &[ConntrackEntry]) -> String {
     let header = [
         "SERVICE", "DEST IP", "SRC IP", "DPORT", "SPORT", "PROTO", "STATE", "ACT", "PACKETS",
-        "BYTES",
+        "BYTES", "IDLE",
     ];
     let rows: Vec<Vec<String>> = entries
         .iter()
@@ -98,10 +98,60 @@ pub fn ct_table(entries: &[ConntrackEntry]) -> String {
                 e.action.clone(),
                 e.packets.to_string(),
                 e.bytes.to_string(),
+                format!("{}s", e.idle_seconds),
             ]
         })
         .collect();
     render(&header, &rows)
+}
+
+/// The lines under `get ct`: what matched, flows by state, and the table's
+/// figures. `shown` is how many entries the table above lists, if any.
+pub fn ct_summary(
+    matched: u64,
+    shown: Option<u64>,
+    counts: &[ConntrackCount],
+    table: Option<&ConntrackTable>,
+) -> String {
+    let flows: u64 = counts.iter().map(|c| c.flows).sum();
+    let by_state: Vec<String> = counts
+        .iter()
+        .map(|c| format!("{} {} {}", c.protocol, c.state, c.flows))
+        .collect();
+    let mut out = format!(
+        "Matched {} ({}",
+        counted(matched, "entry", "entries"),
+        counted(flows, "flow", "flows")
+    );
+    if !by_state.is_empty() {
+        out.push_str(&format!(": {}", by_state.join(", ")));
+    }
+    out.push(')');
+    if let Some(shown) = shown.filter(|&n| n < matched) {
+        out.push_str(&format!(", showing the first {shown} (--limit)"));
+    }
+    out.push('\n');
+    if let Some(t) = table {
+        let per_entry = t.memory_bytes.checked_div(t.capacity).unwrap_or(0);
+        out.push_str(&format!(
+            "Table: {} of {} entries, {:.1} MiB ({per_entry} B per entry); evicted {}, \
+             orphans removed {}, aged {}, insert failures {}, clashes {}\n",
+            t.entries,
+            t.capacity,
+            t.memory_bytes as f64 / (1024.0 * 1024.0),
+            t.evicted,
+            t.orphans_removed,
+            t.aged,
+            t.insert_failures,
+            t.clashes
+        ));
+    }
+    out
+}
+
+/// `n` and the noun, singular or plural.
+pub fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// `get port` table.
@@ -314,6 +364,7 @@ mod tests {
             action: "dnat-31.31.31.1:8080".to_owned(),
             packets: 4,
             bytes: 256,
+            idle_seconds: 7,
         };
         let table = ct_table(&[entry]);
         let row = table.lines().nth(2).unwrap();
@@ -330,8 +381,39 @@ mod tests {
                 "est",
                 "dnat-31.31.31.1:8080",
                 "4",
-                "256"
+                "256",
+                "7s"
             ]
+        );
+    }
+
+    #[test]
+    fn ct_summary_counts_flows_and_the_table() {
+        let count = |protocol: &str, state: &str, flows| ConntrackCount {
+            protocol: protocol.to_owned(),
+            state: state.to_owned(),
+            flows,
+        };
+        let table = ConntrackTable {
+            capacity: 1_000_000,
+            entries: 2500,
+            memory_bytes: 128_778_112,
+            evicted: 3,
+            orphans_removed: 1,
+            aged: 40,
+            insert_failures: 0,
+            clashes: 2,
+        };
+        let counts = [count("tcp", "est", 1000), count("udp", "udp-est", 250)];
+        assert_eq!(
+            ct_summary(2500, Some(1000), &counts, Some(&table)),
+            "Matched 2500 entries (1250 flows: tcp est 1000, udp udp-est 250), showing the first 1000 (--limit)\n\
+             Table: 2500 of 1000000 entries, 122.8 MiB (128 B per entry); evicted 3, orphans removed 1, \
+             aged 40, insert failures 0, clashes 2\n"
+        );
+        assert_eq!(
+            ct_summary(0, Some(0), &[], None),
+            "Matched 0 entries (0 flows)\n"
         );
     }
 

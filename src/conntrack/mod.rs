@@ -1,11 +1,24 @@
 //! Conntrack as users see it: the datapath's entries joined with the rules
-//! they belong to.
-use std::collections::HashMap;
-use std::net::Ipv4Addr;
+//! they belong to, filtered, counted and deleted; and their ageing.
+mod ageing;
+mod filter;
 
-use crate::datapath::types::{ll_ct, ll_ct_dir, ll_ct_key, ll_ct_state};
-use crate::datapath::Datapath;
-use crate::rules::{Protocol, RuleStore};
+pub use ageing::{sweep, Ageing, AgeingConfig, SweepReport, Timeouts};
+pub use filter::{proto_name, state_name, Filter};
+
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::ops::ControlFlow;
+
+use crate::datapath::types::{ll_ct, ll_ct_dir, ll_ct_key, ll_ct_state, ll_reason};
+use crate::datapath::{self, monotonic_ns, Datapath, Removal, CT_BATCH};
+use crate::rules::RuleStore;
+
+/// Entries a listing returns when the request does not say.
+pub const DEFAULT_LIMIT: usize = 1000;
+/// Entries a listing returns at most, keeping the answer well under gRPC's
+/// 4 MiB message limit.
+pub const MAX_LIMIT: usize = 10_000;
 
 /// One direction of a tracked flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,26 +28,94 @@ pub struct CtEntry {
     pub dst: Ipv4Addr,
     pub sport: u16,
     pub dport: u16,
-    pub proto: Option<Protocol>,
+    pub proto: &'static str,
     pub state: &'static str,
     pub action: String,
     pub packets: u64,
     pub bytes: u64,
+    pub idle_secs: u64,
 }
 
-fn state_name(proto: Option<Protocol>, st: ll_ct_state) -> &'static str {
-    match (proto, st) {
-        (Some(Protocol::Tcp), ll_ct_state::LL_CT_NEW) => "syn-sent",
-        (Some(Protocol::Tcp), ll_ct_state::LL_CT_EST) => "est",
-        (Some(Protocol::Tcp), ll_ct_state::LL_CT_FIN) => "fin-wait",
-        (_, ll_ct_state::LL_CT_CLOSED) => "closed",
-        (_, ll_ct_state::LL_CT_EST) => "udp-est",
-        _ => "udp-new",
+/// Flows (not entries) in one protocol and state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateCount {
+    pub proto: &'static str,
+    pub state: &'static str,
+    pub flows: u64,
+}
+
+/// The table as a whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableStats {
+    pub capacity: u64,
+    pub entries: u64,
+    pub memory_bytes: u64,
+    pub evicted: u64,
+    pub orphans_removed: u64,
+    pub aged: u64,
+    pub insert_failures: u64,
+    pub clashes: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// The first entries in display order, at most the limit asked for.
+    pub entries: Vec<CtEntry>,
+    /// Entries that match the filter.
+    pub matched: u64,
+    pub counts: Vec<StateCount>,
+    pub table: TableStats,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Deleted {
+    pub flows: u64,
+    pub entries: u64,
+}
+
+/// A flow's identity: its original direction's tuple, whichever entry we hold.
+fn flow_id(k: &ll_ct_key, v: &ll_ct) -> u128 {
+    if v.dir == ll_ct_dir::LL_CT_ORIGINAL {
+        tuple(k)
+    } else {
+        tuple(&partner(k, v))
     }
 }
 
-fn entry(names: &HashMap<u32, String>, k: &ll_ct_key, v: &ll_ct) -> CtEntry {
-    let proto = Protocol::from_number(k.proto);
+/// The 5-tuple as one integer, to hash and compare.
+pub(crate) fn tuple(k: &ll_ct_key) -> u128 {
+    u128::from(k.saddr)
+        | u128::from(k.daddr) << 32
+        | u128::from(k.sport) << 64
+        | u128::from(k.dport) << 80
+        | u128::from(k.proto) << 96
+}
+
+/// The key of the other direction of the flow (k, v) belongs to (as
+/// ll_ct_partner in bpf/lib/ct.h).
+pub(crate) fn partner(k: &ll_ct_key, v: &ll_ct) -> ll_ct_key {
+    if v.dir == ll_ct_dir::LL_CT_ORIGINAL {
+        ll_ct_key {
+            saddr: v.nat_addr,
+            daddr: k.saddr,
+            sport: v.nat_port,
+            dport: k.sport,
+            proto: k.proto,
+            pad: [0; 3],
+        }
+    } else {
+        ll_ct_key {
+            saddr: k.daddr,
+            daddr: v.nat_addr,
+            sport: k.dport,
+            dport: v.nat_port,
+            proto: k.proto,
+            pad: [0; 3],
+        }
+    }
+}
+
+fn entry(names: &HashMap<u32, String>, now: u64, k: &ll_ct_key, v: &ll_ct) -> CtEntry {
     let nat = format!(
         "{}:{}",
         Ipv4Addr::from(u32::from_be(v.nat_addr)),
@@ -46,8 +127,8 @@ fn entry(names: &HashMap<u32, String>, k: &ll_ct_key, v: &ll_ct) -> CtEntry {
         dst: Ipv4Addr::from(u32::from_be(k.daddr)),
         sport: u16::from_be(k.sport),
         dport: u16::from_be(k.dport),
-        proto,
-        state: state_name(proto, v.state),
+        proto: proto_name(k.proto),
+        state: state_name(k.proto, v.state),
         action: if v.dir == ll_ct_dir::LL_CT_ORIGINAL {
             format!("dnat-{nat}")
         } else {
@@ -55,28 +136,177 @@ fn entry(names: &HashMap<u32, String>, k: &ll_ct_key, v: &ll_ct) -> CtEntry {
         },
         packets: v.packets,
         bytes: v.bytes,
+        idle_secs: now.saturating_sub(v.last_seen_ns) / 1_000_000_000,
     }
 }
 
-/// Every entry, sorted by service then addresses, so listings are stable.
-pub fn list(dp: &Datapath, store: &RuleStore) -> Vec<CtEntry> {
+/// An entry in display order: by service name, then addresses and ports.
+struct Ranked {
+    order: (u32, u32, u32, u16, u16, u8),
+    k: ll_ct_key,
+    v: ll_ct,
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, o: &Self) -> bool {
+        self.order == o.order
+    }
+}
+impl Eq for Ranked {}
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Ranked {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.order.cmp(&o.order)
+    }
+}
+
+/// Walks the table once: the first `limit` matching entries in display
+/// order, how many match, matching flows by state, and the table's figures.
+pub fn list(
+    dp: &Datapath,
+    store: &RuleStore,
+    filter: &Filter,
+    limit: usize,
+) -> datapath::Result<Listing> {
     let names = store.names_by_id();
-    let mut v: Vec<CtEntry> = dp
-        .conntrack()
+    // Service ids ranked by name, so that the walk compares integers.
+    let mut by_name: Vec<(&String, u32)> = names.iter().map(|(id, n)| (n, *id)).collect();
+    by_name.sort();
+    let rank: HashMap<u32, u32> = by_name
         .iter()
-        .map(|(k, v)| entry(&names, k, v))
+        .enumerate()
+        .map(|(i, (_, id))| (*id, i as u32))
         .collect();
-    v.sort_by(|a, b| {
-        (&a.service, a.src, a.dst, a.sport, a.dport)
-            .cmp(&(&b.service, b.src, b.dst, b.sport, b.dport))
-    });
-    v
+
+    let before = dp.conntrack_counters()?;
+    let (mut walked, mut matched) = (0u64, 0u64);
+    let mut counts: BTreeMap<(u8, u8), u64> = BTreeMap::new();
+    let mut best: BinaryHeap<Ranked> = BinaryHeap::with_capacity(limit + 1);
+    dp.walk_conntrack(CT_BATCH, |keys, values| {
+        walked += keys.len() as u64;
+        for (k, v) in keys.iter().zip(values) {
+            if !filter.matches(k, v) {
+                continue;
+            }
+            matched += 1;
+            if v.dir == ll_ct_dir::LL_CT_ORIGINAL {
+                *counts.entry((k.proto, v.state.0)).or_default() += 1;
+            }
+            if limit == 0 {
+                continue;
+            }
+            let order = (
+                rank.get(&v.svc_id).copied().unwrap_or(u32::MAX),
+                u32::from_be(k.saddr),
+                u32::from_be(k.daddr),
+                u16::from_be(k.sport),
+                u16::from_be(k.dport),
+                k.proto,
+            );
+            if best.len() == limit && best.peek().is_some_and(|worst| worst.order <= order) {
+                continue;
+            }
+            best.push(Ranked {
+                order,
+                k: *k,
+                v: *v,
+            });
+            if best.len() > limit {
+                best.pop();
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    let after = dp.conntrack_counters()?;
+    let evicted = dp.note_conntrack_census(&before, &after, walked);
+    let now = monotonic_ns();
+    Ok(Listing {
+        entries: best
+            .into_sorted_vec()
+            .iter()
+            .map(|r| entry(&names, now, &r.k, &r.v))
+            .collect(),
+        matched,
+        counts: counts
+            .into_iter()
+            .map(|((proto, st), flows)| StateCount {
+                proto: proto_name(proto),
+                state: state_name(proto, ll_ct_state(st)),
+                flows,
+            })
+            .collect(),
+        table: table_stats(dp, walked, evicted, &after)?,
+    })
+}
+
+fn table_stats(
+    dp: &Datapath,
+    entries: u64,
+    evicted: u64,
+    counters: &datapath::CtCounters,
+) -> datapath::Result<TableStats> {
+    let reasons = dp.reason_counters()?;
+    let packets = |r: ll_reason| {
+        reasons
+            .iter()
+            .find(|(reason, _)| *reason == r)
+            .map_or(0, |(_, c)| c.packets)
+    };
+    Ok(TableStats {
+        capacity: dp.limits().conntrack.into(),
+        entries,
+        memory_bytes: dp.conntrack_memory()?,
+        evicted,
+        orphans_removed: counters.orphans,
+        aged: counters.aged,
+        insert_failures: packets(ll_reason::LL_R_PASS_CT_FULL),
+        clashes: packets(ll_reason::LL_R_PASS_CT_CLASH),
+    })
+}
+
+/// Deletes the flows that match `filter`, both directions of each.
+pub fn delete(dp: &Datapath, filter: &Filter) -> datapath::Result<Deleted> {
+    let mut flows = HashSet::new();
+    let mut doomed = Vec::new();
+    let mut deleted = Deleted::default();
+    let mut failed = None;
+    dp.walk_conntrack(CT_BATCH, |keys, values| {
+        doomed.clear();
+        for (k, v) in keys.iter().zip(values) {
+            if filter.matches(k, v) {
+                flows.insert(flow_id(k, v));
+                // A filter matches both halves alike; the partner may be in
+                // a later batch, or gone already (then it is skipped).
+                doomed.push(*k);
+                doomed.push(partner(k, v));
+            }
+        }
+        match dp.delete_conntrack(&doomed, Removal::Requested) {
+            Ok(n) => {
+                deleted.entries += n;
+                ControlFlow::Continue(())
+            }
+            Err(e) => {
+                failed = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    deleted.flows = flows.len() as u64;
+    Ok(deleted)
 }
 
 /// Recounts the live flows per endpoint of the least-connections rules and
 /// writes the counts the datapath selects by. The datapath adds each new
 /// flow itself; this recount takes away the flows that ended.
-pub fn refresh_active_flows(dp: &Datapath, store: &RuleStore) -> crate::datapath::Result<()> {
+pub fn refresh_active_flows(dp: &Datapath, store: &RuleStore) -> datapath::Result<()> {
     let ids: Vec<u32> = store
         .list()
         .iter()
@@ -87,12 +317,65 @@ pub fn refresh_active_flows(dp: &Datapath, store: &RuleStore) -> crate::datapath
         return Ok(());
     }
     let mut counts = HashMap::new();
-    for (_, v) in dp.conntrack() {
-        // Closing flows (FIN, RST) no longer count as load.
-        let live = matches!(v.state, ll_ct_state::LL_CT_NEW | ll_ct_state::LL_CT_EST);
-        if v.dir == ll_ct_dir::LL_CT_ORIGINAL && live {
-            *counts.entry((v.svc_id, v.ep_idx)).or_insert(0u32) += 1;
+    dp.walk_conntrack(CT_BATCH, |_, values| {
+        for v in values {
+            if v.dir == ll_ct_dir::LL_CT_ORIGINAL && is_open(v.state) {
+                *counts.entry((v.svc_id, v.ep_idx)).or_insert(0u32) += 1;
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    dp.set_active_flows(&ids, &counts)
+}
+
+/// Whether a flow still carries load: not closing (FIN or RST seen).
+fn is_open(st: ll_ct_state) -> bool {
+    matches!(
+        st,
+        ll_ct_state::LL_CT_SYN_SENT
+            | ll_ct_state::LL_CT_SYN_RECV
+            | ll_ct_state::LL_CT_ESTABLISHED
+            | ll_ct_state::LL_CT_UNREPLIED
+            | ll_ct_state::LL_CT_REPLIED
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: [u8; 4], sp: u16, d: [u8; 4], dp: u16) -> ll_ct_key {
+        ll_ct_key {
+            saddr: u32::from(Ipv4Addr::from(s)).to_be(),
+            daddr: u32::from(Ipv4Addr::from(d)).to_be(),
+            sport: sp.to_be(),
+            dport: dp.to_be(),
+            proto: 6,
+            pad: [0; 3],
         }
     }
-    dp.set_active_flows(&ids, &counts)
+
+    #[test]
+    fn partner_of_partner_is_the_entry_itself() {
+        let k = key([10, 0, 0, 1], 40000, [20, 20, 20, 1], 2020);
+        let v = ll_ct {
+            nat_addr: u32::from(Ipv4Addr::new(31, 31, 31, 1)).to_be(),
+            nat_port: 8080u16.to_be(),
+            dir: ll_ct_dir::LL_CT_ORIGINAL,
+            ..Default::default()
+        };
+        let r = partner(&k, &v);
+        assert_eq!(
+            tuple(&r),
+            tuple(&key([31, 31, 31, 1], 8080, [10, 0, 0, 1], 40000))
+        );
+        let rv = ll_ct {
+            nat_addr: k.daddr,
+            nat_port: k.dport,
+            dir: ll_ct_dir::LL_CT_REPLY,
+            ..Default::default()
+        };
+        assert_eq!(tuple(&partner(&r, &rv)), tuple(&k));
+        assert_eq!(flow_id(&r, &rv), flow_id(&k, &v));
+    }
 }

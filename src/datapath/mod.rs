@@ -1,5 +1,6 @@
 //! The only code that touches BPF: loads the skeleton, pins its maps, attaches
 //! the TC program, and gives typed access to the maps.
+mod conntrack;
 mod hooks;
 mod names;
 mod network;
@@ -13,16 +14,18 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, ProgramHandle};
 
+pub use conntrack::{monotonic_ns, CtCounters, Removal, CT_BATCH};
 pub use hooks::{Hook, HookKind};
 use names::EnumLabels;
 pub use skel::types;
 use skel::LoxilightSkelBuilder;
-use types::{ll_counters, ll_ct, ll_ct_key, ll_ct_state, ll_reason, ll_svc, ll_svc_key};
+use types::{ll_counters, ll_ct_state, ll_reason, ll_svc, ll_svc_key};
 
 /// Endpoints per service and selection slots per service (bpf/lib/common.h).
 pub const MAX_ENDPOINTS: usize = 32;
@@ -74,7 +77,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             services: 4096,
-            conntrack: 65536,
+            conntrack: 1_000_000,
             routes: 262_144,
             neighbours: 16384,
         }
@@ -85,6 +88,7 @@ struct Maps {
     services: MapHandle,
     rr_cursor: MapHandle,
     conntrack: MapHandle,
+    ct_stats: MapHandle,
     svc_stats: MapHandle,
     ep_stats: MapHandle,
     reasons: MapHandle,
@@ -109,6 +113,10 @@ pub struct Datapath {
     labels: EnumLabels,
     /// Interfaces the program is attached to, and how.
     hooks: Mutex<HashMap<u32, Hook>>,
+    /// Serialises the daemon's updates of its conntrack counters.
+    ct_stats_lock: Mutex<()>,
+    /// The highest lower bound of LRU evictions seen by a table walk.
+    ct_evicted: AtomicU64,
 }
 
 /// Outcome of one BPF_PROG_TEST_RUN.
@@ -173,6 +181,7 @@ impl Datapath {
             services: handle(&skel.maps.ll_services)?,
             rr_cursor: handle(&skel.maps.ll_rr_cursor)?,
             conntrack: handle(&skel.maps.ll_conntrack)?,
+            ct_stats: handle(&skel.maps.ll_ct_stats)?,
             svc_stats: handle(&skel.maps.ll_svc_stats)?,
             ep_stats: handle(&skel.maps.ll_ep_stats)?,
             reasons: handle(&skel.maps.ll_reasons)?,
@@ -198,6 +207,8 @@ impl Datapath {
             ncpus,
             labels,
             hooks: Mutex::new(HashMap::new()),
+            ct_stats_lock: Mutex::new(()),
+            ct_evicted: AtomicU64::new(0),
         })
     }
 
@@ -324,34 +335,7 @@ impl Datapath {
 
     /// `state`'s name in bpf/lib/common.h, like [`Datapath::reason_label`].
     pub fn ct_state_label(&self, state: ll_ct_state) -> Option<&str> {
-        self.labels.get("ll_ct_state", state.0)
-    }
-
-    /// Every conntrack entry (both directions of each flow).
-    pub fn conntrack(&self) -> Vec<(ll_ct_key, ll_ct)> {
-        self.maps
-            .conntrack
-            .keys()
-            .filter_map(|k| {
-                let v = self.maps.conntrack.lookup(&k, MapFlags::ANY).ok()??;
-                Some((pod::read(&k)?, pod::read(&v)?))
-            })
-            .collect()
-    }
-
-    /// Deletes the conntrack entries for which `pred` holds.
-    pub fn flush_conntrack(&self, pred: impl Fn(&ll_ct_key, &ll_ct) -> bool) -> Result<()> {
-        for (k, v) in self.conntrack() {
-            if pred(&k, &v) {
-                match self.maps.conntrack.delete(pod::bytes(&k)) {
-                    Ok(()) => {}
-                    // Evicted by the LRU since we read it.
-                    Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::bpf("deleting a conntrack entry")(e)),
-                }
-            }
-        }
-        Ok(())
+        self.labels.get("ll_ct_state", u32::from(state.0))
     }
 
     /// Runs the program of `hook` once over `pkt` with BPF_PROG_TEST_RUN
@@ -396,14 +380,18 @@ fn full_or(e: libbpf_rs::Error, map: &'static str, what: &str) -> Error {
     }
 }
 
-fn percpu_sum(map: &MapHandle, idx: u32) -> Result<ll_counters> {
+/// The value of `idx` on each CPU.
+fn percpu_values<T: Copy>(map: &MapHandle, idx: u32) -> Result<Vec<T>> {
     let per_cpu = map
         .lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY)
         .map_err(Error::bpf("reading counters"))?
         .unwrap_or_default();
-    Ok(per_cpu
+    Ok(per_cpu.iter().filter_map(|b| pod::read::<T>(b)).collect())
+}
+
+fn percpu_sum(map: &MapHandle, idx: u32) -> Result<ll_counters> {
+    Ok(percpu_values::<ll_counters>(map, idx)?
         .iter()
-        .filter_map(|b| pod::read::<ll_counters>(b))
         .fold(ll_counters::default(), |acc, c| ll_counters {
             packets: acc.packets + c.packets,
             bytes: acc.bytes + c.bytes,

@@ -21,7 +21,7 @@ pub async fn serve(listener: TcpListener, src: Sources) -> std::io::Result<()> {
 }
 
 async fn scrape(State(src): State<Arc<Sources>>) -> Response {
-    // A scrape walks the conntrack map with one syscall per entry.
+    // A scrape walks the whole conntrack map (a million entries: ~0.3 s).
     match tokio::task::spawn_blocking(move || render(&src)).await {
         Ok(Ok(text)) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
         Ok(Err(e)) => {

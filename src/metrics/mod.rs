@@ -4,11 +4,12 @@ mod http;
 mod text;
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use crate::datapath::types::{ll_ct_dir, ll_reason};
-use crate::datapath::{self, Datapath};
+use crate::datapath::{self, Datapath, CT_BATCH};
 use crate::kernel::MirrorStats;
 use crate::rules::{Protocol, RuleStore};
 use text::{Kind, Writer};
@@ -66,16 +67,23 @@ pub fn render(src: &Sources) -> datapath::Result<String> {
 
 fn render_rules(w: &mut Writer, src: &Sources) -> datapath::Result<()> {
     let rules = src.store.list();
-    let conntrack = src.dp.conntrack();
     let mut flows: HashMap<u32, u64> = HashMap::new();
     let mut entries: BTreeMap<(String, &str), u64> = BTreeMap::new();
-    for (k, v) in &conntrack {
-        if v.dir == ll_ct_dir::LL_CT_ORIGINAL {
-            *flows.entry(v.svc_id).or_default() += 1;
+    let before = src.dp.conntrack_counters()?;
+    let mut walked = 0;
+    src.dp.walk_conntrack(CT_BATCH, |keys, values| {
+        walked += keys.len() as u64;
+        for (k, v) in keys.iter().zip(values) {
+            if v.dir == ll_ct_dir::LL_CT_ORIGINAL {
+                *flows.entry(v.svc_id).or_default() += 1;
+            }
+            let state = src.dp.ct_state_label(v.state).unwrap_or("unknown");
+            *entries.entry((proto_label(k.proto), state)).or_default() += 1;
         }
-        let state = src.dp.ct_state_label(v.state).unwrap_or("unknown");
-        *entries.entry((proto_label(k.proto), state)).or_default() += 1;
-    }
+        ControlFlow::Continue(())
+    })?;
+    let after = src.dp.conntrack_counters()?;
+    let evicted = src.dp.note_conntrack_census(&before, &after, walked);
 
     w.family(
         "loxilight_rules",
@@ -124,7 +132,7 @@ fn render_rules(w: &mut Writer, src: &Sources) -> datapath::Result<()> {
         (
             "loxilight_rule_active_flows",
             Kind::Gauge,
-            "Flows of a rule in conntrack, closing ones included until they are evicted.",
+            "Flows of a rule in conntrack, closing ones included until ageing removes them.",
             rule_flows,
         ),
         (
@@ -170,6 +178,26 @@ fn render_rules(w: &mut Writer, src: &Sources) -> datapath::Result<()> {
         &[],
         src.dp.limits().conntrack,
     );
+    let name = "loxilight_conntrack_evicted_total";
+    w.family(
+        name,
+        Kind::Counter,
+        "Conntrack entries the LRU evicted because the table was full (a lower bound, exact when the table is quiet while scraped).",
+    );
+    w.sample(name, &[], evicted);
+    let name = "loxilight_conntrack_removed_total";
+    w.family(
+        name,
+        Kind::Counter,
+        "Conntrack entries the daemon removed: aged (idle past their state's timeout), requested (API, rule deletion), orphan (partner evicted).",
+    );
+    for (reason, n) in [
+        ("aged", after.aged),
+        ("requested", after.removed),
+        ("orphan", after.orphans),
+    ] {
+        w.sample(name, &[("reason", reason)], n);
+    }
     Ok(())
 }
 

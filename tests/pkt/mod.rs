@@ -8,7 +8,9 @@ pub const ETH_P_8021Q: u16 = 0x8100;
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
 pub const ICMP: u8 = 1;
+pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
+pub const RST: u8 = 0x04;
 pub const ACK: u8 = 0x10;
 pub const IP_DF: u16 = 0x4000;
 
@@ -40,6 +42,9 @@ pub struct Packet {
     /// Flags and fragment offset, host order.
     pub frag_off: u16,
     pub ttl: u8,
+    /// TCP sequence and acknowledgement numbers.
+    pub seq: u32,
+    pub ack: u32,
     pub payload: Vec<u8>,
 }
 
@@ -53,6 +58,8 @@ impl Packet {
             options: Vec::new(),
             frag_off: IP_DF,
             ttl: 64,
+            seq: 0x0102_0304,
+            ack: 0,
             payload: b"loxilight test payload".to_vec(),
         }
     }
@@ -93,8 +100,8 @@ impl Packet {
             L4::Tcp { flags } => {
                 let mut h = Vec::with_capacity(20 + self.payload.len());
                 ports(&mut h);
-                h.extend_from_slice(&0x0102_0304u32.to_be_bytes()); // seq
-                h.extend_from_slice(&0u32.to_be_bytes()); // ack
+                h.extend_from_slice(&self.seq.to_be_bytes());
+                h.extend_from_slice(&self.ack.to_be_bytes());
                 h.extend_from_slice(&[5 << 4, flags, 0xff, 0xff, 0, 0, 0, 0]);
                 (TCP, h, Some(16))
             }

@@ -1,0 +1,259 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
+/* Connection tracking. A flow is two entries of the ll_conntrack LRU hash,
+ * one per direction, each carrying its own translation. The datapath creates
+ * flows and moves them through their states; the daemon ages them out
+ * (src/conntrack), since timeouts are policy and a per-packet clock check
+ * would cost every packet. */
+#ifndef LL_CT_H
+#define LL_CT_H
+
+#include "maps.h"
+#include "parse.h"
+
+#define LL_EEXIST 17
+
+/* ll_ct_create: another CPU created the flow first. */
+#define LL_CT_RACED (-3)
+
+#define LL_READ_ONCE(x) (*(volatile typeof(x) *)&(x))
+
+#define LL_CT_SEEN_FINS (LL_CT_SEEN_FIN_ORIG | LL_CT_SEEN_FIN_REPLY)
+#define LL_CT_SEEN_FINS_ACKED (LL_CT_SEEN_FIN_ORIG_ACKED | LL_CT_SEEN_FIN_REPLY_ACKED)
+
+static __always_inline void ll_ct_stat(__u32 stat)
+{
+	__u64 *c = bpf_map_lookup_elem(&ll_ct_stats, &stat);
+
+	if (c)
+		*c += 1;
+}
+
+static __always_inline int ll_ct_key_eq(const struct ll_ct_key *a, const struct ll_ct_key *b)
+{
+	return a->saddr == b->saddr && a->daddr == b->daddr && a->sport == b->sport &&
+	       a->dport == b->dport && a->proto == b->proto;
+}
+
+/* The key of the other direction of the flow that entry (k, ct) belongs to. */
+static __always_inline void ll_ct_partner(const struct ll_ct_key *k, const struct ll_ct *ct,
+					  struct ll_ct_key *out)
+{
+	out->proto = k->proto;
+	if (ct->dir == LL_CT_ORIGINAL) {
+		out->saddr = ct->nat_addr;
+		out->daddr = k->saddr;
+		out->sport = ct->nat_port;
+		out->dport = k->sport;
+	} else {
+		out->saddr = k->daddr;
+		out->daddr = ct->nat_addr;
+		out->sport = k->dport;
+		out->dport = ct->nat_port;
+	}
+}
+
+static __always_inline enum ll_ct_state ll_ct_state_of(__u8 proto, __u32 seen)
+{
+	if (proto != IPPROTO_TCP)
+		return seen & LL_CT_SEEN_REPLY ? LL_CT_REPLIED : LL_CT_UNREPLIED;
+	if (seen & LL_CT_SEEN_RST)
+		return LL_CT_CLOSE;
+	if ((seen & LL_CT_SEEN_FINS) == LL_CT_SEEN_FINS)
+		return (seen & LL_CT_SEEN_FINS_ACKED) == LL_CT_SEEN_FINS_ACKED ? LL_CT_TIME_WAIT
+										 : LL_CT_LAST_ACK;
+	/* With one FIN sent, an acked bit can only be that FIN's. */
+	if (seen & LL_CT_SEEN_FINS)
+		return seen & LL_CT_SEEN_FINS_ACKED ? LL_CT_CLOSE_WAIT : LL_CT_FIN_WAIT;
+	if (seen & LL_CT_SEEN_EST)
+		return LL_CT_ESTABLISHED;
+	if (seen & LL_CT_SEEN_SYNACK)
+		return LL_CT_SYN_RECV;
+	return LL_CT_SYN_SENT;
+}
+
+/* What the first packet of a flow has seen. A TCP flow that does not start
+ * with a SYN is picked up mid-stream as established (as Linux does with
+ * nf_conntrack_tcp_loose): its endpoint answers or resets it. */
+static __always_inline __u32 ll_ct_first_events(const struct ll_pkt *p)
+{
+	__u8 f = p->tcp_flags;
+	__u32 ev;
+
+	if (p->proto != IPPROTO_TCP)
+		return 0;
+	if (f & LL_TCP_RST)
+		return LL_CT_SEEN_RST;
+	ev = (f & (LL_TCP_SYN | LL_TCP_ACK)) == LL_TCP_SYN ? LL_CT_SEEN_SYN : LL_CT_SEEN_EST;
+	if (f & LL_TCP_FIN)
+		ev |= LL_CT_SEEN_FIN_ORIG;
+	return ev;
+}
+
+/* What packet p of an existing flow adds, seen from its entry ct. */
+static __always_inline __u32 ll_ct_events(const struct ll_pkt *p, const struct ll_ct *ct)
+{
+	int orig = ct->dir == LL_CT_ORIGINAL;
+	__u32 seen = ct->seen, ev = 0;
+	__u8 f = p->tcp_flags;
+
+	if (p->proto != IPPROTO_TCP)
+		return orig ? 0 : LL_CT_SEEN_REPLY;
+	if (f & LL_TCP_RST)
+		return LL_CT_SEEN_RST;
+	if (orig) {
+		/* The client's first ACK after the SYN-ACK completes the handshake. */
+		if (!(f & LL_TCP_SYN) && (seen & (LL_CT_SEEN_SYNACK | LL_CT_SEEN_SYN)) != LL_CT_SEEN_SYN)
+			ev |= LL_CT_SEEN_EST;
+		if (f & LL_TCP_FIN)
+			ev |= LL_CT_SEEN_FIN_ORIG;
+		/* An ack at or past the endpoint's FIN acks it (serial arithmetic). */
+		if ((f & LL_TCP_ACK) && (seen & LL_CT_SEEN_FIN_REPLY) &&
+		    (__s32)(p->tcp_ack - ct->fin_ack) >= 0)
+			ev |= LL_CT_SEEN_FIN_REPLY_ACKED;
+	} else {
+		if ((f & (LL_TCP_SYN | LL_TCP_ACK)) == (LL_TCP_SYN | LL_TCP_ACK))
+			ev |= LL_CT_SEEN_SYNACK;
+		if (f & LL_TCP_FIN)
+			ev |= LL_CT_SEEN_FIN_REPLY;
+		if ((f & LL_TCP_ACK) && (seen & LL_CT_SEEN_FIN_ORIG) &&
+		    (__s32)(p->tcp_ack - ct->fin_ack) >= 0)
+			ev |= LL_CT_SEEN_FIN_ORIG_ACKED;
+	}
+	return ev;
+}
+
+/* A SYN from the client on a closed flow: the client reuses its port for a
+ * new connection. The flow starts over with the same endpoint, whose own
+ * TIME_WAIT accepts such a SYN. */
+static __always_inline int ll_ct_reopens(const struct ll_pkt *p, const struct ll_ct *ct)
+{
+	return p->proto == IPPROTO_TCP && ct->dir == LL_CT_ORIGINAL &&
+	       (p->tcp_flags & (LL_TCP_SYN | LL_TCP_ACK | LL_TCP_RST)) == LL_TCP_SYN &&
+	       (ct->state == LL_CT_TIME_WAIT || ct->state == LL_CT_CLOSE);
+}
+
+static __always_inline void ll_ct_restart(struct ll_ct *ct)
+{
+	ct->seen = LL_CT_SEEN_SYN;
+	ct->fin_ack = 0;
+	ct->state = LL_CT_SYN_SENT;
+}
+
+/* Adds events to an entry and brings its state in line with them. */
+static __always_inline void ll_ct_settle(struct ll_ct *ct, __u8 proto, __u32 ev)
+{
+	__u32 seen = __sync_fetch_and_or(&ct->seen, ev) | ev;
+	__u32 now;
+
+	ct->state = ll_ct_state_of(proto, seen);
+	/* Another CPU may have added events and written its state before we
+	 * wrote ours: whoever sees the bits move writes the state again. */
+	now = LL_READ_ONCE(ct->seen);
+	if (now != seen)
+		ct->state = ll_ct_state_of(proto, now);
+}
+
+/* Accounts packet p to entry (k, ct) and moves the flow's state on, in both
+ * of its entries. The partner is looked up only when something changes. */
+static __always_inline void ll_ct_touch(const struct ll_pkt *p, const struct ll_ct_key *k,
+					struct ll_ct *ct)
+{
+	int reopen = ll_ct_reopens(p, ct);
+	__u32 ev = ll_ct_events(p, ct);
+	struct ll_ct_key pk = {};
+	struct ll_ct *partner;
+
+	__sync_fetch_and_add(&ct->packets, 1);
+	__sync_fetch_and_add(&ct->bytes, p->len);
+	ct->last_seen_ns = bpf_ktime_get_ns();
+	if (!reopen && (ct->seen & ev) == ev)
+		return;
+
+	ll_ct_partner(k, ct, &pk);
+	partner = bpf_map_lookup_elem(&ll_conntrack, &pk);
+	if (reopen) {
+		ll_ct_restart(ct);
+		if (partner)
+			ll_ct_restart(partner);
+		return;
+	}
+	/* Tell the other direction which ack acknowledges this FIN, before it
+	 * can see the FIN bit. */
+	if (partner && (ev & LL_CT_SEEN_FINS))
+		partner->fin_ack = p->tcp_end;
+	ll_ct_settle(ct, p->proto, ev);
+	if (partner)
+		ll_ct_settle(partner, p->proto, ev);
+}
+
+static __always_inline void ll_ct_undo(const struct ll_ct_key *k)
+{
+	if (!bpf_map_delete_elem(&ll_conntrack, k))
+		ll_ct_stat(LL_CT_STAT_DELETED);
+}
+
+/* Creates both entries of a new flow to endpoint ep (index ep_idx of service
+ * svc_id) from its first packet p. Returns 0, LL_CT_RACED when another CPU
+ * created the flow first, or the reason to hand p to Linux untranslated. */
+static __always_inline int ll_ct_create(const struct ll_pkt *p, const struct ll_ct_key *key,
+					const struct ll_endpoint *ep, __u32 svc_id, __u32 ep_idx)
+{
+	struct ll_ct_key rkey = {}, other = {};
+	struct ll_ct *ct, *hit;
+	__u32 zero = 0;
+	long err;
+
+	/* Built off the stack: the pipeline's frame is near the limit. */
+	ct = bpf_map_lookup_elem(&ll_ct_scratch, &zero);
+	if (!ct)
+		return LL_R_PASS_CT_FULL;
+	ct->nat_addr = ep->addr;
+	ct->nat_port = ep->port;
+	ct->dir = LL_CT_ORIGINAL;
+	ct->seen = ll_ct_first_events(p);
+	ct->state = ll_ct_state_of(p->proto, ct->seen);
+	ct->fin_ack = 0;
+	ct->svc_id = svc_id;
+	ct->ep_idx = ep_idx;
+	ct->packets = 1;
+	ct->bytes = p->len;
+	ct->last_seen_ns = bpf_ktime_get_ns();
+	err = bpf_map_update_elem(&ll_conntrack, key, ct, BPF_NOEXIST);
+	if (err)
+		return err == -LL_EEXIST ? LL_CT_RACED : LL_R_PASS_CT_FULL;
+	ll_ct_stat(LL_CT_STAT_CREATED);
+
+	/* The reply entry is the original turned around. */
+	ll_ct_partner(key, ct, &rkey);
+	ct->nat_addr = p->daddr;
+	ct->nat_port = p->dport;
+	ct->dir = LL_CT_REPLY;
+	ct->packets = 0;
+	ct->bytes = 0;
+	err = bpf_map_update_elem(&ll_conntrack, &rkey, ct, BPF_NOEXIST);
+	if (!err) {
+		ll_ct_stat(LL_CT_STAT_CREATED);
+		return 0;
+	}
+	if (err == -LL_EEXIST) {
+		/* The endpoint's reply tuple is taken: by a live flow of another
+		 * service (same client address and port towards the same
+		 * endpoint), whose replies we could not tell apart, or by a stale
+		 * half of a flow whose other half the LRU evicted, which we
+		 * replace (no new entry). */
+		hit = bpf_map_lookup_elem(&ll_conntrack, &rkey);
+		if (hit) {
+			ll_ct_partner(&rkey, hit, &other);
+			if (!ll_ct_key_eq(&other, key) && bpf_map_lookup_elem(&ll_conntrack, &other)) {
+				ll_ct_undo(key);
+				return LL_R_PASS_CT_CLASH;
+			}
+		}
+		if (!bpf_map_update_elem(&ll_conntrack, &rkey, ct, BPF_EXIST))
+			return 0;
+	}
+	ll_ct_undo(key);
+	return LL_R_PASS_CT_FULL;
+}
+
+#endif

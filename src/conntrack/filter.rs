@@ -1,0 +1,253 @@
+//! State and protocol names, and the filter that selects entries by them.
+use std::net::Ipv4Addr;
+
+use crate::datapath::types::{ll_ct, ll_ct_state};
+use crate::rules::{Error, Result};
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const ICMP: u8 = 1;
+
+pub fn proto_name(proto: u8) -> &'static str {
+    match proto {
+        TCP => "tcp",
+        UDP => "udp",
+        ICMP => "icmp",
+        _ => "-",
+    }
+}
+
+fn parse_proto(field: &str, s: &str) -> Result<u8> {
+    match s.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(TCP),
+        "udp" => Ok(UDP),
+        "icmp" => Ok(ICMP),
+        other => Err(Error::invalid(
+            field,
+            format!("unknown protocol {other:?} (tcp, udp or icmp)"),
+        )),
+    }
+}
+
+/// Every state name with its protocol and datapath state. TCP names follow
+/// LoxiLB's; the other protocols only tell whether a reply was seen.
+const STATES: [(&str, u8, ll_ct_state); 14] = [
+    ("syn-sent", TCP, ll_ct_state::LL_CT_SYN_SENT),
+    ("syn-recv", TCP, ll_ct_state::LL_CT_SYN_RECV),
+    ("est", TCP, ll_ct_state::LL_CT_ESTABLISHED),
+    ("fin-wait", TCP, ll_ct_state::LL_CT_FIN_WAIT),
+    ("close-wait", TCP, ll_ct_state::LL_CT_CLOSE_WAIT),
+    ("last-ack", TCP, ll_ct_state::LL_CT_LAST_ACK),
+    ("time-wait", TCP, ll_ct_state::LL_CT_TIME_WAIT),
+    ("closed", TCP, ll_ct_state::LL_CT_CLOSE),
+    ("udp-new", UDP, ll_ct_state::LL_CT_UNREPLIED),
+    ("udp-est", UDP, ll_ct_state::LL_CT_REPLIED),
+    ("icmp-new", ICMP, ll_ct_state::LL_CT_UNREPLIED),
+    ("icmp-est", ICMP, ll_ct_state::LL_CT_REPLIED),
+    ("new", 0, ll_ct_state::LL_CT_UNREPLIED),
+    ("est", 0, ll_ct_state::LL_CT_REPLIED),
+];
+
+/// The name of state `st` of a flow of protocol `proto`.
+pub fn state_name(proto: u8, st: ll_ct_state) -> &'static str {
+    let proto = match proto {
+        TCP | UDP | ICMP => proto,
+        _ => 0,
+    };
+    STATES
+        .iter()
+        .find(|(_, p, s)| *p == proto && *s == st)
+        .map_or("-", |(name, _, _)| name)
+}
+
+/// Which entries a request is about; `None` matches anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// The source, destination or translated address.
+    pub ip: Option<Ipv4Addr>,
+    /// The source, destination or translated port.
+    pub port: Option<u16>,
+    pub proto: Option<u8>,
+    pub state: Option<ll_ct_state>,
+}
+
+impl Filter {
+    /// From the API's fields (empty or 0: any), naming the field at fault
+    /// under `prefix`, e.g. "filter.port".
+    pub fn parse(prefix: &str, ip: &str, port: u32, protocol: &str, state: &str) -> Result<Filter> {
+        let field = |f: &str| format!("{prefix}.{f}");
+        let ip = match ip.trim() {
+            "" => None,
+            s => Some(s.parse().map_err(|_| {
+                Error::invalid(field("ip"), format!("{s:?} is not an IPv4 address"))
+            })?),
+        };
+        let port = match port {
+            0 => None,
+            p => Some(u16::try_from(p).map_err(|_| {
+                Error::invalid(field("port"), format!("port {p} is out of range (1-65535)"))
+            })?),
+        };
+        let proto = match protocol.trim() {
+            "" => None,
+            s => Some(parse_proto(&field("protocol"), s)?),
+        };
+        let state = match state.trim() {
+            "" => None,
+            s => {
+                let s = s.to_ascii_lowercase();
+                // "est" is TCP's unless the protocol says otherwise.
+                let (_, p, st) = STATES
+                    .iter()
+                    .find(|(name, p, _)| *name == s && proto.is_none_or(|q| q == *p || *p == 0))
+                    .or_else(|| STATES.iter().find(|(name, _, _)| *name == s))
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = STATES[..12].iter().map(|(n, _, _)| *n).collect();
+                        Error::invalid(
+                            field("state"),
+                            format!("unknown state {s:?} ({})", names.join(", ")),
+                        )
+                    })?;
+                if let Some(q) = proto.filter(|&q| *p != 0 && q != *p) {
+                    return Err(Error::invalid(
+                        field("state"),
+                        format!("{s} is a {} state, not {}", proto_name(*p), proto_name(q)),
+                    ));
+                }
+                Some(*st)
+            }
+        };
+        Ok(Filter {
+            ip,
+            port,
+            proto,
+            state,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Filter::default()
+    }
+
+    pub fn matches(&self, k: &crate::datapath::types::ll_ct_key, v: &ll_ct) -> bool {
+        if self.proto.is_some_and(|p| p != k.proto) {
+            return false;
+        }
+        if self.state.is_some_and(|s| s != v.state) {
+            return false;
+        }
+        if let Some(ip) = self.ip {
+            let ip = u32::from(ip).to_be();
+            if ip != k.saddr && ip != k.daddr && ip != v.nat_addr {
+                return false;
+            }
+        }
+        if let Some(port) = self.port {
+            let port = port.to_be();
+            if port != k.sport && port != k.dport && port != v.nat_port {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::types::{ll_ct_dir, ll_ct_key};
+
+    fn parse(ip: &str, port: u32, proto: &str, state: &str) -> Result<Filter> {
+        Filter::parse("filter", ip, port, proto, state)
+    }
+
+    fn err(r: Result<Filter>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn every_datapath_state_has_a_name() {
+        for st in 0..ll_ct_state::LL_CT_STATE_MAX.0 {
+            let st = ll_ct_state(st);
+            let names: Vec<&str> = [TCP, UDP, ICMP]
+                .iter()
+                .map(|&p| state_name(p, st))
+                .filter(|n| *n != "-")
+                .collect();
+            assert!(!names.is_empty(), "{st:?} has no name");
+        }
+        assert_eq!(state_name(TCP, ll_ct_state::LL_CT_TIME_WAIT), "time-wait");
+        assert_eq!(state_name(UDP, ll_ct_state::LL_CT_REPLIED), "udp-est");
+        assert_eq!(state_name(ICMP, ll_ct_state::LL_CT_UNREPLIED), "icmp-new");
+        assert_eq!(state_name(UDP, ll_ct_state::LL_CT_ESTABLISHED), "-");
+    }
+
+    #[test]
+    fn names_parse_back_to_their_state() {
+        for (name, proto, st) in &STATES[..12] {
+            let f = parse("", 0, proto_name(*proto), name).unwrap();
+            assert_eq!(f.state, Some(*st), "{name}");
+            assert_eq!(state_name(*proto, *st), *name);
+        }
+        assert_eq!(
+            parse("", 0, "", "EST").unwrap().state,
+            Some(ll_ct_state::LL_CT_ESTABLISHED)
+        );
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        assert_eq!(
+            err(parse("1.2.3", 0, "", "")),
+            r#"filter.ip: "1.2.3" is not an IPv4 address"#
+        );
+        assert_eq!(
+            err(parse("", 70000, "", "")),
+            "filter.port: port 70000 is out of range (1-65535)"
+        );
+        assert!(err(parse("", 0, "sctp", "")).starts_with("filter.protocol: unknown protocol"));
+        assert!(err(parse("", 0, "", "open")).starts_with("filter.state: unknown state"));
+        assert_eq!(
+            err(parse("", 0, "tcp", "udp-est")),
+            "filter.state: udp-est is a udp state, not tcp"
+        );
+        assert_eq!(
+            err(parse("", 0, "udp", "time-wait")),
+            "filter.state: time-wait is a tcp state, not udp"
+        );
+    }
+
+    #[test]
+    fn ip_and_port_match_either_end_or_the_translation() {
+        let k = ll_ct_key {
+            saddr: u32::from(Ipv4Addr::new(10, 0, 0, 1)).to_be(),
+            daddr: u32::from(Ipv4Addr::new(20, 20, 20, 1)).to_be(),
+            sport: 40000u16.to_be(),
+            dport: 2020u16.to_be(),
+            proto: TCP,
+            pad: [0; 3],
+        };
+        let v = ll_ct {
+            nat_addr: u32::from(Ipv4Addr::new(31, 31, 31, 1)).to_be(),
+            nat_port: 8080u16.to_be(),
+            dir: ll_ct_dir::LL_CT_ORIGINAL,
+            state: ll_ct_state::LL_CT_ESTABLISHED,
+            ..Default::default()
+        };
+        for ip in ["10.0.0.1", "20.20.20.1", "31.31.31.1"] {
+            assert!(parse(ip, 0, "", "").unwrap().matches(&k, &v), "{ip}");
+        }
+        for port in [40000, 2020, 8080] {
+            assert!(parse("", port, "", "").unwrap().matches(&k, &v), "{port}");
+        }
+        assert!(!parse("10.0.0.2", 0, "", "").unwrap().matches(&k, &v));
+        assert!(!parse("", 8081, "", "").unwrap().matches(&k, &v));
+        assert!(!parse("", 0, "udp", "").unwrap().matches(&k, &v));
+        assert!(parse("10.0.0.1", 2020, "tcp", "est")
+            .unwrap()
+            .matches(&k, &v));
+        assert!(!parse("", 0, "", "time-wait").unwrap().matches(&k, &v));
+        assert!(Filter::default().matches(&k, &v));
+        assert!(Filter::default().is_empty());
+    }
+}

@@ -1,0 +1,294 @@
+//! The conntrack table: batched walks and deletes, and its bookkeeping.
+//!
+//! The datapath counts the entries it inserts and deletes; the daemon counts
+//! its own deletions in the same pinned map, so the counts survive restarts.
+//! An entry that was inserted, not deleted and is not in the table any more
+//! was evicted by the LRU.
+use std::io;
+use std::ops::ControlFlow;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::Ordering;
+
+use libbpf_rs::libbpf_sys;
+use libbpf_rs::{MapCore, MapFlags};
+
+use super::types::{ll_ct, ll_ct_key, ll_ct_stat};
+use super::{percpu_values, pod, Datapath, Error, Result};
+
+/// Why the daemon removes entries; each reason has its own counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Idle past its state's timeout.
+    Aged,
+    /// Asked for (API, rule deletion, start-up).
+    Requested,
+    /// Its partner was evicted by the LRU, so the flow is broken.
+    Orphan,
+}
+
+impl Removal {
+    fn stat(self) -> ll_ct_stat {
+        match self {
+            Removal::Aged => ll_ct_stat::LL_CT_STAT_AGED,
+            Removal::Requested => ll_ct_stat::LL_CT_STAT_REMOVED,
+            Removal::Orphan => ll_ct_stat::LL_CT_STAT_ORPHANS,
+        }
+    }
+}
+
+/// Running totals of conntrack entries, since the maps were created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CtCounters {
+    /// Inserted by the datapath.
+    pub created: u64,
+    /// Deleted by the datapath (the first half of a flow it then refused).
+    pub datapath_deleted: u64,
+    pub aged: u64,
+    pub removed: u64,
+    pub orphans: u64,
+}
+
+impl CtCounters {
+    /// Every deletion that was not an eviction.
+    pub fn deleted(&self) -> u64 {
+        self.datapath_deleted + self.aged + self.removed + self.orphans
+    }
+}
+
+/// Entries per batch for walks and deletes: about 256 KiB of buffers.
+pub const CT_BATCH: usize = 4096;
+
+fn errno(ret: i32) -> io::Error {
+    io::Error::from_raw_os_error(-ret)
+}
+
+impl Datapath {
+    /// Walks the conntrack table in batches of up to `batch` entries with
+    /// BPF_MAP_LOOKUP_BATCH, handing each batch to `f` until it breaks.
+    /// Entries inserted or deleted during the walk may or may not be seen;
+    /// `f` may delete entries, including ones not walked yet.
+    pub fn walk_conntrack(
+        &self,
+        batch: usize,
+        mut f: impl FnMut(&[ll_ct_key], &[ll_ct]) -> ControlFlow<()>,
+    ) -> Result<()> {
+        let fd = self.maps.conntrack.as_fd().as_raw_fd();
+        let batch = batch.max(1);
+        let mut keys = vec![ll_ct_key::default(); batch];
+        let mut values = vec![ll_ct::default(); batch];
+        // For hash maps the position is a bucket index (a u32).
+        let mut position: u32 = 0;
+        let pos = (&mut position as *mut u32).cast::<libc::c_void>();
+        let opts = batch_opts();
+        let mut first = true;
+        loop {
+            let mut count = batch as u32;
+            // SAFETY: the buffers hold `batch` keys and values of exactly the
+            // map's key and value sizes (both from the same BTF); pos points
+            // to a live u32, read before it is written.
+            let ret = unsafe {
+                libbpf_sys::bpf_map_lookup_batch(
+                    fd,
+                    if first { std::ptr::null_mut() } else { pos },
+                    pos,
+                    keys.as_mut_ptr().cast(),
+                    values.as_mut_ptr().cast(),
+                    &mut count,
+                    &opts,
+                )
+            };
+            first = false;
+            // ENOENT: this was the last batch (possibly with entries in it).
+            let last = ret == -libc::ENOENT;
+            if ret != 0 && !last {
+                return Err(Error::Io {
+                    what: "walking the conntrack table".into(),
+                    source: errno(ret),
+                });
+            }
+            let n = (count as usize).min(batch);
+            if n > 0 && f(&keys[..n], &values[..n]).is_break() {
+                return Ok(());
+            }
+            if last {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Every conntrack entry (both directions of each flow).
+    pub fn conntrack(&self) -> Result<Vec<(ll_ct_key, ll_ct)>> {
+        let mut all = Vec::new();
+        self.walk_conntrack(CT_BATCH, |keys, values| {
+            all.extend(keys.iter().copied().zip(values.iter().copied()));
+            ControlFlow::Continue(())
+        })?;
+        Ok(all)
+    }
+
+    /// One entry, if present.
+    pub fn conntrack_entry(&self, key: &ll_ct_key) -> Result<Option<ll_ct>> {
+        let v = self
+            .maps
+            .conntrack
+            .lookup(pod::bytes(key), MapFlags::ANY)
+            .map_err(Error::bpf("reading a conntrack entry"))?;
+        Ok(v.and_then(|b| pod::read(&b)))
+    }
+
+    /// Deletes `keys` with BPF_MAP_DELETE_BATCH, skipping keys that are gone
+    /// already, and counts them under `why`. Returns how many were deleted.
+    pub fn delete_conntrack(&self, keys: &[ll_ct_key], why: Removal) -> Result<u64> {
+        let fd = self.maps.conntrack.as_fd().as_raw_fd();
+        let opts = batch_opts();
+        let mut deleted = 0u64;
+        let mut rest = keys;
+        while !rest.is_empty() {
+            let mut count = rest.len().min(u32::MAX as usize) as u32;
+            // SAFETY: rest holds `count` keys of the map's key size.
+            let ret = unsafe {
+                libbpf_sys::bpf_map_delete_batch(fd, rest.as_ptr().cast(), &mut count, &opts)
+            };
+            // The kernel stops at the first key it cannot delete and reports
+            // how many it deleted before it.
+            let done = (count as usize).min(rest.len());
+            deleted += done as u64;
+            match ret {
+                0 => break,
+                r if r == -libc::ENOENT => rest = &rest[done + 1..],
+                r => {
+                    self.count_removed(why, deleted)?;
+                    return Err(Error::Io {
+                        what: "deleting conntrack entries".into(),
+                        source: errno(r),
+                    });
+                }
+            }
+        }
+        self.count_removed(why, deleted)?;
+        Ok(deleted)
+    }
+
+    /// Deletes the conntrack entries for which `pred` holds; returns how many.
+    pub fn flush_conntrack(&self, pred: impl Fn(&ll_ct_key, &ll_ct) -> bool) -> Result<u64> {
+        let mut doomed = Vec::new();
+        let mut deleted = 0;
+        let mut failed = None;
+        self.walk_conntrack(CT_BATCH, |keys, values| {
+            doomed.clear();
+            doomed.extend(
+                keys.iter()
+                    .zip(values)
+                    .filter(|(k, v)| pred(k, v))
+                    .map(|(k, _)| *k),
+            );
+            match self.delete_conntrack(&doomed, Removal::Requested) {
+                Ok(n) => {
+                    deleted += n;
+                    ControlFlow::Continue(())
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
+        })?;
+        failed.map_or(Ok(deleted), Err)
+    }
+
+    /// The table's running totals.
+    pub fn conntrack_counters(&self) -> Result<CtCounters> {
+        let sum = |stat: ll_ct_stat| -> Result<u64> {
+            Ok(percpu_values::<u64>(&self.maps.ct_stats, stat.0)?
+                .iter()
+                .sum())
+        };
+        Ok(CtCounters {
+            created: sum(ll_ct_stat::LL_CT_STAT_CREATED)?,
+            datapath_deleted: sum(ll_ct_stat::LL_CT_STAT_DELETED)?,
+            aged: sum(ll_ct_stat::LL_CT_STAT_AGED)?,
+            removed: sum(ll_ct_stat::LL_CT_STAT_REMOVED)?,
+            orphans: sum(ll_ct_stat::LL_CT_STAT_ORPHANS)?,
+        })
+    }
+
+    /// Adds `n` to the daemon's counter for `why`. The datapath never
+    /// writes these keys, so the daemon may rewrite all CPUs' slots; the lock
+    /// keeps two daemon threads from losing each other's additions.
+    fn count_removed(&self, why: Removal, n: u64) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let _guard = self.ct_stats_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let key = why.stat().0;
+        let total: u64 = percpu_values::<u64>(&self.maps.ct_stats, key)?
+            .iter()
+            .sum::<u64>()
+            + n;
+        let mut slots = vec![0u64.to_ne_bytes().to_vec(); self.ncpus];
+        slots[0] = total.to_ne_bytes().to_vec();
+        self.maps
+            .ct_stats
+            .update_percpu(&key.to_ne_bytes(), &slots, MapFlags::ANY)
+            .map_err(Error::bpf("counting removed conntrack entries"))
+    }
+
+    /// Records what one walk of the table saw: `before` read as it started,
+    /// `after` as it ended, `present` entries walked and still there. Every
+    /// entry created before the walk and neither deleted nor present was
+    /// evicted, so `before.created - after.deleted() - present` is a lower
+    /// bound of the evictions so far (exact when the table stood still). The
+    /// highest bound seen is kept; returns it.
+    pub fn note_conntrack_census(
+        &self,
+        before: &CtCounters,
+        after: &CtCounters,
+        present: u64,
+    ) -> u64 {
+        let bound = before
+            .created
+            .saturating_sub(after.deleted())
+            .saturating_sub(present);
+        self.ct_evicted
+            .fetch_max(bound, Ordering::Relaxed)
+            .max(bound)
+    }
+
+    /// Entries the LRU evicted (a lower bound; see
+    /// [`Datapath::note_conntrack_census`]).
+    pub fn conntrack_evicted(&self) -> u64 {
+        self.ct_evicted.load(Ordering::Relaxed)
+    }
+
+    /// Kernel memory of the conntrack table (its `memlock` in fdinfo).
+    pub fn conntrack_memory(&self) -> Result<u64> {
+        let fd = self.maps.conntrack.as_fd().as_raw_fd();
+        let path = format!("/proc/self/fdinfo/{fd}");
+        let text = std::fs::read_to_string(&path).map_err(Error::io(format!("reading {path}")))?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| Error::Io {
+                what: format!("reading {path}"),
+                source: io::Error::new(io::ErrorKind::InvalidData, "no memlock line"),
+            })
+    }
+}
+
+fn batch_opts() -> libbpf_sys::bpf_map_batch_opts {
+    libbpf_sys::bpf_map_batch_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
+        ..Default::default()
+    }
+}
+
+/// The datapath's clock (bpf_ktime_get_ns): CLOCK_MONOTONIC, in ns.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
