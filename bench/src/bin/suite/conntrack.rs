@@ -91,24 +91,29 @@ fn map_memory(path: &std::path::Path) -> Result<u64> {
         .context("no bytes_memlock from bpftool")
 }
 
-pub fn run(flows: u64, n: usize, rounds: usize, t: Timing) -> Result<Value> {
+pub fn run(flows: u64, n: usize, rounds: usize, t: Timing, tcp_cpu: usize) -> Result<Value> {
     let _limit = HostLimit::raise(flows)?;
     let mut out = Map::new();
     let mut rates: Map<String, Value> = Map::new();
     let mut per_round: Vec<(Mode, Vec<f64>, Vec<f64>)> = Vec::new();
     for mode in Mode::NAT {
         netns::check_interrupted()?;
-        let s = Setup::new(mode, n, Some(flows))?;
+        let s = Setup::new(mode, n, Some(flows), tcp_cpu)?;
         settle()?;
         let slab0 = slab_bytes()?;
-        let new = udp::config(&services::targets(n, udp::FLOWS, false, "udp"), true);
-        let est = udp::config(&services::targets(n, udp::FLOWS, false, "udp"), false);
+        let targets = services::targets(n, udp::FLOWS, false, "udp");
+        let (new, est) = (udp::config(&targets, true), udp::config(&targets, false));
+        let fill = udp::config(&targets[..1], true);
         let (mut new_pps, mut est_pps, mut wall) = (Vec::new(), Vec::new(), Vec::new());
         let mut memory = Value::Null;
         for round in 0..rounds {
             // Round 1 fills the table first; later rounds find it full.
-            let fill = if round == 0 { flows + flows / 5 } else { 0 };
-            let r = udp::measure(&s.lab, &new, t, fill, Duration::from_secs(120))?;
+            let fill = (round == 0).then(|| udp::Fill {
+                config: &fill,
+                packets: flows + flows / 5,
+                limit: Duration::from_secs(120),
+            });
+            let r = udp::measure(&s.lab, &new, t, fill)?;
             if round == 0 {
                 let tracked = s.conntrack_flows()?;
                 memory = match &s.daemon {
@@ -124,7 +129,7 @@ pub fn run(flows: u64, n: usize, rounds: usize, t: Timing) -> Result<Value> {
                     }
                 };
             }
-            let e = udp::measure(&s.lab, &est, t, 0, Duration::ZERO)?;
+            let e = udp::measure(&s.lab, &est, t, None)?;
             println!(
                 "[conntrack {flows} flows, round {}] {:<24} new flows {:>10.0}, established {:>10.0} packets per CPU-second",
                 round + 1,

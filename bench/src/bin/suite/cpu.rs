@@ -143,6 +143,20 @@ pub fn allowed_cpus(pid: u32) -> Result<Vec<usize>> {
     Ok(cpus)
 }
 
+/// Pins the calling thread to `cpu`; threads it starts inherit that.
+pub fn pin_current_thread(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays inside it for any
+    // cpu below CPU_SETSIZE, which sched_setaffinity then checks.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+            anyhow::bail!("pinning to CPU {cpu}: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// The calling thread's id.
 pub fn gettid() -> i32 {
     // SAFETY: gettid has no preconditions.

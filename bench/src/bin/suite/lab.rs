@@ -113,7 +113,8 @@ pub struct Lab {
 }
 
 impl Lab {
-    pub fn new() -> Result<Lab> {
+    /// `tcp_cpu`: where the backends' servers run (see tcp.rs).
+    pub fn new(tcp_cpu: usize) -> Result<Lab> {
         let name = unique_name();
         let workdir = std::env::temp_dir().join(&name);
         fs::create_dir_all(&workdir).with_context(|| format!("creating {}", workdir.display()))?;
@@ -129,7 +130,7 @@ impl Lab {
             namespaces: Vec::new(),
         };
         // `lab` owns everything from here on, so a failure still tears down.
-        lab.build()
+        lab.build(tcp_cpu)
             .with_context(|| format!("building lab {}", lab.name))?;
         Ok(lab)
     }
@@ -141,7 +142,7 @@ impl Lab {
         }
     }
 
-    fn build(&mut self) -> Result<()> {
+    fn build(&mut self, tcp_cpu: usize) -> Result<()> {
         for ns in [&self.client, &self.lb, &self.backends[0], &self.backends[1]] {
             self.namespaces.push(Netns::add(ns.clone())?);
             // Before any link exists, so none gets an IPv6 address.
@@ -182,7 +183,8 @@ impl Lab {
         }
         self.attach_sinks()?;
         for (i, b) in self.backends.iter().enumerate() {
-            self.servers.push(Server::start(b, ["b1", "b2"][i])?);
+            self.servers
+                .push(Server::start(b, ["b1", "b2"][i], tcp_cpu)?);
         }
         Ok(())
     }

@@ -56,8 +56,8 @@ impl Opts {
             rounds: 3,
             services: vec![1, 1000, 10_000],
             timing: Timing {
-                warmup: Duration::from_millis(300),
-                window: Duration::from_secs(1),
+                warmup: Duration::from_millis(250),
+                window: Duration::from_millis(800),
             },
             latency_rate: 1000.0,
             concurrency: 32,
@@ -146,7 +146,7 @@ impl Opts {
             "conntrack_flows": self.conntrack_flows,
             "conntrack_services": self.conntrack_services,
             "micro_runs_per_round": self.micro_runs,
-            "cpus": "trafgen runs one process, pinned by itself to CPU 0; the packets it sends are forwarded in softirq on that CPU. The TCP clients, servers and daemons are not pinned.",
+            "cpus": "trafgen runs one process, pinned by itself to the first CPU; the packets it sends are forwarded in softirq on that CPU. The TCP client and the backends' servers are pinned to the last CPU, where the forwarding of their packets then runs too. Rates are per CPU-second of that work (bench/src/bin/suite/cpu.rs).",
         })
     }
 }
@@ -189,23 +189,54 @@ fn preflight() -> Result<()> {
     Ok(())
 }
 
+/// trafgen configs of one contender.
+struct Loads {
+    established: String,
+    new_flows: String,
+    /// New flows to the first service only, to fill conntrack quickly.
+    fill: String,
+    /// Packets that fill its conntrack table (none without one).
+    fill_packets: Option<u64>,
+}
+
+impl Loads {
+    fn new(s: &Setup) -> Result<Loads> {
+        let t = services::targets(s.services, udp::FLOWS, !s.mode.nat(), "udp");
+        let capacity = s.conntrack_capacity(None)?;
+        Ok(Loads {
+            established: udp::config(&t, false),
+            new_flows: udp::config(&t, true),
+            fill: udp::config(&t[..1], true),
+            fill_packets: s.mode.nat().then_some(capacity + capacity / 5),
+        })
+    }
+}
+
 /// One workload on one contender; an error is recorded, not fatal, unless
 /// the run was interrupted.
 fn measure(
     o: &Opts,
     s: &Setup,
     metric: Metric,
-    configs: &(String, String),
-    fill: u64,
+    loads: &Loads,
+    tcp_cpu: usize,
 ) -> Result<Vec<(Metric, Sample)>> {
     let n = s.services;
     let tcp_targets = || services::targets(n, 256, !s.mode.nat(), "tcp");
     let result: Result<Vec<(Metric, Sample)>> = (|| match metric {
         Metric::UdpEstablished | Metric::UdpNew => {
             let new = metric == Metric::UdpNew;
-            let cfg = if new { &configs.1 } else { &configs.0 };
-            let fill = if new { fill } else { 0 };
-            let r = udp::measure(&s.lab, cfg, o.timing, fill, Duration::from_secs(30))?;
+            let cfg = if new {
+                &loads.new_flows
+            } else {
+                &loads.established
+            };
+            let fill = loads.fill_packets.filter(|_| new).map(|packets| udp::Fill {
+                config: &loads.fill,
+                packets,
+                limit: Duration::from_secs(30),
+            });
+            let r = udp::measure(&s.lab, cfg, o.timing, fill)?;
             let mut detail =
                 json!({"delivered_pps": r.delivered, "sent_pps": r.sent, "cpu_share": r.cpu_share});
             if new && s.mode.nat() {
@@ -225,12 +256,13 @@ fn measure(
                 .server_tids()
                 .into_iter()
                 .fold(cpu::Meter::new(), cpu::Meter::thread)
-                .softirq(&cpu::allowed_cpus(std::process::id())?)?;
+                .softirq(&[tcp_cpu])?;
             let r = tcp::conn_rate(
                 &s.lab.client,
                 &tcp_targets(),
                 o.concurrency,
                 o.timing,
+                tcp_cpu,
                 meter,
             )?;
             let detail =
@@ -244,7 +276,13 @@ fn measure(
             )])
         }
         Metric::LatencyP50 | Metric::LatencyP99 => {
-            let r = tcp::latency(&s.lab.client, &tcp_targets(), o.latency_rate, o.timing)?;
+            let r = tcp::latency(
+                &s.lab.client,
+                &tcp_targets(),
+                o.latency_rate,
+                o.timing,
+                tcp_cpu,
+            )?;
             let detail = json!({"samples": r.samples, "errors": r.errors});
             Ok(vec![
                 (
@@ -298,31 +336,14 @@ fn measure(
 
 /// Every contender on a lab of its own with `n` services, then the rounds:
 /// each workload on each contender in turn, the order rotating per round.
-fn side_by_side(o: &Opts, n: usize, results: &mut Results) -> Result<Value> {
+fn side_by_side(o: &Opts, n: usize, tcp_cpu: usize, results: &mut Results) -> Result<Value> {
     println!("== {n} services: setting up {} labs", Mode::ALL.len());
     let t0 = Instant::now();
     let setups: Vec<Setup> = Mode::ALL
         .iter()
-        .map(|&m| Setup::new(m, n, None))
+        .map(|&m| Setup::new(m, n, None, tcp_cpu))
         .collect::<Result<_>>()?;
-    let linux_max: u64 = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")?
-        .trim()
-        .parse()?;
-    // The new-flow load starts once the connection-tracking table is full.
-    let fill = |s: &Setup| -> u64 {
-        match s.mode {
-            m if m.loxilight() => 65_536 / 2,
-            Mode::Iptables | Mode::Nftables => linux_max,
-            _ => 0,
-        }
-    };
-    let configs: Vec<(String, String)> = setups
-        .iter()
-        .map(|s| {
-            let t = services::targets(n, udp::FLOWS, !s.mode.nat(), "udp");
-            (udp::config(&t, false), udp::config(&t, true))
-        })
-        .collect();
+    let loads: Vec<Loads> = setups.iter().map(Loads::new).collect::<Result<_>>()?;
     println!("   ready in {:.1} s", t0.elapsed().as_secs_f64());
     let workloads = [
         Metric::UdpEstablished,
@@ -339,8 +360,7 @@ fn side_by_side(o: &Opts, n: usize, results: &mut Results) -> Result<Value> {
                     continue;
                 }
                 netns::check_interrupted()?;
-                let fill = fill(s) + fill(s) / 5;
-                for (m, sample) in measure(o, s, metric, &configs[i], fill)? {
+                for (m, sample) in measure(o, s, metric, &loads[i], tcp_cpu)? {
                     if let Some(v) = sample.value {
                         println!(
                             "[{n} services, round {}] {:<24} {:<26} {:>10}",
@@ -375,10 +395,14 @@ fn run() -> Result<bool> {
     println!("== datapath micro benchmark (BPF_PROG_TEST_RUN)");
     let micro = micro::run(o.micro_runs, o.rounds)?;
 
+    // UDP load runs where trafgen pins itself (the first CPU), TCP on the last.
+    let tcp_cpu = *cpu::allowed_cpus(std::process::id())?
+        .last()
+        .context("no CPU to run on")?;
     let mut results = Results::default();
     let mut setup_times = serde_json::Map::new();
     for &n in &o.services {
-        let t = side_by_side(&o, n, &mut results)?;
+        let t = side_by_side(&o, n, tcp_cpu, &mut results)?;
         setup_times.insert(n.to_string(), t);
     }
 
@@ -386,7 +410,13 @@ fn run() -> Result<bool> {
     let program = program::run(o.program_services, o.rounds)?;
 
     println!("== connection tracking with {} flows", o.conntrack_flows);
-    let conntrack = conntrack::run(o.conntrack_flows, o.conntrack_services, o.rounds, o.timing)?;
+    let conntrack = conntrack::run(
+        o.conntrack_flows,
+        o.conntrack_services,
+        o.rounds,
+        o.timing,
+        tcp_cpu,
+    )?;
 
     let (res_json, ratios) = results.json(&o.services);
     let targets = report::targets(&results, &o.services, &program);

@@ -80,11 +80,10 @@ impl Mode {
     pub fn tcp(self) -> bool {
         !matches!(self, Mode::CeilingTc | Mode::CeilingXdp)
     }
-
-    pub fn loxilight(self) -> bool {
-        matches!(self, Mode::LoxTc | Mode::LoxXdp)
-    }
 }
+
+/// The daemon's conntrack_entries default: two entries per flow.
+const LOXILIGHT_DEFAULT_CT_ENTRIES: u64 = 65_536;
 
 /// One contender on its lab with `services` services programmed.
 pub struct Setup {
@@ -100,8 +99,14 @@ pub struct Setup {
 impl Setup {
     /// `ct_flows`: the loxilight conntrack table's size in flows (the
     /// default config otherwise); Linux's limit is host-wide (see conntrack.rs).
-    pub fn new(mode: Mode, services: usize, ct_flows: Option<u64>) -> Result<Setup> {
-        let lab = Lab::new()?;
+    /// `tcp_cpu`: where the TCP workloads run.
+    pub fn new(
+        mode: Mode,
+        services: usize,
+        ct_flows: Option<u64>,
+        tcp_cpu: usize,
+    ) -> Result<Setup> {
+        let lab = Lab::new(tcp_cpu)?;
         let mut s = Setup {
             mode,
             services,
@@ -162,6 +167,16 @@ impl Setup {
             tcp::probe(&self.lab.client, target)?;
         }
         Ok(())
+    }
+
+    /// Flows the contender's connection tracking holds when full.
+    pub fn conntrack_capacity(&self, ct_flows: Option<u64>) -> Result<u64> {
+        Ok(match self.mode {
+            Mode::LoxTc | Mode::LoxXdp => ct_flows.unwrap_or(LOXILIGHT_DEFAULT_CT_ENTRIES / 2),
+            _ => std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")?
+                .trim()
+                .parse()?,
+        })
     }
 
     /// Flows the contender's connection tracking holds now.

@@ -39,14 +39,15 @@ pub struct Server {
 
 impl Server {
     /// Listens on every address of `ns` (so on its whole endpoint /16) and
-    /// answers with `name`.
-    pub fn start(ns: &str, name: &'static str) -> Result<Server> {
+    /// answers with `name`, on `cpu`.
+    pub fn start(ns: &str, name: &'static str, cpu: usize) -> Result<Server> {
         let (stop, mut stopped) = oneshot::channel::<()>();
         let (ready_tx, ready) = std::sync::mpsc::channel::<Result<i32>>();
         let (ns, name_of_ns) = (ns.to_owned(), ns.to_owned());
         let thread = std::thread::spawn(move || {
             let setup = || -> Result<(tokio::runtime::Runtime, TcpListener)> {
                 netns::enter(&ns)?;
+                cpu::pin_current_thread(cpu)?;
                 let rt = runtime()?;
                 let listener = rt.block_on(async {
                     let s = TcpSocket::new_v4()?;
@@ -173,16 +174,20 @@ pub struct ConnRate {
 
 /// Connections per second with `concurrency` clients each running one
 /// connection after another over `targets`, counted over the window that
-/// follows the warm-up. `meter` covers the servers and the softirq work;
-/// the client's own thread is added here.
+/// follows the warm-up. The client runs on `cpu`, with the servers, so the
+/// whole exchange (and the forwarding in softirq) stays on that CPU;
+/// `meter` covers the servers and that CPU's softirq work, the client's own
+/// thread is added here.
 pub fn conn_rate(
     ns: &str,
     targets: &[SocketAddrV4],
     concurrency: usize,
     t: Timing,
+    cpu: usize,
     meter: Meter,
 ) -> Result<ConnRate> {
     netns::in_ns(ns, || {
+        cpu::pin_current_thread(cpu)?;
         let meter = meter.thread(cpu::gettid());
         runtime()?.block_on(async {
             let start = Instant::now();
@@ -239,9 +244,17 @@ pub struct Latency {
 }
 
 /// Request latency (connect to the answer's last byte) at `rate` requests
-/// per second, started on a timer whatever the answers do (open loop).
-pub fn latency(ns: &str, targets: &[SocketAddrV4], rate: f64, t: Timing) -> Result<Latency> {
+/// per second, started on a timer whatever the answers do (open loop); the
+/// client runs on `cpu`, with the servers.
+pub fn latency(
+    ns: &str,
+    targets: &[SocketAddrV4],
+    rate: f64,
+    t: Timing,
+    cpu: usize,
+) -> Result<Latency> {
     netns::in_ns(ns, || {
+        cpu::pin_current_thread(cpu)?;
         runtime()?.block_on(async {
             let start = Instant::now();
             let (from, to) = (start + t.warmup, start + t.warmup + t.window);

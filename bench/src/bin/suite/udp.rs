@@ -135,27 +135,29 @@ pub struct UdpRate {
     pub cpu_share: f64,
 }
 
-/// Runs the load for warm-up + window and measures the window. `fill`:
-/// the warm-up also lasts until this many packets were delivered (to fill
-/// a connection-tracking table), at most `fill_limit`.
-pub fn measure(
-    lab: &Lab,
-    config: &str,
-    t: Timing,
-    fill: u64,
-    fill_limit: Duration,
-) -> Result<UdpRate> {
-    let start_delivered = lab.delivered()?;
-    let mut gen = Trafgen::start(lab, config)?;
-    let t0 = Instant::now();
-    loop {
-        netns::sleep(Duration::from_millis(20))?;
-        gen.check(lab)?;
-        let filled = lab.delivered()? - start_delivered >= fill;
-        if t0.elapsed() >= t.warmup && (filled || t0.elapsed() >= fill_limit) {
-            break;
+/// A connection-tracking table to fill before measuring: `packets` new
+/// flows sent with `config` (aimed at the cheapest service to match, so that
+/// even a slow contender fills quickly), given at most `limit`.
+pub struct Fill<'a> {
+    pub config: &'a str,
+    pub packets: u64,
+    pub limit: Duration,
+}
+
+/// Runs `fill` if any, then the load for warm-up + window, and measures the window.
+pub fn measure(lab: &Lab, config: &str, t: Timing, fill: Option<Fill>) -> Result<UdpRate> {
+    if let Some(f) = fill {
+        let start = lab.delivered()?;
+        let mut gen = Trafgen::start(lab, f.config)?;
+        let t0 = Instant::now();
+        while lab.delivered()? - start < f.packets && t0.elapsed() < f.limit {
+            netns::sleep(Duration::from_millis(20))?;
+            gen.check(lab)?;
         }
     }
+    let mut gen = Trafgen::start(lab, config)?;
+    netns::sleep(t.warmup)?;
+    gen.check(lab)?;
     let meter = gen.meter()?;
     let (d0, s0, c0, w0) = (lab.delivered()?, lab.sent()?, meter.read(), Instant::now());
     netns::sleep(t.window)?;
