@@ -59,7 +59,7 @@ impl Opts {
                 warmup: Duration::from_millis(250),
                 window: Duration::from_millis(800),
             },
-            latency_rate: 1000.0,
+            latency_rate: 2000.0,
             concurrency: 32,
             program_services: 10_000,
             conntrack_flows: 1_000_000,

@@ -43,36 +43,38 @@ pub fn draw(r: &Results, services: &[usize], title: &str, path: &Path) -> Result
     let font = std::fs::read(FONT).with_context(|| format!("reading {FONT}"))?;
     plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(font.into()))
         .map_err(|_| anyhow!("{FONT} is not a usable font"))?;
-    let root = BitMapBackend::new(path, (1600, 1250)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1600, 1650)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let root = root
         .titled(title, ("sans-serif", 26))
         .map_err(|e| anyhow!("{e}"))?;
-    // One legend for all panels, in a strip along the bottom.
-    let (root, strip) = root.split_vertically(1150);
+    let areas = root.split_evenly((3, 2));
+    // The sixth cell holds one legend for all panels.
+    let legend = &areas[5];
     for (i, mode) in Mode::ALL.into_iter().enumerate() {
-        let (x, y) = (30 + (i as i32 % 4) * 390, 8 + (i as i32 / 4) * 22);
-        strip
+        let (x, y) = (60, 60 + i as i32 * 40);
+        legend
             .draw(&PathElement::new(
                 [(x, y + 8), (x + 30, y + 8)],
                 color(mode).stroke_width(4),
             ))
             .map_err(|e| anyhow!("{e}"))?;
-        strip
-            .draw(&Text::new(mode.label(), (x + 38, y), ("sans-serif", 16)))
+        legend
+            .draw(&Text::new(mode.label(), (x + 45, y), ("sans-serif", 20)))
             .map_err(|e| anyhow!("{e}"))?;
     }
     let panels = [
         Metric::UdpEstablished,
         Metric::UdpNew,
         Metric::TcpConnections,
+        Metric::LatencyP50,
         Metric::LatencyP99,
     ];
     let (lo, hi) = (
         *services.iter().min().context("no service counts")? as f64,
         *services.iter().max().context("no service counts")? as f64,
     );
-    for (area, m) in root.split_evenly((2, 2)).iter().zip(panels) {
+    for (area, m) in areas.iter().zip(panels) {
         let (div, unit) = scaled(m);
         let top = Mode::ALL
             .iter()
