@@ -102,28 +102,34 @@ impl Meter {
 
     /// irq + softirq columns of /proc/stat for our CPUs, in ns.
     fn irq_ns(&self) -> u64 {
-        if self.irq_cpus.is_empty() {
-            return 0;
-        }
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
         self.irq_cpus
             .iter()
-            .filter_map(|cpu| {
-                let line = stat
-                    .lines()
-                    .find(|l| l.starts_with(&format!("cpu{cpu} ")))?;
-                // cpuN user nice system idle iowait irq softirq ...
-                let f: Vec<u64> = line
-                    .split_whitespace()
-                    .skip(1)
-                    .filter_map(|v| v.parse().ok())
-                    .collect();
-                Some((f.get(5)? + f.get(6)?) * 1_000_000_000 / hz)
-            })
+            .filter_map(|&cpu| stat_ns(cpu, &[5, 6]))
             .sum()
     }
+}
+
+/// The sum of some columns of `cpuN` in /proc/stat (user nice system idle
+/// iowait irq softirq steal ...), in ns; tick granularity.
+fn stat_ns(cpu: usize, columns: &[usize]) -> Option<u64> {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with(&format!("cpu{cpu} ")))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let ticks: u64 = columns.iter().filter_map(|&c| f.get(c)).sum();
+    Some(ticks * 1_000_000_000 / hz)
+}
+
+/// ns that `cpu` was busy (or its time stolen by the hypervisor) so far.
+pub fn busy_ns(cpu: usize) -> u64 {
+    stat_ns(cpu, &[0, 1, 2, 5, 6, 7]).unwrap_or(0)
 }
 
 /// The CPUs task `pid` may run on (its Cpus_allowed_list).

@@ -212,6 +212,15 @@ impl Loads {
     }
 }
 
+/// The backends' servers and the softirq work of the TCP CPU.
+fn tcp_meter(s: &Setup, tcp_cpu: usize) -> Result<cpu::Meter> {
+    s.lab
+        .server_tids()
+        .into_iter()
+        .fold(cpu::Meter::new(), cpu::Meter::thread)
+        .softirq(&[tcp_cpu])
+}
+
 /// One workload on one contender; an error is recorded, not fatal, unless
 /// the run was interrupted.
 fn measure(
@@ -251,12 +260,7 @@ fn measure(
             )])
         }
         Metric::TcpConnections => {
-            let meter = s
-                .lab
-                .server_tids()
-                .into_iter()
-                .fold(cpu::Meter::new(), cpu::Meter::thread)
-                .softirq(&[tcp_cpu])?;
+            let meter = tcp_meter(s, tcp_cpu)?;
             let r = tcp::conn_rate(
                 &s.lab.client,
                 &tcp_targets(),
@@ -276,14 +280,16 @@ fn measure(
             )])
         }
         Metric::LatencyP50 | Metric::LatencyP99 => {
+            let meter = tcp_meter(s, tcp_cpu)?;
             let r = tcp::latency(
                 &s.lab.client,
                 &tcp_targets(),
                 o.latency_rate,
                 o.timing,
                 tcp_cpu,
+                meter,
             )?;
-            let detail = json!({"samples": r.samples, "errors": r.errors});
+            let detail = json!({"samples": r.samples, "errors": r.errors, "others_cpu_share": r.others_cpu_share});
             Ok(vec![
                 (
                     Metric::LatencyP50,
@@ -362,8 +368,18 @@ fn side_by_side(o: &Opts, n: usize, tcp_cpu: usize, results: &mut Results) -> Re
                 netns::check_interrupted()?;
                 for (m, sample) in measure(o, s, metric, &loads[i], tcp_cpu)? {
                     if let Some(v) = sample.value {
+                        // How much of the CPU the work had to itself, for judging noise.
+                        let share = match sample.detail["others_cpu_share"].as_f64() {
+                            Some(others) => {
+                                format!("others took {:.0}% of the CPU", others * 100.0)
+                            }
+                            None => format!(
+                                "ran on {:.0}% of a CPU",
+                                sample.detail["cpu_share"].as_f64().unwrap_or(0.0) * 100.0
+                            ),
+                        };
                         println!(
-                            "[{n} services, round {}] {:<24} {:<26} {:>10}",
+                            "[{n} services, round {}] {:<24} {:<26} {:>10}  ({share})",
                             round + 1,
                             m.key(),
                             s.mode.label(),
@@ -424,7 +440,7 @@ fn run() -> Result<bool> {
         "udp_established_pps": "trafgen sends 60-byte UDP frames (64 with FCS) as fast as it can, round robin over 256 flows spread evenly over the services (to the VIPs, or to the endpoints for contenders without NAT); the figure is packets per second counted by the sink at the backends",
         "udp_new_flows_pps": "as above, with a random source address (10.1.0.0/16) and port on every packet, measured once the contender's connection-tracking table is full, so every packet evicts a flow",
         "tcp_connections_per_s": "closed loop: concurrent clients each open a connection, send an HTTP request, read the answer until the server closes, and start the next; over 256 services spread over the range",
-        "latency_p50_us": "open loop at the fixed request rate: time from connect() to the last byte of the answer, each request on a new connection",
+        "latency_p50_us": "open loop at the fixed request rate: time from connect() to the last byte of the answer, each request on a new connection; wall-clock time, so other tenants of the CPU add to it (others_cpu_share in each round's detail says how much of the CPU they took)",
         "latency_p99_us": "as above, 99th percentile",
     });
     let contenders: serde_json::Map<String, Value> = Mode::ALL

@@ -241,20 +241,25 @@ pub struct Latency {
     pub p99: f64,
     pub samples: usize,
     pub errors: u64,
+    /// The share of `cpu` that other tasks (or the hypervisor) took during
+    /// the window: latency is wall-clock time and suffers from them.
+    pub others_cpu_share: f64,
 }
 
 /// Request latency (connect to the answer's last byte) at `rate` requests
 /// per second, started on a timer whatever the answers do (open loop); the
-/// client runs on `cpu`, with the servers.
+/// client runs on `cpu`, with the servers. `meter`: as for [`conn_rate`].
 pub fn latency(
     ns: &str,
     targets: &[SocketAddrV4],
     rate: f64,
     t: Timing,
     cpu: usize,
+    meter: Meter,
 ) -> Result<Latency> {
     netns::in_ns(ns, || {
         cpu::pin_current_thread(cpu)?;
+        let meter = meter.thread(cpu::gettid());
         runtime()?.block_on(async {
             let start = Instant::now();
             let (from, to) = (start + t.warmup, start + t.warmup + t.window);
@@ -263,10 +268,14 @@ pub fn latency(
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let mut tasks = Vec::new();
+            let mut window_start = None;
             for i in 0.. {
                 let now = tick.tick().await.into_std();
                 if now >= to {
                     break;
+                }
+                if now >= from && window_start.is_none() {
+                    window_start = Some((Instant::now(), meter.read(), cpu::busy_ns(cpu)));
                 }
                 let addr = targets[i % targets.len()];
                 let (samples, errors) = (samples.clone(), errors.clone());
@@ -284,6 +293,12 @@ pub fn latency(
                     }
                 }));
             }
+            let (w0, ours0, busy0) = window_start.context("the window never started")?;
+            let (ours, busy) = (
+                meter.read() - ours0,
+                cpu::busy_ns(cpu).saturating_sub(busy0),
+            );
+            let others = busy.saturating_sub(ours) as f64 / 1e9 / w0.elapsed().as_secs_f64();
             for task in tasks {
                 task.await?;
             }
@@ -299,6 +314,7 @@ pub fn latency(
                 p99: pct(0.99),
                 samples: v.len(),
                 errors: errors.load(Ordering::Relaxed),
+                others_cpu_share: others.min(1.0),
             })
         })
     })
