@@ -54,27 +54,28 @@ fn slab_bytes() -> Result<u64> {
     Ok(kb * 1024)
 }
 
-/// Waits while the kernel is still freeing conntrack entries of a lab torn
-/// down before (namespace cleanup runs in the background), so that the
-/// next slab measurement sees only its own table grow.
-fn settle() -> Result<()> {
-    let objects = || -> Result<u64> {
-        let slabinfo = fs::read_to_string("/proc/slabinfo").context("reading /proc/slabinfo")?;
-        Ok(slabinfo
-            .lines()
-            .find(|l| l.starts_with("nf_conntrack "))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0))
-    };
-    for _ in 0..60 {
-        let before = objects()?;
-        netns::sleep(Duration::from_millis(500))?;
-        if objects()? >= before {
-            break;
+/// Tracked flows in all namespaces (allocated nf_conntrack objects).
+fn linux_flows() -> Result<u64> {
+    let slabinfo = fs::read_to_string("/proc/slabinfo").context("reading /proc/slabinfo")?;
+    Ok(slabinfo
+        .lines()
+        .find(|l| l.starts_with("nf_conntrack "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
+/// Waits until the flows of a lab torn down before are freed (namespace
+/// cleanup runs in the background, and may start late), so that the next
+/// slab measurement sees only its own table grow. False if they never went.
+fn settle(flows: u64) -> Result<bool> {
+    for _ in 0..240 {
+        if linux_flows()? < flows / 20 {
+            return Ok(true);
         }
+        netns::sleep(Duration::from_millis(250))?;
     }
-    Ok(())
+    Ok(false)
 }
 
 /// The kernel's own count of a pinned map's memory.
@@ -99,7 +100,7 @@ pub fn run(flows: u64, n: usize, rounds: usize, t: Timing, tcp_cpu: usize) -> Re
     for mode in Mode::NAT {
         netns::check_interrupted()?;
         let s = Setup::new(mode, n, Some(flows), tcp_cpu)?;
-        settle()?;
+        let settled = settle(flows)?;
         let slab0 = slab_bytes()?;
         let targets = services::targets(n, udp::FLOWS, false, "udp");
         let (new, est) = (udp::config(&targets, true), udp::config(&targets, false));
@@ -122,11 +123,13 @@ pub fn run(flows: u64, n: usize, rounds: usize, t: Timing, tcp_cpu: usize) -> Re
                         json!({"table_flows": tracked, "bytes": bytes, "bytes_per_flow": bytes as f64 / flows as f64,
                                "method": "bytes_memlock of the pinned ll_conntrack map (bpftool): the whole preallocated table of 2 entries per flow"})
                     }
-                    None => {
+                    None if settled => {
                         let bytes = slab_bytes()?.saturating_sub(slab0);
                         json!({"table_flows": tracked, "bytes": bytes, "bytes_per_flow": bytes as f64 / tracked.max(1) as f64,
                                "method": "growth of the kernel's slab memory (/proc/meminfo Slab) while the table filled, per tracked flow"})
                     }
+                    None => json!({"table_flows": tracked, "bytes": null, "bytes_per_flow": null,
+                                   "method": "not measured: the flows of an earlier lab were still being freed after 60 s"}),
                 };
             }
             let e = udp::measure(&s.lab, &est, t, None)?;
