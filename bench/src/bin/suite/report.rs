@@ -46,6 +46,17 @@ impl Metric {
         }
     }
 
+    /// The README table's row label, with its unit.
+    pub fn short(self) -> &'static str {
+        match self {
+            Metric::UdpEstablished => "UDP, 256 flows (packets/CPU-s)",
+            Metric::UdpNew => "UDP, new flows (packets/CPU-s)",
+            Metric::TcpConnections => "TCP connections (/CPU-s)",
+            Metric::LatencyP50 => "latency p50 (µs)",
+            Metric::LatencyP99 => "latency p99 (µs)",
+        }
+    }
+
     pub fn unit(self) -> &'static str {
         match self {
             Metric::UdpEstablished | Metric::UdpNew => "packets per CPU-second",
@@ -358,8 +369,13 @@ pub fn markdown(r: &Results, services: &[usize]) -> String {
     out.push_str(&"--:|".repeat(Mode::ALL.len() + RATIOS.len()));
     out.push('\n');
     for m in Metric::ALL {
-        for &n in services {
-            let _ = write!(out, "| {} ({}) | {n} |", m.label(), m.unit());
+        for (i, &n) in services.iter().enumerate() {
+            // The workload's name on its first row only.
+            let name = match i {
+                0 => m.short(),
+                _ => "",
+            };
+            let _ = write!(out, "| {name} | {n} |");
             for mode in Mode::ALL {
                 let cell = match (m.applies(mode), r.summary(m, n, mode)) {
                     (false, _) => "-".to_owned(),
