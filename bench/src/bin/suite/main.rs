@@ -50,6 +50,16 @@ struct Opts {
     smoke: bool,
 }
 
+/// The number a flag was given.
+fn num<T: std::str::FromStr>(flag: &str, v: String) -> Result<T>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    v.trim()
+        .parse()
+        .with_context(|| format!("{flag} {v:?} is not a number"))
+}
+
 impl Opts {
     fn parse() -> Result<Opts> {
         let mut o = Opts {
@@ -72,7 +82,8 @@ impl Opts {
         while let Some(a) = args.next() {
             let mut value = || args.next().with_context(|| format!("{a} needs a value"));
             match a.as_str() {
-                // One short round of everything: proves the suite works, measures nothing.
+                // One short round of everything: proves that the suite works;
+                // its figures mean little.
                 "--smoke" => {
                     o = Opts {
                         rounds: 1,
@@ -91,21 +102,21 @@ impl Opts {
                         ..o
                     }
                 }
-                "--rounds" => o.rounds = value()?.parse()?,
+                "--rounds" => o.rounds = num(&a, value()?)?,
                 "--services" => {
                     o.services = value()?
                         .split(',')
-                        .map(|s| s.trim().parse())
-                        .collect::<Result<_, _>>()?
+                        .map(|s| num(&a, s.to_owned()))
+                        .collect::<Result<_>>()?
                 }
-                "--warmup" => o.timing.warmup = Duration::from_secs_f64(value()?.parse()?),
-                "--window" => o.timing.window = Duration::from_secs_f64(value()?.parse()?),
-                "--latency-rate" => o.latency_rate = value()?.parse()?,
-                "--concurrency" => o.concurrency = value()?.parse()?,
-                "--program-services" => o.program_services = value()?.parse()?,
-                "--conntrack-flows" => o.conntrack_flows = value()?.parse()?,
-                "--conntrack-services" => o.conntrack_services = value()?.parse()?,
-                "--micro-runs" => o.micro_runs = value()?.parse()?,
+                "--warmup" => o.timing.warmup = Duration::from_secs_f64(num(&a, value()?)?),
+                "--window" => o.timing.window = Duration::from_secs_f64(num(&a, value()?)?),
+                "--latency-rate" => o.latency_rate = num(&a, value()?)?,
+                "--concurrency" => o.concurrency = num(&a, value()?)?,
+                "--program-services" => o.program_services = num(&a, value()?)?,
+                "--conntrack-flows" => o.conntrack_flows = num(&a, value()?)?,
+                "--conntrack-services" => o.conntrack_services = num(&a, value()?)?,
+                "--micro-runs" => o.micro_runs = num(&a, value()?)?,
                 "--out" => o.out = value()?.into(),
                 other => bail!("unknown argument {other:?} (see the comment at the top of bench/src/bin/suite/main.rs)"),
             }
@@ -128,6 +139,11 @@ impl Opts {
             "rates and sizes must be positive"
         );
         ensure!(!o.timing.window.is_zero(), "--window must be positive");
+        // trafgen needs a moment to start its worker before it is measured.
+        ensure!(
+            o.timing.warmup >= Duration::from_millis(100),
+            "--warmup must be at least 0.1 s"
+        );
         Ok(o)
     }
 
@@ -202,7 +218,7 @@ struct Loads {
 impl Loads {
     fn new(s: &Setup) -> Result<Loads> {
         let t = services::targets(s.services, udp::FLOWS, !s.mode.nat(), "udp");
-        let capacity = s.conntrack_capacity(None)?;
+        let capacity = s.conntrack_capacity()?;
         Ok(Loads {
             established: udp::config(&t, false),
             new_flows: udp::config(&t, true),

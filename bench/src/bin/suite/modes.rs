@@ -169,10 +169,11 @@ impl Setup {
         Ok(())
     }
 
-    /// Flows the contender's connection tracking holds when full.
-    pub fn conntrack_capacity(&self, ct_flows: Option<u64>) -> Result<u64> {
+    /// Flows the contender's connection tracking holds when full, with the
+    /// daemon's default table.
+    pub fn conntrack_capacity(&self) -> Result<u64> {
         Ok(match self.mode {
-            Mode::LoxTc | Mode::LoxXdp => ct_flows.unwrap_or(LOXILIGHT_DEFAULT_CT_ENTRIES / 2),
+            Mode::LoxTc | Mode::LoxXdp => LOXILIGHT_DEFAULT_CT_ENTRIES / 2,
             _ => std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")?
                 .trim()
                 .parse()?,

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 use std::fs::{self, File};
 use std::net::SocketAddrV4;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,11 @@ pub fn config(targets: &[SocketAddrV4], new_flows: bool) -> String {
 /// trafgen running in the client namespace; stopped on drop.
 struct Trafgen(Child);
 
+/// trafgen's workers do not die with it, so if we are killed (SIGKILL, no
+/// Drop) they would send forever: this much CPU time ends them (SIGXCPU).
+/// The longest legitimate run, a conntrack fill, needs under half of it.
+const CPU_LIMIT: libc::rlim_t = 300;
+
 /// trafgen's worker processes: the parent only forks them and waits.
 fn workers(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
@@ -64,7 +70,20 @@ impl Trafgen {
         let cfg = lab.workdir.join("trafgen.cfg");
         fs::write(&cfg, config)?;
         let log = File::create(lab.workdir.join("trafgen.log"))?;
-        let child = netns::command(&lab.client, "trafgen")
+        let mut cmd = netns::command(&lab.client, "trafgen");
+        // SAFETY: setrlimit is async-signal-safe; the limit is inherited by
+        // the workers trafgen forks.
+        unsafe {
+            cmd.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: CPU_LIMIT,
+                    rlim_max: CPU_LIMIT + 10,
+                };
+                libc::setrlimit(libc::RLIMIT_CPU, &limit);
+                Ok(())
+            });
+        }
+        let child = cmd
             .args([
                 "--dev",
                 "eth0",
