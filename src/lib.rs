@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod conntrack;
 pub mod datapath;
+pub mod health;
 pub mod kernel;
 pub mod metrics;
 pub mod proto;

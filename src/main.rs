@@ -230,6 +230,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let mirror = tokio::spawn(watcher);
     tokio::spawn(refresh_active_flows(dp.clone(), store.clone()));
+    let health = loxilight::health::Health::spawn(store.clone());
     let api_stats = Arc::new(ApiStats::default());
     let sources = metrics::Sources {
         dp: dp.clone(),
@@ -254,6 +255,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         tls,
         store,
         dp.clone(),
+        health,
         api_stats,
         shutdown_signal(),
     )

@@ -60,6 +60,8 @@ fn rule(proto: Protocol, eps: &[SocketAddrV4]) -> LbRule {
         selection: Selection::RoundRobin,
         mode: Mode::Default,
         inactivity_timeout: 0,
+        monitor: false,
+        bgp: false,
         endpoints: eps
             .iter()
             .map(|a| Endpoint {
@@ -703,11 +705,13 @@ fn api_and_cli_at_scale(dp: &Arc<Datapath>, store: &Arc<RuleStore>, syn_sent: u6
         .expect("binding a loopback port");
     let addr: SocketAddr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let health = rt.block_on(async { loxilight::health::Health::spawn(store.clone()) });
     let server = rt.spawn(loxilight::api::serve(
         Listener::Tcp(listener),
         None,
         store.clone(),
         dp.clone(),
+        health,
         Arc::new(ApiStats::default()),
         async {
             let _ = stopped.await;

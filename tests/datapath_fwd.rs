@@ -482,6 +482,8 @@ fn load_balanced_traffic_is_translated_and_forwarded_both_ways() {
             weight: 1,
         }],
         inactivity_timeout: 0,
+        monitor: false,
+        bgp: false,
     };
     for hook in HOOKS {
         let net = Net::routed(hook);

@@ -156,7 +156,7 @@ struct ll_svc_key {
 struct ll_endpoint {
 	__be32 addr;
 	__be16 port;
-	__u8 weight;
+	__u8 weight;        /* 0: down or draining, takes no new flows */
 	__u8 pad;
 };
 

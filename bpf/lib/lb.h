@@ -81,7 +81,8 @@ static __always_inline int ll_persist_lookup(const struct ll_svc *svc, __be32 cl
 	if (i >= LL_MAX_ENDPOINTS || i >= svc->n_endpoints)
 		return -1;
 	ep = &svc->endpoints[i];
-	if (ep->addr != ps->ep_addr || ep->port != ps->ep_port)
+	/* weight 0: the endpoint is down or draining, so the client moves */
+	if (ep->addr != ps->ep_addr || ep->port != ps->ep_port || !ep->weight)
 		return -1;
 	ps->last_ns = now;
 	*ep_idx = i;

@@ -106,10 +106,13 @@ pub fn parse_ports(flag: &'static str, values: &[String]) -> Result<Vec<u32>, Ar
         .collect()
 }
 
-/// Parses `IP[:WEIGHT]` values of `--endpoints`. The weight follows the last ':' so
-/// IPv6 endpoints work when given with a weight (`fd00::2:1` is fd00::2, weight 1).
-pub fn parse_endpoints(values: &[String]) -> Result<Vec<EndpointArg>, ArgError> {
-    const FLAG: &str = "--endpoints";
+/// Parses `IP[:WEIGHT]` values of `--endpoints` (or `--attachEP`). The weight follows
+/// the last ':' so IPv6 endpoints work when given with a weight (`fd00::2:1` is fd00::2,
+/// weight 1).
+pub fn parse_endpoints(
+    flag: &'static str,
+    values: &[String],
+) -> Result<Vec<EndpointArg>, ArgError> {
     values
         .iter()
         .map(|value| {
@@ -117,11 +120,11 @@ pub fn parse_endpoints(values: &[String]) -> Result<Vec<EndpointArg>, ArgError> 
                 None => (value.as_str(), 1),
                 Some((ip, weight)) => match number(weight) {
                     Some(w @ 1..=255) => (ip, w),
-                    _ => return fail(FLAG, value, "weight must be a number 1-255"),
+                    _ => return fail(flag, value, "weight must be a number 1-255"),
                 },
             };
             if ip.is_empty() {
-                return fail(FLAG, value, "missing IP");
+                return fail(flag, value, "missing IP");
             }
             Ok(EndpointArg {
                 ip: ip.to_owned(),
@@ -148,7 +151,8 @@ mod tests {
 
     #[test]
     fn endpoint_weight_is_after_last_colon() {
-        let parsed = parse_endpoints(&strings(&["31.31.31.1:1", "32.32.32.1:200"])).unwrap();
+        let parsed =
+            parse_endpoints("--endpoints", &strings(&["31.31.31.1:1", "32.32.32.1:200"])).unwrap();
         assert_eq!(
             parsed,
             vec![endpoint("31.31.31.1", 1), endpoint("32.32.32.1", 200)]
@@ -157,19 +161,19 @@ mod tests {
 
     #[test]
     fn endpoint_without_weight_defaults_to_one() {
-        let parsed = parse_endpoints(&strings(&["31.31.31.1"])).unwrap();
+        let parsed = parse_endpoints("--endpoints", &strings(&["31.31.31.1"])).unwrap();
         assert_eq!(parsed, vec![endpoint("31.31.31.1", 1)]);
     }
 
     #[test]
     fn ipv6_endpoint_keeps_all_but_last_group() {
-        let parsed = parse_endpoints(&strings(&["fd00::2:1", "fd00::3:7"])).unwrap();
+        let parsed = parse_endpoints("--endpoints", &strings(&["fd00::2:1", "fd00::3:7"])).unwrap();
         assert_eq!(parsed, vec![endpoint("fd00::2", 1), endpoint("fd00::3", 7)]);
     }
 
     #[test]
     fn bad_endpoint_weight_names_flag_and_value() {
-        let err = parse_endpoints(&strings(&["31.31.31.1:x"])).unwrap_err();
+        let err = parse_endpoints("--endpoints", &strings(&["31.31.31.1:x"])).unwrap_err();
         assert_eq!(
             err.to_string(),
             r#"--endpoints: "31.31.31.1:x": weight must be a number 1-255"#
@@ -180,16 +184,16 @@ mod tests {
             "31.31.31.1:",
             "31.31.31.1:+5",
         ] {
-            let err = parse_endpoints(&strings(&[bad])).unwrap_err();
+            let err = parse_endpoints("--endpoints", &strings(&[bad])).unwrap_err();
             assert!(err.to_string().contains("weight must be"), "{bad}: {err}");
         }
     }
 
     #[test]
     fn endpoint_without_ip_is_rejected() {
-        let err = parse_endpoints(&strings(&[":3"])).unwrap_err();
+        let err = parse_endpoints("--endpoints", &strings(&[":3"])).unwrap_err();
         assert_eq!(err.to_string(), r#"--endpoints: ":3": missing IP"#);
-        assert!(parse_endpoints(&strings(&[""])).is_err());
+        assert!(parse_endpoints("--endpoints", &strings(&[""])).is_err());
     }
 
     #[test]

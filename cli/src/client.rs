@@ -10,6 +10,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Response, Status};
 
 use crate::pb::conntrack_service_client::ConntrackServiceClient;
+use crate::pb::endpoint_service_client::EndpointServiceClient;
 use crate::pb::load_balancer_service_client::LoadBalancerServiceClient;
 use crate::pb::network_service_client::NetworkServiceClient;
 use crate::pb::{
@@ -20,6 +21,10 @@ use crate::pb::{
     ListInterfacesResponse, ListLoadBalancersRequest, ListLoadBalancersResponse,
     ListNeighboursRequest, ListNeighboursResponse, ListRoutesRequest, ListRoutesResponse,
     LoadBalancer, ServiceKey,
+};
+use crate::pb::{
+    CreateEndpointProbeRequest, DeleteEndpointProbeRequest, EndpointProbe, GetLoadBalancerRequest,
+    ListEndpointProbesRequest, ListEndpointProbesResponse,
 };
 
 /// A daemon that is down or unroutable should fail fast, not hang the shell.
@@ -78,6 +83,7 @@ pub struct Client {
     lb: LoadBalancerServiceClient<Channel>,
     ct: ConntrackServiceClient<Channel>,
     net: NetworkServiceClient<Channel>,
+    ep: EndpointServiceClient<Channel>,
 }
 
 impl Client {
@@ -141,6 +147,7 @@ impl Client {
             peer,
             lb: LoadBalancerServiceClient::new(channel.clone()),
             ct: ConntrackServiceClient::new(channel.clone()),
+            ep: EndpointServiceClient::new(channel.clone()),
             net: NetworkServiceClient::new(channel),
         })
     }
@@ -159,6 +166,31 @@ impl Client {
         };
         answer(&self.peer, self.lb.delete_load_balancer(request)).await?;
         Ok(())
+    }
+
+    pub async fn get_lb(&mut self, service: ServiceKey) -> Result<LoadBalancer> {
+        let request = GetLoadBalancerRequest {
+            service: Some(service),
+        };
+        let answer = answer(&self.peer, self.lb.get_load_balancer(request)).await?;
+        Ok(answer.load_balancer.unwrap_or_default())
+    }
+
+    pub async fn create_probe(&mut self, probe: EndpointProbe) -> Result<()> {
+        let request = CreateEndpointProbeRequest { probe: Some(probe) };
+        answer(&self.peer, self.ep.create_endpoint_probe(request)).await?;
+        Ok(())
+    }
+
+    pub async fn delete_probe(&mut self, ip: String) -> Result<()> {
+        let request = DeleteEndpointProbeRequest { ip };
+        answer(&self.peer, self.ep.delete_endpoint_probe(request)).await?;
+        Ok(())
+    }
+
+    pub async fn list_probes(&mut self) -> Result<ListEndpointProbesResponse> {
+        let call = self.ep.list_endpoint_probes(ListEndpointProbesRequest {});
+        answer(&self.peer, call).await
     }
 
     pub async fn list_lbs(&mut self) -> Result<ListLoadBalancersResponse> {

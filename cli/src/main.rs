@@ -136,9 +136,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CreateResource {
-    /// Create load-balancer rules, one per --tcp/--udp port mapping
+    /// Create load-balancer rules, one per --tcp/--udp port mapping; a rule
+    /// that exists with other settings is updated
     #[command(alias = "loadbalancer")]
     Lb(CreateLb),
+    /// Define the health probe of an endpoint address
+    #[command(alias = "ep")]
+    Endpoint(CreateEndpoint),
 }
 
 #[derive(Subcommand)]
@@ -149,6 +153,12 @@ enum DeleteResource {
     /// Delete tracked connections: those matching the filters, or --all
     #[command(alias = "conntrack")]
     Ct(DeleteCt),
+    /// Delete the health probe of an endpoint address
+    #[command(alias = "ep")]
+    Endpoint {
+        /// Endpoint IP address
+        ip: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -159,6 +169,9 @@ enum GetResource {
     /// List tracked connections (both directions of each), with counts
     #[command(alias = "conntrack")]
     Ct(GetCt),
+    /// List endpoint health probes and their states
+    #[command(alias = "ep")]
+    Endpoint,
     /// List network interfaces
     Port,
     /// List interface addresses
@@ -182,8 +195,21 @@ struct CreateLb {
     #[arg(long, value_name = "PORT:TARGETPORT", value_delimiter = ',')]
     udp: Vec<String>,
     /// Endpoints; the weight (1-255, default 1) follows the last ':'
-    #[arg(long, required = true, value_name = "IP:WEIGHT", value_delimiter = ',')]
+    #[arg(
+        long,
+        required_unless_present_any = ["attach_ep", "detach_ep"],
+        conflicts_with_all = ["attach_ep", "detach_ep"],
+        value_name = "IP:WEIGHT",
+        value_delimiter = ','
+    )]
     endpoints: Vec<String>,
+    /// Add endpoints to the existing rules (their flows stay where they are)
+    #[arg(long = "attachEP", value_name = "IP:WEIGHT", value_delimiter = ',')]
+    attach_ep: Vec<String>,
+    /// Remove endpoints from the existing rules: they drain (no new flows,
+    /// established ones finish)
+    #[arg(long = "detachEP", value_name = "IP", value_delimiter = ',')]
+    detach_ep: Vec<String>,
     /// Endpoint selection: rr, hash, priority, persist, lc or maglev
     #[arg(long, default_value = "rr")]
     select: String,
@@ -196,6 +222,39 @@ struct CreateLb {
     /// NAT mode
     #[arg(long, default_value = "default")]
     mode: String,
+    /// Probe the endpoints; one that is down gets no new flows
+    #[arg(long)]
+    monitor: bool,
+    /// Advertise the external IP over BGP (stored and shown for now)
+    #[arg(long)]
+    bgp: bool,
+}
+
+#[derive(Args)]
+struct CreateEndpoint {
+    /// Endpoint IP address
+    ip: String,
+    /// ping, tcp, udp, http or https
+    #[arg(long, default_value = "ping")]
+    probetype: String,
+    /// Port to probe (tcp, udp; http 80 and https 443 by default)
+    #[arg(long)]
+    probeport: Option<String>,
+    /// udp: the datagram sent; http(s): the path requested
+    #[arg(long)]
+    probereq: Option<String>,
+    /// Text the answer must contain (udp, http, https)
+    #[arg(long)]
+    proberesp: Option<String>,
+    /// Seconds between probes (default 10)
+    #[arg(long)]
+    period: Option<String>,
+    /// Consecutive failed probes that take the endpoint down (default 2)
+    #[arg(long)]
+    retries: Option<String>,
+    /// Consecutive successful probes that bring it back (default 2)
+    #[arg(long)]
+    rise: Option<String>,
 }
 
 #[derive(Args)]
@@ -289,13 +348,44 @@ async fn run(cli: Cli) -> Result<()> {
             resource: CreateResource::Lb(lb),
         } => {
             let rules = create_requests(&lb)?;
+            let attach = args::parse_endpoints("--attachEP", &lb.attach_ep)?;
+            let changing = !attach.is_empty() || !lb.detach_ep.is_empty();
             let mut client = connect().await?;
-            for rule in rules {
+            for (mut rule, target_port) in rules {
                 let key = rule.service.clone().unwrap_or_default();
-                client.create_lb(rule).await?;
                 let label = service_label(&key.external_ip, key.port, &key.protocol);
-                println!("Created lb {label}");
+                if changing {
+                    let current = client
+                        .get_lb(key.clone())
+                        .await
+                        .with_context(|| format!("lb {label}"))?;
+                    rule = change_endpoints(current, &attach, &lb.detach_ep, target_port);
+                }
+                client.create_lb(rule).await?;
+                println!(
+                    "{} lb {label}",
+                    if changing { "Updated" } else { "Created" }
+                );
             }
+        }
+        Command::Create {
+            resource: CreateResource::Endpoint(ep),
+        } => {
+            let probe = endpoint_probe(&ep)?;
+            connect().await?.create_probe(probe).await?;
+            println!("Created endpoint {}", ep.ip);
+        }
+        Command::Delete {
+            resource: DeleteResource::Endpoint { ip },
+        } => {
+            connect().await?.delete_probe(ip.clone()).await?;
+            println!("Deleted endpoint {ip}");
+        }
+        Command::Get {
+            resource: GetResource::Endpoint,
+        } => {
+            let response = connect().await?.list_probes().await?;
+            print_list(cli.output, &response, |r| output::endpoint_table(&r.probes))?;
         }
         Command::Delete {
             resource: DeleteResource::Lb(lb),
@@ -348,7 +438,10 @@ async fn run(cli: Cli) -> Result<()> {
             let mut rules = connect().await?.list_lbs().await?;
             for lb in &mut rules.load_balancers {
                 lb.counters = None;
-                lb.endpoints.iter_mut().for_each(|e| e.counters = None);
+                lb.endpoints.iter_mut().for_each(|e| {
+                    e.counters = None;
+                    e.state.clear();
+                });
             }
             let text = serde_json::to_string_pretty(&rules)? + "\n";
             match file {
@@ -445,13 +538,62 @@ fn print_list<T: Serialize>(
     Ok(())
 }
 
-/// One CreateLoadBalancer request per (protocol, port) pair, each with all endpoints.
-fn create_requests(lb: &CreateLb) -> Result<Vec<pb::LoadBalancer>, ArgError> {
-    let endpoints = args::parse_endpoints(&lb.endpoints)?;
+/// The endpoint probe of `create endpoint`; numbers must be numbers, the
+/// rest is the daemon's to judge.
+fn endpoint_probe(ep: &CreateEndpoint) -> Result<pb::EndpointProbe, ArgError> {
+    let num = |flag: &'static str, v: &Option<String>| {
+        v.as_deref()
+            .map(|v| args::parse_number(flag, v, "must be a number"))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    };
+    Ok(pb::EndpointProbe {
+        ip: ep.ip.clone(),
+        probe_type: ep.probetype.clone(),
+        port: num("--probeport", &ep.probeport)?,
+        request: ep.probereq.clone().unwrap_or_default(),
+        response: ep.proberesp.clone().unwrap_or_default(),
+        period: num("--period", &ep.period)?,
+        retries: num("--retries", &ep.retries)?,
+        rise: num("--rise", &ep.rise)?,
+        ..Default::default()
+    })
+}
+
+/// `current` with `attach` added (at `target_port`, or replacing the weight
+/// of one already there) and the endpoints of the `detach` addresses removed.
+fn change_endpoints(
+    mut current: pb::LoadBalancer,
+    attach: &[args::EndpointArg],
+    detach: &[String],
+    target_port: u32,
+) -> pb::LoadBalancer {
+    current.counters = None;
+    current.endpoints.retain(|e| !detach.contains(&e.ip));
+    for a in attach {
+        current.endpoints.retain(|e| e.ip != a.ip);
+        current.endpoints.push(pb::Endpoint {
+            ip: a.ip.clone(),
+            target_port,
+            weight: a.weight,
+            ..Default::default()
+        });
+    }
+    for e in &mut current.endpoints {
+        e.counters = None;
+        e.state.clear();
+    }
+    current
+}
+
+/// One CreateLoadBalancer request per (protocol, port) pair, each with all
+/// endpoints, and the pair's target port.
+fn create_requests(lb: &CreateLb) -> Result<Vec<(pb::LoadBalancer, u32)>, ArgError> {
+    let endpoints = args::parse_endpoints("--endpoints", &lb.endpoints)?;
     let mut requests = Vec::new();
     for (protocol, flag, values) in [("tcp", "--tcp", &lb.tcp), ("udp", "--udp", &lb.udp)] {
         for map in args::parse_port_maps(flag, values)? {
-            requests.push(pb::LoadBalancer {
+            let rule = pb::LoadBalancer {
                 service: Some(pb::ServiceKey {
                     external_ip: lb.ip.clone(),
                     port: map.port,
@@ -466,12 +608,15 @@ fn create_requests(lb: &CreateLb) -> Result<Vec<pb::LoadBalancer>, ArgError> {
                         ip: e.ip.clone(),
                         target_port: map.target_port,
                         weight: e.weight,
-                        counters: None,
+                        ..Default::default()
                     })
                     .collect(),
                 counters: None,
                 inactivity_timeout: lb.inatimeout.unwrap_or(0),
-            });
+                monitor: lb.monitor,
+                bgp: lb.bgp,
+            };
+            requests.push((rule, map.target_port));
         }
     }
     Ok(requests)
@@ -539,7 +684,7 @@ mod tests {
         // One line per request: "proto/port -> ip target_port weight, ..."
         let summary: Vec<String> = requests
             .iter()
-            .map(|r| {
+            .map(|(r, _)| {
                 let key = r.service.clone().unwrap();
                 assert_eq!((r.name.as_str(), r.selection.as_str()), ("web", "hash"));
                 assert_eq!(r.mode, "default");

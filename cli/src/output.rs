@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::pb::{
     Address, ApplyLoadBalancersResponse, ConntrackCount, ConntrackEntry, ConntrackTable, Counters,
-    Interface, ListLoadBalancersResponse, LoadBalancer, Neighbour, NextHop, Route,
+    EndpointProbe, Interface, ListLoadBalancersResponse, LoadBalancer, Neighbour, NextHop, Route,
 };
 
 /// `ip:port/proto`, with IPv6 addresses bracketed so the port stays readable.
@@ -37,7 +37,14 @@ pub fn lb_json(mut response: ListLoadBalancersResponse) -> Result<String> {
 pub fn lb_table(lbs: &[LoadBalancer], wide: bool) -> String {
     let mut header = vec!["EXT IP", "PORT", "PROTO", "NAME", "SEL", "MODE"];
     header.extend(if wide {
-        &["ENDPOINT", "TARGET PORT", "WEIGHT"][..]
+        &[
+            "MONITOR",
+            "BGP",
+            "ENDPOINT",
+            "TARGET PORT",
+            "WEIGHT",
+            "STATE",
+        ][..]
     } else {
         &["# OF ENDPOINTS"][..]
     });
@@ -55,7 +62,9 @@ pub fn lb_table(lbs: &[LoadBalancer], wide: bool) -> String {
             lb.mode.clone(),
         ];
         if wide {
-            row.extend([String::new(), String::new(), String::new()]);
+            let yes = |b: bool| if b { "yes" } else { "no" }.to_owned();
+            row.extend([yes(lb.monitor), yes(lb.bgp)]);
+            row.extend([String::new(), String::new(), String::new(), String::new()]);
         } else {
             row.push(lb.endpoints.len().to_string());
         }
@@ -64,11 +73,17 @@ pub fn lb_table(lbs: &[LoadBalancer], wide: bool) -> String {
 
         if wide {
             for endpoint in &lb.endpoints {
-                let mut row = vec![String::new(); 6];
+                let mut row = vec![String::new(); 8];
                 row.extend([
                     endpoint.ip.clone(),
                     endpoint.target_port.to_string(),
                     endpoint.weight.to_string(),
+                    // Not monitored: no state to show.
+                    if endpoint.state.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        endpoint.state.clone()
+                    },
                 ]);
                 row.extend(counter_cells(endpoint.counters));
                 rows.push(row);
@@ -79,6 +94,47 @@ pub fn lb_table(lbs: &[LoadBalancer], wide: bool) -> String {
 }
 
 /// `get ct` table: one row per direction of each flow.
+/// `get endpoint` table: configured probes, then the default probes of
+/// monitored rules (SOURCE "monitor").
+pub fn endpoint_table(probes: &[EndpointProbe]) -> String {
+    let header = [
+        "HOST",
+        "PTYPE",
+        "PORT",
+        "REQ",
+        "RESP",
+        "PERIOD",
+        "RETRIES",
+        "RISE",
+        "STATE",
+        "SOURCE",
+        "LAST ERROR",
+    ];
+    let rows: Vec<Vec<String>> = probes
+        .iter()
+        .map(|p| {
+            vec![
+                p.ip.clone(),
+                p.probe_type.clone(),
+                if p.port == 0 {
+                    "-".to_owned()
+                } else {
+                    p.port.to_string()
+                },
+                p.request.clone(),
+                p.response.clone(),
+                p.period.to_string(),
+                p.retries.to_string(),
+                p.rise.to_string(),
+                p.state.clone(),
+                if p.configured { "endpoint" } else { "monitor" }.to_owned(),
+                p.last_error.clone(),
+            ]
+        })
+        .collect();
+    render(&header, &rows)
+}
+
 pub fn ct_table(entries: &[ConntrackEntry]) -> String {
     let header = [
         "SERVICE", "DEST IP", "SRC IP", "DPORT", "SPORT", "PROTO", "STATE", "ACT", "PACKETS",
@@ -300,6 +356,7 @@ mod tests {
             target_port: 8080,
             weight,
             counters: Some(Counters { packets, bytes }),
+            state: if weight == 1 { "up" } else { "down" }.to_owned(),
         };
         vec![LoadBalancer {
             service: Some(ServiceKey {
@@ -319,7 +376,52 @@ mod tests {
                 bytes: 1000,
             }),
             inactivity_timeout: 0,
+            monitor: true,
+            bgp: false,
         }]
+    }
+
+    #[test]
+    fn endpoint_table_shows_state_and_source() {
+        let probes = [
+            EndpointProbe {
+                ip: "31.31.31.1".into(),
+                probe_type: "http".into(),
+                port: 8080,
+                request: "/health".into(),
+                response: "OK".into(),
+                period: 5,
+                retries: 2,
+                rise: 3,
+                state: "down".into(),
+                configured: true,
+                last_error: "connect: Connection refused".into(),
+            },
+            EndpointProbe {
+                ip: "32.32.32.1".into(),
+                probe_type: "ping".into(),
+                period: 10,
+                retries: 2,
+                rise: 2,
+                state: "up".into(),
+                ..Default::default()
+            },
+        ];
+        let rows = endpoint_table(&probes);
+        let lines: Vec<&str> = rows.lines().collect();
+        assert_eq!(lines.len(), 4, "{rows}");
+        assert!(lines[0].starts_with("| HOST "), "{rows}");
+        assert!(
+            lines[2].contains("| http ")
+                && lines[2].contains("| down ")
+                && lines[2].contains("| endpoint ")
+                && lines[2].contains("refused"),
+            "{rows}"
+        );
+        assert!(
+            lines[3].contains("| -    ") && lines[3].contains("| monitor "),
+            "{rows}"
+        );
     }
 
     #[test]
@@ -335,11 +437,11 @@ mod tests {
     #[test]
     fn wide_lb_table_adds_endpoint_rows() {
         let expected = "\
-| EXT IP     | PORT | PROTO | NAME | SEL | MODE    | ENDPOINT   | TARGET PORT | WEIGHT | PACKETS | BYTES |
-|------------|------|-------|------|-----|---------|------------|-------------|--------|---------|-------|
-| 20.20.20.1 | 2020 | tcp   | web  | rr  | default |            |             |        | 10      | 1000  |
-|            |      |       |      |     |         | 31.31.31.1 | 8080        | 1      | 7       | 700   |
-|            |      |       |      |     |         | 32.32.32.1 | 8080        | 2      | 3       | 300   |
+| EXT IP     | PORT | PROTO | NAME | SEL | MODE    | MONITOR | BGP | ENDPOINT   | TARGET PORT | WEIGHT | STATE | PACKETS | BYTES |
+|------------|------|-------|------|-----|---------|---------|-----|------------|-------------|--------|-------|---------|-------|
+| 20.20.20.1 | 2020 | tcp   | web  | rr  | default | yes     | no  |            |             |        |       | 10      | 1000  |
+|            |      |       |      |     |         |         |     | 31.31.31.1 | 8080        | 1      | up    | 7       | 700   |
+|            |      |       |      |     |         |         |     | 32.32.32.1 | 8080        | 2      | down  | 3       | 300   |
 ";
         assert_eq!(lb_table(&sample(), true), expected);
     }

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::datapath::Datapath;
+use crate::health::Health;
 use crate::proto::v1 as pb;
 use crate::proto::v1::load_balancer_service_server::LoadBalancerService;
 use crate::rules::{
@@ -13,11 +14,12 @@ use crate::rules::{
 pub struct Api {
     store: Arc<RuleStore>,
     dp: Arc<Datapath>,
+    health: Arc<Health>,
 }
 
 impl Api {
-    pub fn new(store: Arc<RuleStore>, dp: Arc<Datapath>) -> Api {
-        Api { store, dp }
+    pub fn new(store: Arc<RuleStore>, dp: Arc<Datapath>, health: Arc<Health>) -> Api {
+        Api { store, dp, health }
     }
 
     /// The stored rule with its live counters.
@@ -37,16 +39,25 @@ impl Api {
             endpoints: r
                 .endpoints
                 .iter()
-                .enumerate()
-                .map(|(i, e)| pb::Endpoint {
+                .map(|e| pb::Endpoint {
                     ip: e.ip.to_string(),
                     target_port: e.port.into(),
                     weight: e.weight.into(),
-                    counters: self.dp.endpoint_counters(s.id, i).ok().and_then(counters),
+                    counters: s
+                        .index_of(e)
+                        .and_then(|i| self.dp.endpoint_counters(s.id, i).ok())
+                        .and_then(counters),
+                    state: match (r.monitor, self.store.is_down((e.ip, e.port))) {
+                        (false, _) => String::new(),
+                        (true, false) => "up".into(),
+                        (true, true) => "down".into(),
+                    },
                 })
                 .collect(),
             counters: self.dp.service_counters(s.id).ok().and_then(counters),
             inactivity_timeout: r.inactivity_timeout,
+            monitor: r.monitor,
+            bgp: r.bgp,
         }
     }
 }
@@ -91,6 +102,8 @@ fn rule_from_proto(f: &str, lb: Option<&pb::LoadBalancer>) -> crate::rules::Resu
         mode: Mode::parse(&format!("{f}.mode"), &lb.mode)?,
         endpoints,
         inactivity_timeout: lb.inactivity_timeout,
+        monitor: lb.monitor,
+        bgp: lb.bgp,
     };
     rule.validate(f)?;
     Ok(rule)
@@ -103,8 +116,10 @@ impl LoadBalancerService for Api {
         req: Request<pb::CreateLoadBalancerRequest>,
     ) -> Result<Response<pb::CreateLoadBalancerResponse>, Status> {
         let rule = rule_from_proto("load_balancer", req.get_ref().load_balancer.as_ref())?;
-        let stored = self.store.create(rule)?;
-        tracing::info!(service = %stored.rule.key, id = stored.id, "load balancer created");
+        let (stored, created) = self.store.create(rule)?;
+        let verb = if created { "created" } else { "updated" };
+        tracing::info!(service = %stored.rule.key, id = stored.id, "load balancer {verb}");
+        self.health.notify();
         Ok(Response::new(pb::CreateLoadBalancerResponse {
             load_balancer: Some(self.to_proto(&stored)),
         }))
@@ -117,6 +132,7 @@ impl LoadBalancerService for Api {
         let key = key_from_proto("service", req.get_ref().service.as_ref())?;
         self.store.delete(&key)?;
         tracing::info!(service = %key, "load balancer deleted");
+        self.health.notify();
         Ok(Response::new(pb::DeleteLoadBalancerResponse {}))
     }
 
@@ -148,6 +164,7 @@ impl LoadBalancerService for Api {
             .await
             .map_err(|e| Status::internal(format!("applying: {e}")))??;
         if !req.dry_run {
+            self.health.notify();
             tracing::info!(
                 created = report.created.len(),
                 updated = report.updated.len(),

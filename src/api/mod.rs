@@ -1,5 +1,6 @@
 //! The gRPC API: translates proto <-> domain and maps errors to status codes.
 mod conntrack;
+mod endpoint;
 mod loadbalancer;
 mod network;
 mod stats;
@@ -14,8 +15,10 @@ use tonic::Status;
 pub use transport::{check_exposure, ListenAddr, Listener, TlsFiles};
 
 use crate::datapath::{self, Datapath};
+use crate::health::Health;
 use crate::metrics::ApiStats;
 use crate::proto::v1::conntrack_service_server::ConntrackServiceServer;
+use crate::proto::v1::endpoint_service_server::EndpointServiceServer;
 use crate::proto::v1::load_balancer_service_server::LoadBalancerServiceServer;
 use crate::proto::v1::network_service_server::NetworkServiceServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
@@ -51,6 +54,7 @@ pub async fn serve(
     tls: Option<ServerTlsConfig>,
     store: Arc<RuleStore>,
     dp: Arc<Datapath>,
+    health: Arc<Health>,
     stats: Arc<ApiStats>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -58,12 +62,15 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let (health_reporter, grpc_health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<LoadBalancerServiceServer<loadbalancer::Api>>()
         .await;
     health_reporter
         .set_serving::<ConntrackServiceServer<conntrack::Api>>()
+        .await;
+    health_reporter
+        .set_serving::<EndpointServiceServer<endpoint::Api>>()
         .await;
 
     let mut server = Server::builder();
@@ -72,11 +79,16 @@ pub async fn serve(
     }
     let router = server
         .layer(stats::CountLayer(stats))
-        .add_service(health)
+        .add_service(grpc_health)
         .add_service(reflection)
         .add_service(LoadBalancerServiceServer::new(loadbalancer::Api::new(
             store.clone(),
             dp.clone(),
+            health.clone(),
+        )))
+        .add_service(EndpointServiceServer::new(endpoint::Api::new(
+            store.clone(),
+            health,
         )))
         .add_service(ConntrackServiceServer::new(conntrack::Api::new(
             store,

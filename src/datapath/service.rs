@@ -2,7 +2,7 @@
 use super::pod;
 use super::types::{ll_endpoint, ll_maglev, ll_selection, ll_svc, ll_svc_key};
 use super::{Datapath, Result, MAX_ENDPOINTS, MAX_SLOTS};
-use crate::rules::{LbRule, Selection, ServiceKey, DEFAULT_INACTIVITY_TIMEOUT};
+use crate::rules::{Endpoint, LbRule, Selection, ServiceKey, DEFAULT_INACTIVITY_TIMEOUT};
 
 pub(super) fn svc_key(k: &ServiceKey) -> ll_svc_key {
     ll_svc_key {
@@ -50,9 +50,23 @@ fn slots(weights: &[u8]) -> Vec<u8> {
 }
 
 impl Datapath {
-    /// Writes (or replaces) the service of `rule` under datapath id `id`.
+    /// Writes (or replaces) the service of `rule` under datapath id `id`,
+    /// its endpoints at their list positions, all taking new flows.
     pub fn program_service(&self, id: u32, rule: &LbRule) -> Result<()> {
-        debug_assert!(!rule.endpoints.is_empty() && rule.endpoints.len() <= MAX_ENDPOINTS);
+        let endpoints: Vec<(Endpoint, bool)> = rule.endpoints.iter().map(|e| (*e, true)).collect();
+        self.program_service_endpoints(id, rule, &endpoints)
+    }
+
+    /// As `program_service`, with the endpoint array given: each entry
+    /// with whether it takes new flows. One that does not gets weight 0
+    /// (which lc and persist skip) and no selection slot or maglev entry.
+    pub fn program_service_endpoints(
+        &self,
+        id: u32,
+        rule: &LbRule,
+        endpoints: &[(Endpoint, bool)],
+    ) -> Result<()> {
+        debug_assert!(!endpoints.is_empty() && endpoints.len() <= MAX_ENDPOINTS);
         let mut svc = ll_svc {
             id,
             sel: match rule.selection {
@@ -63,38 +77,53 @@ impl Datapath {
                 Selection::LeastConnections => ll_selection::LL_SEL_LC,
                 Selection::Maglev => ll_selection::LL_SEL_MAGLEV,
             },
-            n_endpoints: rule.endpoints.len() as u8,
+            n_endpoints: endpoints.len() as u8,
             persist_s: match rule.inactivity_timeout {
                 0 => DEFAULT_INACTIVITY_TIMEOUT,
                 t => t,
             },
             ..Default::default()
         };
-        for (slot, e) in svc.endpoints.iter_mut().zip(&rule.endpoints) {
+        for (slot, (e, live)) in svc.endpoints.iter_mut().zip(endpoints) {
             *slot = ll_endpoint {
                 addr: u32::from(e.ip).to_be(),
                 port: e.port.to_be(),
-                weight: e.weight,
+                weight: if *live { e.weight } else { 0 },
                 pad: 0,
             };
         }
-        let weights: Vec<u8> = rule.endpoints.iter().map(|e| e.weight).collect();
+        // Selection runs over the live endpoints; its results are mapped
+        // back to array indices.
+        let live: Vec<(usize, &Endpoint)> = endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, live))| *live)
+            .map(|(i, (e, _))| (i, e))
+            .collect();
+        if live.is_empty() {
+            // n_slots 0: the VIP's new flows go to Linux (LL_R_PASS_NO_ENDPOINT).
+            return self.upsert_service(&svc_key(&rule.key), &svc);
+        }
+        let weights: Vec<u8> = live.iter().map(|(_, e)| e.weight).collect();
         let table = slots(&weights);
         svc.n_slots = table.len() as u16;
-        svc.slots[..table.len()].copy_from_slice(&table);
+        for (slot, &l) in svc.slots.iter_mut().zip(&table) {
+            *slot = live[usize::from(l)].0 as u8;
+        }
         // The table first: the datapath must never see a maglev service
         // without (or with another service's stale) table.
         if rule.selection == Selection::Maglev {
-            let names: Vec<String> = rule
-                .endpoints
+            let names: Vec<String> = live
                 .iter()
-                .map(|e| format!("{}:{}", e.ip, e.port))
+                .map(|(_, e)| format!("{}:{}", e.ip, e.port))
                 .collect();
             let mut m = ll_maglev {
                 slots: [0; MAGLEV_SIZE],
                 pad: [0; 3],
             };
-            m.slots.copy_from_slice(&maglev(&names, &weights));
+            for (slot, l) in m.slots.iter_mut().zip(maglev(&names, &weights)) {
+                *slot = live[usize::from(l)].0 as u8;
+            }
             self.set_maglev(id, &m)?;
         }
         self.upsert_service(&svc_key(&rule.key), &svc)

@@ -97,6 +97,7 @@ fn render_rules(w: &mut Writer, src: &Sources) -> datapath::Result<()> {
     let mut rule_flows = Vec::new();
     let mut ep_pkts = Vec::new();
     let mut ep_bytes = Vec::new();
+    let mut ep_up = Vec::new();
     for s in &rules {
         let labels = vec![
             ("name", s.rule.name.clone()),
@@ -108,10 +109,15 @@ fn render_rules(w: &mut Writer, src: &Sources) -> datapath::Result<()> {
         rule_pkts.push((labels.clone(), c.packets));
         rule_bytes.push((labels.clone(), c.bytes));
         rule_flows.push((labels.clone(), flows.get(&s.id).copied().unwrap_or(0)));
-        for (idx, e) in s.rule.endpoints.iter().enumerate() {
+        // Draining endpoints too: their flows still count.
+        for (idx, e) in s.slots.iter().enumerate() {
             let c = src.dp.endpoint_counters(s.id, idx)?;
             let mut labels = labels.clone();
             labels.push(("endpoint", format!("{}:{}", e.ip, e.port)));
+            if s.rule.monitor && s.rule.endpoint(e.ip, e.port).is_some() {
+                let up = !src.store.is_down((e.ip, e.port));
+                ep_up.push((labels.clone(), u64::from(up)));
+            }
             ep_pkts.push((labels.clone(), c.packets));
             ep_bytes.push((labels, c.bytes));
         }
@@ -146,6 +152,12 @@ fn render_rules(w: &mut Writer, src: &Sources) -> datapath::Result<()> {
             Kind::Counter,
             "Bytes of a rule sent to one endpoint, both directions.",
             ep_bytes,
+        ),
+        (
+            "loxilight_endpoint_up",
+            Kind::Gauge,
+            "Health of an endpoint of a monitored rule: 1 up, 0 down (no new flows).",
+            ep_up,
         ),
     ];
     for (name, kind, help, samples) in families {

@@ -5,10 +5,11 @@ mod persist;
 mod store;
 
 pub use model::{
-    parse_ip, parse_port, parse_weight, Endpoint, LbRule, Mode, Protocol, Selection, ServiceKey,
-    DEFAULT_INACTIVITY_TIMEOUT,
+    parse_ip, parse_port, parse_weight, Endpoint, EndpointProbe, LbRule, Mode, ProbeType, Protocol,
+    Selection, ServiceKey, DEFAULT_INACTIVITY_TIMEOUT, DEFAULT_PROBE_PERIOD, DEFAULT_PROBE_RETRIES,
+    DEFAULT_PROBE_RISE,
 };
-pub use store::{ApplyReport, RuleStore, StoredRule};
+pub use store::{ApplyReport, EndpointAddr, RuleStore, StoredRule};
 
 use crate::datapath;
 

@@ -205,12 +205,155 @@ pub struct LbRule {
     /// (`persist` selection); 0 means the default.
     #[serde(default)]
     pub inactivity_timeout: u32,
+    /// Probe the endpoints; one that is down gets no new flows.
+    #[serde(default)]
+    pub monitor: bool,
+    /// Advertise the VIP over BGP (stored and shown; advertising comes later).
+    #[serde(default)]
+    pub bgp: bool,
+}
+
+/// How an endpoint's health is probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeType {
+    /// ICMP echo.
+    Ping,
+    /// A TCP connect.
+    Tcp,
+    /// A datagram; fails on an ICMP port unreachable or a wrong answer.
+    Udp,
+    /// GET of the request path; a 2xx status (with the response text, if given).
+    Http,
+    /// As http, over TLS (the certificate is not verified).
+    Https,
+}
+
+impl ProbeType {
+    pub fn parse(field: &str, s: &str) -> Result<ProbeType> {
+        match s.to_ascii_lowercase().as_str() {
+            "" | "ping" => Ok(ProbeType::Ping),
+            "tcp" => Ok(ProbeType::Tcp),
+            "udp" => Ok(ProbeType::Udp),
+            "http" => Ok(ProbeType::Http),
+            "https" => Ok(ProbeType::Https),
+            other => Err(Error::invalid(
+                field,
+                format!("unknown probe type {other:?} (ping, tcp, udp, http or https)"),
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeType::Ping => "ping",
+            ProbeType::Tcp => "tcp",
+            ProbeType::Udp => "udp",
+            ProbeType::Http => "http",
+            ProbeType::Https => "https",
+        }
+    }
+}
+
+/// A health probe of one endpoint address, used for it by every monitored
+/// rule (instead of the default TCP connect to the rule's target port).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EndpointProbe {
+    pub ip: Ipv4Addr,
+    pub probe: ProbeType,
+    /// 0 for ping.
+    pub port: u16,
+    /// udp: the datagram sent; http(s): the path.
+    pub request: String,
+    /// Expected in the answer (udp: the datagram, http(s): the body); empty: anything.
+    pub response: String,
+    pub period_s: u32,
+    /// Consecutive failures that take the endpoint down.
+    pub retries: u32,
+    /// Consecutive successes that bring it back.
+    pub rise: u32,
+}
+
+pub const DEFAULT_PROBE_PERIOD: u32 = 10;
+pub const DEFAULT_PROBE_RETRIES: u32 = 2;
+pub const DEFAULT_PROBE_RISE: u32 = 2;
+
+impl EndpointProbe {
+    /// Fills in the defaults (0 and empty mean "default") and checks the
+    /// fields; `field` is the API path of the probe.
+    pub fn normalize(mut self, field: &str) -> Result<EndpointProbe> {
+        let count = |name: &str, v: u32, default: u32, max: u32| match v {
+            0 => Ok(default),
+            1.. if v <= max => Ok(v),
+            _ => Err(Error::invalid(
+                format!("{field}.{name}"),
+                format!("{v} is out of range (1-{max})"),
+            )),
+        };
+        self.period_s = count("period", self.period_s, DEFAULT_PROBE_PERIOD, 3600)?;
+        self.retries = count("retries", self.retries, DEFAULT_PROBE_RETRIES, 100)?;
+        self.rise = count("rise", self.rise, DEFAULT_PROBE_RISE, 100)?;
+        self.port = match (self.probe, self.port) {
+            (ProbeType::Ping, 0) => 0,
+            (ProbeType::Ping, _) => {
+                return Err(Error::invalid(
+                    format!("{field}.port"),
+                    "a ping probe has no port",
+                ))
+            }
+            (ProbeType::Http, 0) => 80,
+            (ProbeType::Https, 0) => 443,
+            (ProbeType::Tcp | ProbeType::Udp, 0) => {
+                return Err(Error::invalid(
+                    format!("{field}.port"),
+                    format!("a {} probe needs a port", self.probe.as_str()),
+                ))
+            }
+            (_, p) => p,
+        };
+        if matches!(self.probe, ProbeType::Http | ProbeType::Https) {
+            if self.request.is_empty() {
+                self.request = "/".into();
+            } else if !self.request.starts_with('/') {
+                return Err(Error::invalid(
+                    format!("{field}.request"),
+                    "an http(s) probe request is a path starting with /",
+                ));
+            }
+        }
+        for (name, text) in [("request", &self.request), ("response", &self.response)] {
+            if text.len() > 255 || text.chars().any(char::is_control) {
+                return Err(Error::invalid(
+                    format!("{field}.{name}"),
+                    "must be at most 255 characters, without control characters",
+                ));
+            }
+            if self.probe == ProbeType::Ping && !text.is_empty() {
+                return Err(Error::invalid(
+                    format!("{field}.{name}"),
+                    "a ping probe sends and expects no text",
+                ));
+            }
+        }
+        if self.probe == ProbeType::Tcp && !(self.request.is_empty() && self.response.is_empty()) {
+            return Err(Error::invalid(
+                format!("{field}.request"),
+                "a tcp probe only connects: no request or response",
+            ));
+        }
+        Ok(self)
+    }
 }
 
 /// The `persist` stickiness when a rule sets no inactivity timeout.
 pub const DEFAULT_INACTIVITY_TIMEOUT: u32 = 1800;
 
 impl LbRule {
+    /// The rule's endpoint with this address and port, if it has one.
+    pub fn endpoint(&self, ip: Ipv4Addr, port: u16) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.ip == ip && e.port == port)
+    }
+
     /// Checks what single fields cannot: the endpoint list and the name.
     /// `field` is the API path of the rule, for error messages.
     pub fn validate(&self, field: &str) -> Result<()> {
@@ -271,6 +414,8 @@ mod tests {
             mode: Mode::Default,
             endpoints,
             inactivity_timeout: 0,
+            monitor: false,
+            bgp: false,
         }
     }
 

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Error, LbRule, Result, StoredRule};
+use super::{Endpoint, EndpointProbe, Error, LbRule, Result, StoredRule};
+use crate::datapath::MAX_ENDPOINTS;
 
 const VERSION: u32 = 1;
 
@@ -14,6 +15,16 @@ const VERSION: u32 = 1;
 struct StateFile {
     version: u32,
     load_balancers: Vec<Persisted>,
+    /// Absent from files written before health checks.
+    #[serde(default)]
+    endpoint_probes: Vec<EndpointProbe>,
+}
+
+/// What the state file holds.
+#[derive(Debug, Default)]
+pub struct State {
+    pub rules: Vec<StoredRule>,
+    pub probes: Vec<EndpointProbe>,
 }
 
 /// A rule with its datapath id, kept so that a restarted daemon adopts the
@@ -23,17 +34,22 @@ struct Persisted {
     id: u32,
     #[serde(flatten)]
     rule: LbRule,
+    /// The datapath's endpoint array, draining endpoints included (indices
+    /// are what counters and flows refer to). Absent from older files: the
+    /// rule's endpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    datapath_endpoints: Vec<Endpoint>,
 }
 
 fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Persist(format!("{what} {}: {e}", path.display()))
 }
 
-/// The rules in `path`, validated; none when the file does not exist.
-pub fn load(path: &Path) -> Result<Vec<StoredRule>> {
+/// The rules and probes in `path`, validated; none when the file does not exist.
+pub fn load(path: &Path) -> Result<State> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
         Err(e) => return Err(io_err("reading", path, e)),
     };
     let file: StateFile = serde_json::from_str(&text).map_err(|e| io_err("parsing", path, e))?;
@@ -44,32 +60,65 @@ pub fn load(path: &Path) -> Result<Vec<StoredRule>> {
             format!("unknown version {}", file.version),
         ));
     }
-    file.load_balancers
+    let rules = file
+        .load_balancers
         .into_iter()
         .enumerate()
         .map(|(i, p)| {
             p.rule
                 .validate(&format!("load_balancers[{i}]"))
                 .map_err(|e| io_err("validating", path, e))?;
+            // An array that lost one of the rule's endpoints is not trusted.
+            let complete = p.datapath_endpoints.len() <= MAX_ENDPOINTS
+                && p.rule.endpoints.iter().all(|e| {
+                    p.datapath_endpoints
+                        .iter()
+                        .any(|d| (d.ip, d.port) == (e.ip, e.port))
+                });
+            let slots = match complete && !p.datapath_endpoints.is_empty() {
+                true => p.datapath_endpoints,
+                false => p.rule.endpoints.clone(),
+            };
             Ok(StoredRule {
                 id: p.id,
                 rule: p.rule,
+                slots,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    let probes = file
+        .endpoint_probes
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            p.normalize(&format!("endpoint_probes[{i}]"))
+                .map_err(|e| io_err("validating", path, e))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(State { rules, probes })
 }
 
 /// Writes `rules` to `path` so that a crash leaves either the old file or
 /// the new one: a temporary file, fsync, rename, fsync of the directory.
-pub fn save<'a>(path: &Path, rules: impl Iterator<Item = &'a StoredRule>) -> Result<()> {
+pub fn save<'a>(
+    path: &Path,
+    rules: impl Iterator<Item = &'a StoredRule>,
+    probes: impl Iterator<Item = &'a EndpointProbe>,
+) -> Result<()> {
     let file = StateFile {
         version: VERSION,
         load_balancers: rules
             .map(|s| Persisted {
                 id: s.id,
                 rule: s.rule.clone(),
+                // Only worth writing when it differs from the rule's list.
+                datapath_endpoints: match s.slots == s.rule.endpoints {
+                    true => Vec::new(),
+                    false => s.slots.clone(),
+                },
             })
             .collect(),
+        endpoint_probes: probes.cloned().collect(),
     };
     let json = serde_json::to_vec_pretty(&file).map_err(|e| io_err("encoding", path, e))?;
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -90,11 +139,21 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::rules::{Endpoint, Mode, Protocol, Selection, ServiceKey};
+    use crate::rules::{Mode, ProbeType, Protocol, Selection, ServiceKey};
+
+    fn ep(last: u8) -> Endpoint {
+        Endpoint {
+            ip: Ipv4Addr::new(31, 31, 31, last),
+            port: 53,
+            weight: 3,
+        }
+    }
 
     fn rule(port: u16) -> StoredRule {
+        let endpoints = vec![ep(1)];
         StoredRule {
             id: u32::from(port),
+            slots: endpoints.clone(),
             rule: LbRule {
                 key: ServiceKey {
                     ip: Ipv4Addr::new(20, 20, 20, 1),
@@ -104,40 +163,83 @@ mod tests {
                 name: "dns".into(),
                 selection: Selection::Hash,
                 mode: Mode::Default,
-                endpoints: vec![Endpoint {
-                    ip: Ipv4Addr::new(31, 31, 31, 1),
-                    port: 53,
-                    weight: 3,
-                }],
+                endpoints,
                 inactivity_timeout: 0,
+                monitor: true,
+                bgp: false,
             },
         }
     }
 
+    fn probe() -> EndpointProbe {
+        EndpointProbe {
+            ip: Ipv4Addr::new(31, 31, 31, 1),
+            probe: ProbeType::Http,
+            port: 8080,
+            request: "/health".into(),
+            response: "OK".into(),
+            period_s: 5,
+            retries: 3,
+            rise: 2,
+        }
+    }
+
+    fn temp(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("loxilight-persist-{tag}-{}", std::process::id()));
+        (dir.clone(), dir.join("state.json"))
+    }
+
     #[test]
     fn rules_round_trip_and_a_missing_file_is_empty() {
-        let dir = std::env::temp_dir().join(format!("loxilight-persist-{}", std::process::id()));
-        let path = dir.join("state.json");
-        assert!(load(&path).unwrap().is_empty());
-        let rules = [rule(53), rule(54)];
-        save(&path, rules.iter()).unwrap();
+        let (dir, path) = temp("rt");
+        let empty = load(&path).unwrap();
+        assert!(empty.rules.is_empty() && empty.probes.is_empty());
+        let mut draining = rule(54);
+        draining.slots.insert(0, ep(9));
+        let rules = [rule(53), draining];
+        save(&path, rules.iter(), [probe()].iter()).unwrap();
         let back = load(&path).unwrap();
-        assert_eq!(back.len(), 2);
-        assert_eq!((back[1].id, &back[1].rule), (54, &rules[1].rule));
+        assert_eq!(back.rules.len(), 2);
+        assert_eq!(
+            (back.rules[1].id, &back.rules[1].rule),
+            (54, &rules[1].rule)
+        );
+        assert_eq!(
+            back.rules[1].slots, rules[1].slots,
+            "a draining entry stays"
+        );
+        assert_eq!(back.rules[0].slots, rules[0].slots);
+        assert_eq!(back.probes, [probe()]);
         assert!(!path.with_extension("json.tmp").exists());
         let text = fs::read_to_string(&path).unwrap();
         assert!(
             text.contains("\"selection\": \"hash\"") && text.contains("\"proto\": \"udp\""),
             "{text}"
         );
+        assert_eq!(text.matches("datapath_endpoints").count(), 1, "{text}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn files_from_before_health_checks_still_load() {
+        let (dir, path) = temp("old");
+        fs::create_dir_all(&dir).unwrap();
+        let old = r#"{"version":1,"load_balancers":[{"id":3,"key":{"ip":"20.20.20.1","port":80,
+            "proto":"tcp"},"name":"","selection":"rr","mode":"default","endpoints":[
+            {"ip":"31.31.31.1","port":8080,"weight":1}]}]}"#;
+        fs::write(&path, old).unwrap();
+        let back = load(&path).unwrap();
+        let r = &back.rules[0];
+        assert_eq!((r.id, r.rule.monitor, r.rule.bgp), (3, false, false));
+        assert_eq!(r.slots, r.rule.endpoints);
+        assert!(back.probes.is_empty());
         fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn bad_files_are_refused_with_the_path() {
-        let dir =
-            std::env::temp_dir().join(format!("loxilight-persist-bad-{}", std::process::id()));
-        let path = dir.join("state.json");
+        let (dir, path) = temp("bad");
         fs::create_dir_all(&dir).unwrap();
         for bad in ["{", r#"{"version":9,"load_balancers":[]}"#] {
             fs::write(&path, bad).unwrap();
@@ -146,11 +248,16 @@ mod tests {
         }
         let mut r = rule(53);
         r.rule.endpoints.clear();
-        save(&path, [r].iter()).unwrap();
+        save(&path, [r].iter(), [].iter()).unwrap();
         assert!(load(&path)
             .unwrap_err()
             .to_string()
             .contains("at least one endpoint"));
+        let mut p = probe();
+        p.period_s = 99999;
+        save(&path, [rule(53)].iter(), [p].iter()).unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(e.contains("endpoint_probes[0].period"), "{e}");
         fs::remove_dir_all(dir).unwrap();
     }
 }

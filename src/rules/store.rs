@@ -1,15 +1,85 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{persist, Error, LbRule, Result, ServiceKey};
-use crate::datapath::Datapath;
+use super::{persist, Endpoint, EndpointProbe, Error, LbRule, Result, ServiceKey};
+use crate::datapath::{Datapath, MAX_ENDPOINTS};
+
+/// An endpoint address and target port that health checks found down.
+pub type EndpointAddr = (Ipv4Addr, u16);
 
 /// A rule as stored, with the datapath id that indexes its counters.
 #[derive(Debug, Clone)]
 pub struct StoredRule {
     pub id: u32,
     pub rule: LbRule,
+    /// The datapath's endpoint array. An endpoint keeps its index while it
+    /// stays in the rule, since counters and flows refer to it by index;
+    /// one removed from the rule stays here, draining (no new flows), until
+    /// its index is needed for another.
+    pub slots: Vec<Endpoint>,
+}
+
+impl StoredRule {
+    fn new(id: u32, rule: LbRule) -> StoredRule {
+        let slots = rule.endpoints.clone();
+        StoredRule { id, rule, slots }
+    }
+
+    /// The rule with a new definition, its endpoints keeping their indices.
+    fn updated(&self, rule: LbRule) -> StoredRule {
+        StoredRule {
+            id: self.id,
+            slots: relayout(&self.slots, &rule.endpoints),
+            rule,
+        }
+    }
+
+    /// The datapath index of an endpoint of the rule.
+    pub fn index_of(&self, e: &Endpoint) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| (s.ip, s.port) == (e.ip, e.port))
+    }
+
+    /// The datapath's endpoint array, each entry with whether it takes new
+    /// flows: it is in the rule and, if the rule is monitored, not down.
+    pub fn datapath_endpoints(&self, down: &HashSet<EndpointAddr>) -> Vec<(Endpoint, bool)> {
+        self.slots
+            .iter()
+            .map(|s| {
+                let live = self.rule.endpoint(s.ip, s.port).is_some()
+                    && !(self.rule.monitor && down.contains(&(s.ip, s.port)));
+                (*s, live)
+            })
+            .collect()
+    }
+}
+
+/// The endpoint array after a rule's list became `new`: kept endpoints keep
+/// their index (with the new weight), removed ones stay as draining entries,
+/// and a new one takes a fresh index, or the first draining one once all
+/// MAX_ENDPOINTS are used.
+fn relayout(old: &[Endpoint], new: &[Endpoint]) -> Vec<Endpoint> {
+    let find = |list: &[Endpoint], e: &Endpoint| {
+        list.iter().position(|o| (o.ip, o.port) == (e.ip, e.port))
+    };
+    let mut slots: Vec<Endpoint> = old
+        .iter()
+        .map(|o| find(new, o).map_or(*o, |i| new[i]))
+        .collect();
+    for e in new {
+        if find(&slots, e).is_some() {
+            continue;
+        }
+        if slots.len() < MAX_ENDPOINTS {
+            slots.push(*e);
+        } else if let Some(i) = slots.iter().position(|s| find(new, s).is_none()) {
+            slots[i] = *e;
+        }
+    }
+    slots
 }
 
 /// One change to the rule set, with what undoing it needs.
@@ -32,6 +102,9 @@ struct Inner {
     rules: BTreeMap<ServiceKey, StoredRule>,
     free_ids: Vec<u32>,
     next_id: u32,
+    probes: BTreeMap<Ipv4Addr, EndpointProbe>,
+    /// Endpoints that health checks found down (for monitored rules).
+    down: HashSet<EndpointAddr>,
 }
 
 impl Inner {
@@ -67,18 +140,18 @@ impl RuleStore {
     pub fn open(dp: Arc<Datapath>, state_file: Option<PathBuf>) -> Result<RuleStore> {
         let saved = match &state_file {
             Some(path) => persist::load(path)?,
-            None => Vec::new(),
+            None => persist::State::default(),
         };
         let limit = dp.limits().services;
         let mut rules = BTreeMap::new();
-        for s in saved {
+        for s in saved.rules {
             if s.id >= limit || rules.values().any(|o: &StoredRule| o.id == s.id) {
                 return Err(Error::Persist(format!(
                     "rule {} has id {}, a duplicate or beyond max_services ({limit})",
                     s.rule.key, s.id
                 )));
             }
-            dp.program_service(s.id, &s.rule)?;
+            dp.program_service_endpoints(s.id, &s.rule, &s.datapath_endpoints(&HashSet::new()))?;
             rules.insert(s.rule.key, s);
         }
         let live: HashSet<u32> = rules.values().map(|s| s.id).collect();
@@ -92,6 +165,8 @@ impl RuleStore {
                 rules,
                 free_ids,
                 next_id,
+                probes: saved.probes.into_iter().map(|p| (p.ip, p)).collect(),
+                down: HashSet::new(),
             }),
         })
     }
@@ -101,22 +176,26 @@ impl RuleStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn program(&self, c: &Change) -> Result<()> {
-        match c {
-            Change::Create(s) | Change::Update { new: s, .. } => {
-                self.dp.program_service(s.id, &s.rule)?
-            }
-            Change::Delete(s) => self.dp.delete_services(&[(s.rule.key, s.id)])?,
-        }
-        Ok(())
+    fn program_rule(&self, s: &StoredRule, down: &HashSet<EndpointAddr>) -> Result<()> {
+        Ok(self
+            .dp
+            .program_service_endpoints(s.id, &s.rule, &s.datapath_endpoints(down))?)
     }
 
-    fn undo(&self, c: &Change) {
+    fn program(&self, c: &Change, down: &HashSet<EndpointAddr>) -> Result<()> {
+        match c {
+            Change::Create(s) | Change::Update { new: s, .. } => self.program_rule(s, down),
+            Change::Delete(s) => Ok(self.dp.delete_services(&[(s.rule.key, s.id)])?),
+        }
+    }
+
+    fn undo(&self, c: &Change, down: &HashSet<EndpointAddr>) {
         let res = match c {
-            Change::Create(s) => self.dp.delete_services(&[(s.rule.key, s.id)]),
-            Change::Update { old: s, .. } | Change::Delete(s) => {
-                self.dp.program_service(s.id, &s.rule)
-            }
+            Change::Create(s) => self
+                .dp
+                .delete_services(&[(s.rule.key, s.id)])
+                .map_err(Error::from),
+            Change::Update { old: s, .. } | Change::Delete(s) => self.program_rule(s, down),
         };
         if let Err(e) = res {
             tracing::error!(error = %e, "undoing a failed change left the datapath inconsistent");
@@ -138,9 +217,10 @@ impl RuleStore {
             .collect();
         self.dp.delete_services(&keys)?;
         let mut done: Vec<&Change> = deletes.iter().collect();
-        let undo_all = |done: &[&Change]| done.iter().rev().for_each(|c| self.undo(c));
+        let down = &inner.down;
+        let undo_all = |done: &[&Change]| done.iter().rev().for_each(|c| self.undo(c, down));
         for c in &others {
-            if let Err(e) = self.program(c) {
+            if let Err(e) = self.program(c, down) {
                 undo_all(&done);
                 return Err(e);
             }
@@ -158,32 +238,50 @@ impl RuleStore {
                 }
             }
         }
-        if let Some(path) = &self.state_file {
-            if let Err(e) = persist::save(path, rules.values()) {
-                undo_all(&done);
-                return Err(e);
-            }
+        if let Err(e) = self.save(&rules, &inner.probes) {
+            undo_all(&done);
+            return Err(e);
         }
         inner.rules = rules;
         inner.free_ids.extend(keys.iter().map(|(_, id)| *id));
         Ok(())
     }
 
-    pub fn create(&self, rule: LbRule) -> Result<StoredRule> {
-        let mut inner = self.lock();
-        if inner.rules.contains_key(&rule.key) {
-            return Err(Error::AlreadyExists(format!("load balancer {}", rule.key)));
+    fn save(
+        &self,
+        rules: &BTreeMap<ServiceKey, StoredRule>,
+        probes: &BTreeMap<Ipv4Addr, EndpointProbe>,
+    ) -> Result<()> {
+        match &self.state_file {
+            Some(path) => persist::save(path, rules.values(), probes.values()),
+            None => Ok(()),
         }
-        let stored = StoredRule {
-            id: inner.alloc_id(self.dp.limits().services)?,
-            rule,
-        };
+    }
+
+    /// Creates the rule, or updates it in place when its key exists with
+    /// another definition (its flows stay on their endpoints, a removed
+    /// endpoint drains). Returns the rule and whether it was created.
+    pub fn create(&self, rule: LbRule) -> Result<(StoredRule, bool)> {
+        let mut inner = self.lock();
+        if let Some(old) = inner.rules.get(&rule.key) {
+            if old.rule == rule {
+                return Err(Error::AlreadyExists(format!("load balancer {}", rule.key)));
+            }
+            let new = old.updated(rule);
+            let changes = vec![Change::Update {
+                old: old.clone(),
+                new: new.clone(),
+            }];
+            self.commit(&mut inner, changes)?;
+            return Ok((new, false));
+        }
+        let stored = StoredRule::new(inner.alloc_id(self.dp.limits().services)?, rule);
         let changes = vec![Change::Create(stored.clone())];
         if let Err(e) = self.commit(&mut inner, changes) {
             inner.free_ids.push(stored.id);
             return Err(e);
         }
-        Ok(stored)
+        Ok((stored, true))
     }
 
     pub fn delete(&self, key: &ServiceKey) -> Result<()> {
@@ -215,15 +313,14 @@ impl RuleStore {
                 Some(old) if old.rule == rule => report.unchanged += 1,
                 Some(old) => {
                     report.updated.push(rule.key);
-                    let new = StoredRule { id: old.id, rule };
                     changes.push(Change::Update {
                         old: old.clone(),
-                        new,
+                        new: old.updated(rule),
                     });
                 }
                 None => {
                     report.created.push(rule.key);
-                    changes.push(Change::Create(StoredRule { id: u32::MAX, rule }));
+                    changes.push(Change::Create(StoredRule::new(u32::MAX, rule)));
                 }
             }
         }
@@ -287,5 +384,129 @@ impl RuleStore {
 
     pub fn list(&self) -> Vec<StoredRule> {
         self.lock().rules.values().cloned().collect()
+    }
+
+    /// Takes the endpoints health checks found down out of (or back into)
+    /// the selection of the monitored rules whose endpoints changed state.
+    /// Indices stay, so flows and counters are untouched.
+    pub fn set_down(&self, down: HashSet<EndpointAddr>) -> Result<()> {
+        let mut inner = self.lock();
+        if inner.down == down {
+            return Ok(());
+        }
+        let mut first_err = None;
+        for s in inner.rules.values().filter(|s| s.rule.monitor) {
+            if s.datapath_endpoints(&inner.down) != s.datapath_endpoints(&down) {
+                if let Err(e) = self.program_rule(s, &down) {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        inner.down = down;
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Whether health checks have this endpoint down.
+    pub fn is_down(&self, ep: EndpointAddr) -> bool {
+        self.lock().down.contains(&ep)
+    }
+
+    /// Adds an endpoint probe, or replaces the probe of that address when
+    /// it differs; the identical probe is ALREADY_EXISTS.
+    pub fn create_probe(&self, probe: EndpointProbe) -> Result<()> {
+        let mut inner = self.lock();
+        if inner.probes.get(&probe.ip) == Some(&probe) {
+            return Err(Error::AlreadyExists(format!("endpoint {}", probe.ip)));
+        }
+        let mut probes = inner.probes.clone();
+        probes.insert(probe.ip, probe);
+        self.save(&inner.rules, &probes)?;
+        inner.probes = probes;
+        Ok(())
+    }
+
+    pub fn delete_probe(&self, ip: Ipv4Addr) -> Result<()> {
+        let mut inner = self.lock();
+        let mut probes = inner.probes.clone();
+        if probes.remove(&ip).is_none() {
+            return Err(Error::NotFound(format!("endpoint {ip}")));
+        }
+        self.save(&inner.rules, &probes)?;
+        inner.probes = probes;
+        Ok(())
+    }
+
+    pub fn probes(&self) -> Vec<EndpointProbe> {
+        self.lock().probes.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(last: u8, weight: u8) -> Endpoint {
+        Endpoint {
+            ip: Ipv4Addr::new(10, 0, 0, last),
+            port: 80,
+            weight,
+        }
+    }
+
+    fn lasts(slots: &[Endpoint]) -> Vec<u8> {
+        slots.iter().map(|e| e.ip.octets()[3]).collect()
+    }
+
+    #[test]
+    fn endpoints_keep_their_index_and_removed_ones_drain() {
+        let old = [ep(1, 1), ep(2, 1), ep(3, 1)];
+        // 2 removed, 4 added, 3 reweighted: 2 stays in place, draining.
+        let new = relayout(&old, &[ep(3, 5), ep(4, 1), ep(1, 1)]);
+        assert_eq!(lasts(&new), [1, 2, 3, 4]);
+        assert_eq!(new[2].weight, 5);
+        // 2 back: its old index again.
+        assert_eq!(lasts(&relayout(&new, &[ep(2, 1)])), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_full_array_reuses_a_draining_index() {
+        let old: Vec<Endpoint> = (1..=MAX_ENDPOINTS as u8).map(|i| ep(i, 1)).collect();
+        let mut keep = old.clone();
+        keep.remove(4);
+        keep.push(ep(200, 1));
+        let new = relayout(&old, &keep);
+        assert_eq!(new.len(), MAX_ENDPOINTS);
+        assert_eq!(new[4].ip, Ipv4Addr::new(10, 0, 0, 200));
+    }
+
+    #[test]
+    fn only_monitored_rules_take_down_endpoints_out() {
+        let mut rule = StoredRule::new(
+            0,
+            LbRule {
+                key: ServiceKey {
+                    ip: Ipv4Addr::new(20, 20, 20, 1),
+                    port: 80,
+                    proto: super::super::Protocol::Tcp,
+                },
+                name: String::new(),
+                selection: Default::default(),
+                mode: Default::default(),
+                endpoints: vec![ep(1, 1), ep(2, 1)],
+                inactivity_timeout: 0,
+                monitor: false,
+                bgp: false,
+            },
+        );
+        let down = HashSet::from([(Ipv4Addr::new(10, 0, 0, 1), 80)]);
+        let live = |r: &StoredRule| -> Vec<bool> {
+            r.datapath_endpoints(&down).iter().map(|e| e.1).collect()
+        };
+        assert_eq!(live(&rule), [true, true]);
+        rule.rule.monitor = true;
+        assert_eq!(live(&rule), [false, true]);
+        let mut detached = rule.rule.clone();
+        detached.endpoints.remove(1);
+        assert_eq!(live(&rule.updated(detached)), [false, false]);
     }
 }

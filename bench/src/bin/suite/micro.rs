@@ -140,6 +140,8 @@ fn datapath(runs: usize) -> Result<Datapath> {
                 })
                 .collect(),
             inactivity_timeout: 0,
+            monitor: false,
+            bgp: false,
         },
     )?;
     Ok(dp)

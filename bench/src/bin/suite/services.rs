@@ -75,7 +75,7 @@ pub fn lb_requests(n: usize) -> Vec<CreateLoadBalancerRequest> {
                             ip: endpoint(b, i).to_string(),
                             target_port: target_port(proto).into(),
                             weight: 1,
-                            counters: None,
+                            ..Default::default()
                         })
                         .collect(),
                     ..Default::default()
