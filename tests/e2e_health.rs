@@ -1,0 +1,446 @@
+//! End-to-end tests of endpoint health checks and endpoint changes: the
+//! daemon and loxicmd in a namespace lab, probes against servers the tests
+//! start and stop in the backend namespaces, real client traffic. Needs root.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use common::{cell, parse_table, stderr_line, Lab, VIP};
+use serde_json::Value;
+
+/// The load balancer's external port.
+const PORT: u16 = 2020;
+/// Where the tests' own servers listen in the backends.
+const TARGET: u16 = 7070;
+/// Generous: probes run every second, the machine may be loaded.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A TCP server on TARGET in one backend namespace that answers with the
+/// backend's name: a line for every line received (a long-lived
+/// connection), or an HTTP answer to a GET (probes). With `flap`, every
+/// other HTTP answer is a 503. Stopping it closes the listener, so connects
+/// are refused, as with a crashed server.
+struct NameServer {
+    stop: Arc<AtomicBool>,
+    gets: Arc<AtomicUsize>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl NameServer {
+    fn start(lab: &Lab, backend: &str, flap: bool) -> NameServer {
+        let b = lab.backend(backend);
+        let listener = lab
+            .in_ns(&b.ns, || TcpListener::bind(("0.0.0.0", TARGET)))
+            .unwrap_or_else(|e| panic!("{backend}: binding {TARGET}: {e}"));
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let gets = Arc::new(AtomicUsize::new(0));
+        let (name, s, g) = (b.name.clone(), stop.clone(), gets.clone());
+        let thread = thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let (name, s, g) = (name.clone(), s.clone(), g.clone());
+                        thread::spawn(move || serve(conn, &name, &s, &g, flap));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        NameServer {
+            stop,
+            gets,
+            thread: Some(thread),
+        }
+    }
+
+    /// HTTP GETs answered (the probes).
+    fn gets(&self) -> usize {
+        self.gets.load(Ordering::SeqCst)
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for NameServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve(conn: TcpStream, name: &str, stop: &AtomicBool, gets: &AtomicUsize, flap: bool) {
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut writer = conn.try_clone().unwrap();
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    while !stop.load(Ordering::SeqCst) {
+        match reader.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) if line.starts_with("GET ") => {
+                let n = gets.fetch_add(1, Ordering::SeqCst);
+                let status = if flap && n % 2 == 1 {
+                    "503 Unavailable"
+                } else {
+                    "200 OK"
+                };
+                let _ = write!(
+                    writer,
+                    "HTTP/1.0 {status}\r\nContent-Length: {}\r\n\r\n{name}",
+                    name.len()
+                );
+                return;
+            }
+            Ok(_) => {
+                if writeln!(writer, "{name}").is_err() {
+                    return;
+                }
+                line.clear();
+            }
+            // A read timeout keeps a partial line: only check the stop flag.
+            Err(_) => {}
+        }
+    }
+}
+
+/// A long-lived connection from the client to the VIP.
+struct Conn(BufReader<TcpStream>);
+
+impl Conn {
+    fn open(lab: &Lab) -> Conn {
+        let addr = SocketAddr::new(VIP.parse().unwrap(), PORT);
+        let s = lab
+            .in_ns(&lab.client, || {
+                TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+            })
+            .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        Conn(BufReader::new(s))
+    }
+
+    /// Who answers on this connection now.
+    fn ask(&mut self) -> String {
+        writeln!(self.0.get_mut(), "who").expect("writing on the connection");
+        let mut line = String::new();
+        self.0
+            .read_line(&mut line)
+            .expect("reading on the connection");
+        assert!(line.ends_with('\n'), "connection closed: {line:?}");
+        line.trim().to_owned()
+    }
+}
+
+/// Who answers a new connection.
+fn new_flow(lab: &Lab) -> String {
+    Conn::open(lab).ask()
+}
+
+fn new_flows(lab: &Lab, n: usize) -> Vec<String> {
+    (0..n).map(|_| new_flow(lab)).collect()
+}
+
+fn lb_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["create", "lb", VIP];
+    v.extend_from_slice(extra);
+    v
+}
+
+fn tcp_map() -> String {
+    format!("--tcp={PORT}:{TARGET}")
+}
+
+/// The probe of `ip` in `get endpoint -o json`.
+fn probe_state(lab: &Lab, ip: &str) -> Value {
+    let out = lab.loxicmd_ok(&["get", "endpoint", "-o", "json"]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v["probes"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["ip"] == ip).cloned())
+        .unwrap_or_else(|| panic!("no probe of {ip}: {out}"))
+}
+
+/// The STATE column of `get lb -o wide` for each endpoint.
+fn lb_states(lab: &Lab) -> Vec<(String, String)> {
+    parse_table(&lab.loxicmd_ok(&["get", "lb", "-o", "wide"]))
+        .iter()
+        .filter(|r| !cell(r, "ENDPOINT").is_empty())
+        .map(|r| (cell(r, "ENDPOINT").to_owned(), cell(r, "STATE").to_owned()))
+        .collect()
+}
+
+/// Polls until `ip`'s probe is in `state`; returns how long that took.
+fn wait_state(lab: &Lab, ip: &str, state: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        let p = probe_state(lab, ip);
+        if p["state"] == state {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{ip} not {state} after {DEADLINE:?}: {p}\n{}",
+            lab.daemon_log()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_stopped_backend_is_taken_out_and_comes_back() {
+    let mut lab = Lab::new("hcdown");
+    lab.start_daemon(&[]);
+    let mut servers: Vec<NameServer> = ["b1", "b2"]
+        .iter()
+        .map(|b| NameServer::start(&lab, b, false))
+        .collect();
+    let (b1, b2) = (lab.backends[0].ip.clone(), lab.backends[1].ip.clone());
+    for ip in [&b1, &b2] {
+        lab.loxicmd_ok(&[
+            "create",
+            "endpoint",
+            ip,
+            "--probetype=http",
+            &format!("--probeport={TARGET}"),
+            "--probereq=/health",
+            "--proberesp=b",
+            "--period=1",
+            "--retries=2",
+            "--rise=2",
+        ]);
+    }
+    let eps = format!("--endpoints={b1}:1,{b2}:1");
+    lab.loxicmd_ok(&lb_args(&[&tcp_map(), &eps, "--monitor"]));
+    let mut flows = new_flows(&lab, 4);
+    flows.sort();
+    assert_eq!(flows, ["b1", "b1", "b2", "b2"]);
+
+    // b2's server dies: probes fail, b2 goes down, new flows go to b1 only.
+    servers[1].stop();
+    let took = wait_state(&lab, &b2, "down");
+    eprintln!("b2 marked down {took:?} after its server stopped (period 1 s, retries 2)");
+    assert_eq!(
+        lb_states(&lab),
+        [(b1.clone(), "up".into()), (b2.clone(), "down".into())]
+    );
+    assert!(probe_state(&lab, &b2)["lastError"]
+        .as_str()
+        .unwrap()
+        .contains("refused"));
+    assert_eq!(new_flows(&lab, 6), ["b1"; 6]);
+
+    // b2 back: up after `rise` good probes, and it gets flows again.
+    servers[1] = NameServer::start(&lab, "b2", false);
+    let took = wait_state(&lab, &b2, "up");
+    eprintln!("b2 back up {took:?} after its server restarted (rise 2)");
+    let flows = new_flows(&lab, 6);
+    assert!(flows.contains(&"b2".to_owned()), "{flows:?}");
+
+    // The probes are kept across a restart.
+    lab.stop_daemon();
+    lab.start_daemon(&[]);
+    let p = probe_state(&lab, &b1);
+    assert_eq!(
+        (&p["probeType"], &p["port"], &p["request"], &p["configured"]),
+        (
+            &"http".into(),
+            &TARGET.into(),
+            &"/health".into(),
+            &true.into()
+        )
+    );
+    lab.loxicmd_ok(&["delete", "endpoint", &b1]);
+    // Without its own probe, b1 is probed by the rule's default TCP connect.
+    let p = probe_state(&lab, &b1);
+    assert_eq!(
+        (&p["probeType"], &p["configured"]),
+        (&"tcp".into(), &false.into())
+    );
+}
+
+#[test]
+fn a_flapping_endpoint_does_not_go_down() {
+    let mut lab = Lab::new("hcflap");
+    lab.start_daemon(&[]);
+    let server = NameServer::start(&lab, "b1", true);
+    let b1 = lab.backends[0].ip.clone();
+    lab.loxicmd_ok(&[
+        "create",
+        "endpoint",
+        &b1,
+        "--probetype=http",
+        &format!("--probeport={TARGET}"),
+        "--period=1",
+        "--retries=2",
+    ]);
+    let eps = format!("--endpoints={b1}:1");
+    lab.loxicmd_ok(&lb_args(&[&tcp_map(), &eps, "--monitor"]));
+    // Every other probe fails, never two in a row: b1 must stay up.
+    let start = Instant::now();
+    while server.gets() < 10 {
+        assert!(start.elapsed() < DEADLINE, "only {} probes", server.gets());
+        assert_eq!(probe_state(&lab, &b1)["state"], "up");
+        thread::sleep(Duration::from_millis(200));
+    }
+    let p = probe_state(&lab, &b1);
+    assert_eq!(p["state"], "up", "{p}");
+    assert!(p["lastError"].as_str().unwrap().contains("503"), "{p}");
+    assert_eq!(new_flow(&lab), "b1");
+}
+
+#[test]
+fn ping_and_udp_probes_see_real_answers() {
+    let mut lab = Lab::new("hcprobes");
+    lab.start_daemon(&[]);
+    let b1 = lab.backends[0].ip.clone();
+    let b2 = lab.backends[1].ip.clone();
+    // Nobody has this address on b1's link: no echo reply ever comes.
+    let nobody = "10.77.2.99";
+    for (ip, args) in [
+        (b1.as_str(), vec!["--probetype=ping", "--period=1"]),
+        (
+            nobody,
+            vec!["--probetype=ping", "--period=1", "--retries=1"],
+        ),
+        // The lab's UDP servers answer with their name.
+        (
+            b2.as_str(),
+            vec![
+                "--probetype=udp",
+                "--probeport=9000",
+                "--probereq=hello",
+                "--proberesp=b2",
+                "--period=1",
+            ],
+        ),
+    ] {
+        let mut cmd = vec!["create", "endpoint", ip];
+        cmd.extend(args);
+        lab.loxicmd_ok(&cmd);
+    }
+    wait_state(&lab, nobody, "down");
+    // Up from the start, so wait for a probe to have answered: the counters
+    // of the lab's UDP server, and the absence of errors.
+    let start = Instant::now();
+    while lab.backends[1].udp_hits() < 3 {
+        assert!(start.elapsed() < DEADLINE, "no UDP probes reached b2");
+        thread::sleep(Duration::from_millis(100));
+    }
+    for ip in [&b1, &b2] {
+        let p = probe_state(&lab, ip);
+        assert_eq!(
+            (&p["state"], &p["lastError"]),
+            (&"up".into(), &"".into()),
+            "{p}"
+        );
+    }
+    // A closed UDP port answers with an ICMP port unreachable.
+    lab.loxicmd_ok(&[
+        "create",
+        "endpoint",
+        &b2,
+        "--probetype=udp",
+        "--probeport=9001",
+        "--period=1",
+    ]);
+    wait_state(&lab, &b2, "down");
+    assert!(probe_state(&lab, &b2)["lastError"]
+        .as_str()
+        .unwrap()
+        .contains("unreachable"));
+}
+
+#[test]
+fn attached_and_detached_endpoints_leave_open_connections_alone() {
+    let mut lab = Lab::new("hcattach");
+    lab.start_daemon(&[]);
+    let _servers: Vec<NameServer> = ["b1", "b2"]
+        .iter()
+        .map(|b| NameServer::start(&lab, b, false))
+        .collect();
+    let (b1, b2) = (lab.backends[0].ip.clone(), lab.backends[1].ip.clone());
+    let only_b1 = format!("--endpoints={b1}:1");
+    lab.loxicmd_ok(&lb_args(&[&tcp_map(), &only_b1]));
+    let mut open = Conn::open(&lab);
+    assert_eq!(open.ask(), "b1");
+
+    // The identical rule again is refused, as before.
+    let out = lab.loxicmd(&lb_args(&[&tcp_map(), &only_b1]));
+    assert!(!out.status.success());
+    assert!(stderr_line(&out).contains("already exists"), "{out:?}");
+
+    let attach = format!("--attachEP={b2}:1");
+    assert!(lab
+        .loxicmd_ok(&lb_args(&[&tcp_map(), &attach]))
+        .contains("Updated lb"));
+    assert_eq!(open.ask(), "b1", "the open connection keeps its backend");
+    let mut flows = new_flows(&lab, 4);
+    flows.sort();
+    assert_eq!(flows, ["b1", "b1", "b2", "b2"]);
+
+    // b1 detached: it drains. The open connection still works on b1, new
+    // ones go to b2 only.
+    lab.loxicmd_ok(&lb_args(&[&tcp_map(), &format!("--detachEP={b1}")]));
+    assert_eq!(new_flows(&lab, 4), ["b2"; 4]);
+    assert_eq!(open.ask(), "b1", "a draining endpoint's connection goes on");
+    let wide = lab.loxicmd_ok(&["get", "lb", "-o", "wide"]);
+    assert!(
+        !wide.contains(&b1),
+        "a detached endpoint is not listed: {wide}"
+    );
+
+    // A new list with Create: an update too; b1 comes back at its old index.
+    let both = format!("--endpoints={b1}:1,{b2}:3");
+    lab.loxicmd_ok(&lb_args(&[&tcp_map(), &both]));
+    assert_eq!(open.ask(), "b1");
+    let mut flows = new_flows(&lab, 8);
+    flows.sort();
+    assert_eq!(flows.iter().filter(|f| *f == "b2").count(), 6, "{flows:?}");
+}
+
+#[test]
+fn bad_endpoint_input_is_refused_naming_the_field() {
+    let mut lab = Lab::new("hcbad");
+    lab.start_daemon(&[]);
+    for (args, expected) in [
+        (vec!["1.2.3"], "probe.ip"),
+        (vec!["10.77.2.2", "--probetype=icmp"], "probe.probe_type"),
+        (vec!["10.77.2.2", "--probetype=tcp"], "probe.port"),
+        (vec!["10.77.2.2", "--probeport=80"], "probe.port"),
+        (vec!["10.77.2.2", "--period=99999"], "probe.period"),
+        (vec!["10.77.2.2", "--retries=1000"], "probe.retries"),
+        (
+            vec!["10.77.2.2", "--probetype=http", "--probereq=health"],
+            "probe.request",
+        ),
+        (vec!["10.77.2.2", "--retries=x"], "--retries"),
+    ] {
+        let mut cmd = vec!["create", "endpoint"];
+        cmd.extend(args.iter());
+        let out = lab.loxicmd(&cmd);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = stderr_line(&out);
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+    let out = lab.loxicmd(&["delete", "endpoint", "10.77.2.2"]);
+    assert!(stderr_line(&out).contains("not found"), "{out:?}");
+    // Attaching to a rule that does not exist.
+    let out = lab.loxicmd(&lb_args(&[&tcp_map(), "--attachEP=10.77.2.2:1"]));
+    assert!(stderr_line(&out).contains("not found"), "{out:?}");
+    let out = lab.loxicmd(&lb_args(&[&tcp_map(), "--attachEP=10.77.2.2:0"]));
+    assert!(stderr_line(&out).contains("--attachEP"), "{out:?}");
+    // Nothing was stored.
+    let out = lab.loxicmd_ok(&["get", "endpoint", "-o", "json"]);
+    assert!(!out.contains("10.77.2.2"), "{out}");
+}
