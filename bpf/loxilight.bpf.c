@@ -30,6 +30,8 @@ int ll_tc_ingress(struct __sk_buff *skb)
 		ll_count(&ll_reasons, v.nat_reason, skb->len);
 		if (ll_tc_rewrite(skb, &p, &v.nat))
 			goto corrupt;
+		if (v.nat.mark)
+			skb->mark = v.nat.mark;
 	}
 	if (v.reason == LL_R_FWD) {
 		if (ll_tc_forward(skb, &p, &v.fwd))
@@ -38,7 +40,7 @@ int ll_tc_ingress(struct __sk_buff *skb)
 		return bpf_redirect(v.fwd.ifindex, 0);
 	}
 	ll_count(&ll_reasons, v.reason, skb->len);
-	return TC_ACT_OK;
+	return v.reason == LL_R_DROP_SOURCE ? TC_ACT_SHOT : TC_ACT_OK;
 corrupt:
 	ll_count(&ll_reasons, LL_R_DROP_REWRITE, skb->len);
 	return TC_ACT_SHOT;
@@ -71,7 +73,7 @@ int ll_xdp(struct xdp_md *ctx)
 		return bpf_redirect(v.fwd.ifindex, 0);
 	}
 	ll_count(&ll_reasons, v.reason, len);
-	return XDP_PASS;
+	return v.reason == LL_R_DROP_SOURCE ? XDP_DROP : XDP_PASS;
 corrupt:
 	ll_count(&ll_reasons, LL_R_DROP_REWRITE, len);
 	return XDP_DROP;

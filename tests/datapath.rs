@@ -68,6 +68,8 @@ fn service(
         inactivity_timeout: 0,
         monitor: false,
         bgp: false,
+        sources: vec![],
+        mark: 0,
     };
     dp.program_service(id, &rule)
         .expect("programming a service");
@@ -687,6 +689,8 @@ fn a_reply_tuple_owned_by_another_live_flow_is_refused() {
         inactivity_timeout: 0,
         monitor: false,
         bgp: false,
+        sources: vec![],
+        mark: 0,
     };
     dp.program_service(2, &rule).expect("programming a service");
 
@@ -764,6 +768,8 @@ fn persist_keeps_a_client_on_its_endpoint_until_it_is_idle_too_long() {
         inactivity_timeout: 1,
         monitor: false,
         bgp: false,
+        sources: vec![],
+        mark: 0,
     };
     dp.program_service(1, &rule).unwrap();
     let moved = tally(&dp, (0..4).map(|p| client(31000 + p)));

@@ -62,6 +62,8 @@ fn rule(proto: Protocol, eps: &[SocketAddrV4]) -> LbRule {
         inactivity_timeout: 0,
         monitor: false,
         bgp: false,
+        sources: vec![],
+        mark: 0,
         endpoints: eps
             .iter()
             .map(|a| Endpoint {

@@ -484,6 +484,8 @@ fn load_balanced_traffic_is_translated_and_forwarded_both_ways() {
         inactivity_timeout: 0,
         monitor: false,
         bgp: false,
+        sources: vec![],
+        mark: 0,
     };
     for hook in HOOKS {
         let net = Net::routed(hook);

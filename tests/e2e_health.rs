@@ -444,3 +444,131 @@ fn bad_endpoint_input_is_refused_naming_the_field() {
     let out = lab.loxicmd_ok(&["get", "endpoint", "-o", "json"]);
     assert!(!out.contains("10.77.2.2"), "{out}");
 }
+
+/// Packets the datapath dropped for `reason`, from the metrics endpoint.
+fn dropped(lab: &Lab, reason: &str) -> u64 {
+    let addr = "127.0.0.1:11112".parse().unwrap();
+    let text = lab
+        .http_get_in(&lab.lb, addr, "/metrics")
+        .unwrap_or_else(|e| panic!("scraping {addr}/metrics: {e}"));
+    text.lines()
+        .filter(|l| l.contains(&format!("reason=\"{reason}\"")) && l.contains("packets"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn sources_limit_which_clients_reach_the_service() {
+    let mut lab = Lab::new("hcsrc");
+    lab.start_daemon(&[]);
+    let _servers: Vec<NameServer> = ["b1", "b2"]
+        .iter()
+        .map(|b| NameServer::start(&lab, b, false))
+        .collect();
+    let eps = format!("--endpoints={}", lab.endpoints_arg());
+    // The client (10.77.1.2) is not in the list: its SYNs are dropped.
+    lab.loxicmd_ok(&lb_args(&[
+        &tcp_map(),
+        &eps,
+        "--sources=10.99.0.0/16,10.77.1.3",
+    ]));
+    let addr = SocketAddr::new(VIP.parse().unwrap(), PORT);
+    let refused = lab.in_ns(&lab.client, || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+    });
+    assert!(refused.is_err(), "a client outside the sources got through");
+    assert!(dropped(&lab, "drop_source") > 0);
+    let out = lab.loxicmd_ok(&["get", "lb", "-o", "json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["loadBalancers"][0]["sources"],
+        serde_json::json!(["10.99.0.0/16", "10.77.1.3/32"])
+    );
+
+    // The client's subnet added (an update of the rule): it gets through.
+    lab.loxicmd_ok(&lb_args(&[
+        &tcp_map(),
+        &eps,
+        "--sources=10.99.0.0/16,10.77.1.0/24",
+    ]));
+    assert!(["b1", "b2"].contains(&new_flow(&lab).as_str()));
+    // Kept across a restart.
+    lab.stop_daemon();
+    lab.start_daemon(&[]);
+    let out = lab.loxicmd_ok(&["get", "lb", "-o", "json"]);
+    assert!(out.contains("10.77.1.0/24"), "{out}");
+    assert!(["b1", "b2"].contains(&new_flow(&lab).as_str()));
+
+    // Bad prefixes are refused naming the field.
+    for (bad, why) in [("10.77.1.2/24", "host bits"), ("10.77.1.0/40", "0-32")] {
+        let out = lab.loxicmd(&lb_args(&[&tcp_map(), &eps, &format!("--sources={bad}")]));
+        let err = stderr_line(&out);
+        assert!(
+            err.contains("load_balancer.sources[0]") && err.contains(why),
+            "{err}"
+        );
+    }
+    let out = lab.loxicmd(&lb_args(&[&tcp_map(), &eps, "--mark=-1"]));
+    assert!(stderr_line(&out).contains("--mark"), "{out:?}");
+}
+
+/// Runs `nft ARGS` in the LB namespace.
+fn nft(lab: &Lab, args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.lb, "nft"])
+        .args(args)
+        .output()
+        .expect("running nft");
+    assert!(out.status.success(), "nft {args:?}: {}", stderr_line(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Packets Linux forwarded in the LB namespace with skb->mark 77, counted
+/// by an nftables rule in the forward hook.
+fn marked_packets(lab: &Lab) -> u64 {
+    let text = nft(lab, &["list", "chain", "inet", "llmark", "counting"]);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .windows(2)
+        .find(|w| w[0] == "packets")
+        .and_then(|w| w[1].parse().ok())
+        .unwrap_or_else(|| panic!("no counter: {text}"))
+}
+
+/// A connection attempt to the VIP that is not expected to complete.
+fn try_connect(lab: &Lab) {
+    let addr = SocketAddr::new(VIP.parse().unwrap(), PORT);
+    let _ = lab.in_ns(&lab.client, || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+    });
+}
+
+#[test]
+fn mark_is_set_on_the_services_packets() {
+    // Packets the datapath redirects skip netfilter, so the mark is made
+    // visible on packets it hands to Linux: b1's interface is left without
+    // the datapath, so a translated SYN to b1 goes to Linux (reason
+    // pass_not_managed), which forwards it through the forward hook.
+    let mut lab = Lab::new("hcmark");
+    lab.start_daemon(&["--interfaces=veth-c,veth-b2"]);
+    let b1 = lab.backends[0].ip.clone();
+    let eps = format!("--endpoints={b1}:1");
+    lab.loxicmd_ok(&lb_args(&[&tcp_map(), &eps]));
+    nft(&lab, &["add", "table", "inet", "llmark"]);
+    let hook = "{ type filter hook forward priority 0; }";
+    nft(&lab, &["add", "chain", "inet", "llmark", "counting", hook]);
+    let rule = [
+        "add", "rule", "inet", "llmark", "counting", "ip", "daddr", &b1, "tcp", "dport", "7070",
+        "meta", "mark", "77", "counter",
+    ];
+    nft(&lab, &rule);
+    try_connect(&lab);
+    assert_eq!(marked_packets(&lab), 0, "no mark yet");
+
+    lab.loxicmd_ok(&lb_args(&[&tcp_map(), &eps, "--mark=77"]));
+    try_connect(&lab);
+    let n = marked_packets(&lab);
+    assert!(n >= 1, "{n} marked packets");
+    let out = lab.loxicmd_ok(&["get", "lb", "-o", "json"]);
+    assert!(out.contains("\"mark\": 77"), "{out}");
+}

@@ -78,6 +78,7 @@ enum ll_reason {
 	LL_R_PASS_NO_NEIGH,      /* next hop unresolved: Linux resolves it */
 	LL_R_FWD,                /* forwarded by the datapath (redirect) */
 	LL_R_PASS_MARTIAN,       /* loopback, unspecified, ... addresses Linux drops */
+	LL_R_DROP_SOURCE,        /* new flow to a VIP from a client outside its allowed sources */
 	LL_R_MAX,
 };
 
@@ -171,6 +172,24 @@ struct ll_svc {
 	__u32 persist_s;    /* LL_SEL_PERSIST: how long an idle client stays stuck */
 	struct ll_endpoint endpoints[LL_MAX_ENDPOINTS];
 	__u8 slots[LL_MAX_SLOTS]; /* slot -> endpoint index */
+};
+
+/* Per-service options that endpoint selection does not need, by service
+ * id in ll_svc_opts (ll_svc stays as it is). */
+#define LL_SVC_F_SOURCES 0x1 /* new flows only from the prefixes in ll_svc_sources */
+
+struct ll_svc_opts {
+	__u32 mark;         /* TC: skb->mark of the service's packets; 0: left alone */
+	__u32 flags;        /* LL_SVC_F_* */
+};
+
+/* Allowed client prefixes, all services in one LPM trie. */
+#define LL_MAX_SOURCES 16384
+
+struct ll_src_key {
+	__u32 prefixlen;    /* 32 (the service id) + the prefix's length */
+	__be32 svc_id;      /* big endian: the key's leading bits */
+	__u8 addr[4];
 };
 
 struct ll_ct_key {

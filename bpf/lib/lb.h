@@ -13,7 +13,29 @@ struct ll_nat {
 	__be32 addr;
 	__be16 port;
 	__u8 rewrite_dst; /* 1: destination (original direction), 0: source (reply) */
+	__u32 mark;       /* the service's skb->mark (TC), 0: none */
 };
+
+static __always_inline __u32 ll_svc_mark(__u32 svc_id)
+{
+	struct ll_svc_opts *o = bpf_map_lookup_elem(&ll_svc_opts, &svc_id);
+
+	return o ? o->mark : 0;
+}
+
+/* Whether a service takes new flows from this client: always, unless it
+ * lists allowed sources. A subprogram: the LPM key stays off the
+ * pipeline's frame. */
+static __noinline int ll_source_allowed(__u32 svc_id, __be32 saddr)
+{
+	struct ll_svc_opts *o = bpf_map_lookup_elem(&ll_svc_opts, &svc_id);
+	struct ll_src_key k = {.prefixlen = 64, .svc_id = bpf_htonl(svc_id)};
+
+	if (!o || !(o->flags & LL_SVC_F_SOURCES))
+		return 1;
+	__builtin_memcpy(k.addr, &saddr, 4);
+	return bpf_map_lookup_elem(&ll_svc_sources, &k) != NULL;
+}
 
 static __always_inline __u32 ll_flow_hash(const struct ll_ct_key *k)
 {
@@ -170,6 +192,8 @@ static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct l
 	svc = bpf_map_lookup_elem(&ll_services, &skey);
 	if (!svc)
 		return LL_LB_NONE;
+	if (!ll_source_allowed(svc->id, p->saddr))
+		return LL_R_DROP_SOURCE;
 	if (svc->n_slots == 0 || svc->n_slots > LL_MAX_SLOTS)
 		return LL_R_PASS_NO_ENDPOINT;
 
@@ -191,6 +215,7 @@ static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct l
 	nat->addr = ep->addr;
 	nat->port = ep->port;
 	nat->rewrite_dst = 1;
+	nat->mark = ll_svc_mark(svc->id);
 	return LL_R_NAT_NEW;
 }
 
@@ -223,6 +248,7 @@ static __noinline int ll_lb_decide(const struct ll_pkt *p, struct ll_nat *nat)
 	nat->addr = hit->nat_addr;
 	nat->port = hit->nat_port;
 	nat->rewrite_dst = hit->dir == LL_CT_ORIGINAL;
+	nat->mark = ll_svc_mark(hit->svc_id);
 	return LL_R_NAT_EST;
 }
 

@@ -52,6 +52,23 @@ struct {
 	__type(value, struct ll_maglev);
 } ll_maglev SEC(".maps");
 
+/* Per service id: mark and flags. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LL_DEFAULT_SERVICES);
+	__type(key, __u32);
+	__type(value, struct ll_svc_opts);
+} ll_svc_opts SEC(".maps");
+
+/* Allowed client prefixes of services with LL_SVC_F_SOURCES. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, LL_MAX_SOURCES);
+	__type(key, struct ll_src_key);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ll_svc_sources SEC(".maps");
+
 /* Client -> endpoint stickiness (LL_SEL_PERSIST). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

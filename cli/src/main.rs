@@ -228,6 +228,12 @@ struct CreateLb {
     /// Advertise the external IP over BGP (stored and shown for now)
     #[arg(long)]
     bgp: bool,
+    /// Clients allowed to open flows (others are dropped); default: any
+    #[arg(long, value_name = "PREFIX", value_delimiter = ',')]
+    sources: Vec<String>,
+    /// skb->mark to set on the rule's packets (TC hook only)
+    #[arg(long)]
+    mark: Option<String>,
 }
 
 #[derive(Args)]
@@ -590,6 +596,12 @@ fn change_endpoints(
 /// endpoints, and the pair's target port.
 fn create_requests(lb: &CreateLb) -> Result<Vec<(pb::LoadBalancer, u32)>, ArgError> {
     let endpoints = args::parse_endpoints("--endpoints", &lb.endpoints)?;
+    let mark = lb
+        .mark
+        .as_deref()
+        .map(|m| args::parse_number("--mark", m, "mark must be a number"))
+        .transpose()?
+        .unwrap_or(0);
     let mut requests = Vec::new();
     for (protocol, flag, values) in [("tcp", "--tcp", &lb.tcp), ("udp", "--udp", &lb.udp)] {
         for map in args::parse_port_maps(flag, values)? {
@@ -615,6 +627,8 @@ fn create_requests(lb: &CreateLb) -> Result<Vec<(pb::LoadBalancer, u32)>, ArgErr
                 inactivity_timeout: lb.inatimeout.unwrap_or(0),
                 monitor: lb.monitor,
                 bgp: lb.bgp,
+                sources: lb.sources.clone(),
+                mark,
             };
             requests.push((rule, map.target_port));
         }

@@ -378,6 +378,7 @@ mod tests {
             inactivity_timeout: 0,
             monitor: true,
             bgp: false,
+            ..Default::default()
         }]
     }
 

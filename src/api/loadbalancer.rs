@@ -8,7 +8,7 @@ use crate::proto::v1 as pb;
 use crate::proto::v1::load_balancer_service_server::LoadBalancerService;
 use crate::rules::{
     parse_ip, parse_port, parse_weight, Endpoint, LbRule, Mode, Protocol, RuleStore, Selection,
-    ServiceKey, StoredRule,
+    ServiceKey, SourcePrefix, StoredRule,
 };
 
 pub struct Api {
@@ -58,6 +58,8 @@ impl Api {
             inactivity_timeout: r.inactivity_timeout,
             monitor: r.monitor,
             bgp: r.bgp,
+            sources: r.sources.iter().map(ToString::to_string).collect(),
+            mark: r.mark,
         }
     }
 }
@@ -104,6 +106,13 @@ fn rule_from_proto(f: &str, lb: Option<&pb::LoadBalancer>) -> crate::rules::Resu
         inactivity_timeout: lb.inactivity_timeout,
         monitor: lb.monitor,
         bgp: lb.bgp,
+        sources: lb
+            .sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| SourcePrefix::parse(&format!("{f}.sources[{i}]"), s))
+            .collect::<crate::rules::Result<_>>()?,
+        mark: lb.mark,
     };
     rule.validate(f)?;
     Ok(rule)

@@ -94,6 +94,8 @@ struct Maps {
     reasons: MapHandle,
     maglev: MapHandle,
     ep_active: MapHandle,
+    svc_opts: MapHandle,
+    svc_sources: MapHandle,
     ifaces: MapHandle,
     locals: MapHandle,
     routes4: MapHandle,
@@ -150,6 +152,7 @@ impl Datapath {
             (&mut m.ll_svc_stats, limits.services),
             (&mut m.ll_ep_stats, eps),
             (&mut m.ll_maglev, limits.services),
+            (&mut m.ll_svc_opts, limits.services),
             (&mut m.ll_ep_active, eps),
             (&mut m.ll_conntrack, limits.conntrack),
             (&mut m.ll_routes4, limits.routes),
@@ -187,6 +190,8 @@ impl Datapath {
             reasons: handle(&skel.maps.ll_reasons)?,
             maglev: handle(&skel.maps.ll_maglev)?,
             ep_active: handle(&skel.maps.ll_ep_active)?,
+            svc_opts: handle(&skel.maps.ll_svc_opts)?,
+            svc_sources: handle(&skel.maps.ll_svc_sources)?,
             ifaces: handle(&skel.maps.ll_ifaces)?,
             locals: handle(&skel.maps.ll_locals)?,
             routes4: handle(&skel.maps.ll_routes4)?,
@@ -240,8 +245,10 @@ impl Datapath {
         }
         let ids: std::collections::HashSet<u32> = services.iter().map(|(_, id)| *id).collect();
         self.flush_conntrack(|_, ct| ids.contains(&ct.svc_id))?;
-        ids.iter()
-            .try_for_each(|id| self.reset_service_counters(*id))
+        ids.iter().try_for_each(|id| {
+            self.set_service_opts(*id, 0, &[])?;
+            self.reset_service_counters(*id)
+        })
     }
 
     /// Removes every service whose id is not in `live`.

@@ -1,8 +1,25 @@
 //! Rules -> the service map's value layout.
 use super::pod;
-use super::types::{ll_endpoint, ll_maglev, ll_selection, ll_svc, ll_svc_key};
-use super::{Datapath, Result, MAX_ENDPOINTS, MAX_SLOTS};
-use crate::rules::{Endpoint, LbRule, Selection, ServiceKey, DEFAULT_INACTIVITY_TIMEOUT};
+use libbpf_rs::{MapCore, MapFlags};
+
+use super::types::{
+    ll_endpoint, ll_maglev, ll_selection, ll_src_key, ll_svc, ll_svc_key, ll_svc_opts,
+};
+use super::{full_or, Datapath, Error, Result, MAX_ENDPOINTS, MAX_SLOTS};
+use crate::rules::{
+    Endpoint, LbRule, Selection, ServiceKey, SourcePrefix, DEFAULT_INACTIVITY_TIMEOUT,
+};
+
+/// bpf/lib/common.h LL_SVC_F_SOURCES.
+const SVC_F_SOURCES: u32 = 0x1;
+
+fn src_key(id: u32, p: &SourcePrefix) -> ll_src_key {
+    ll_src_key {
+        prefixlen: 32 + u32::from(p.len),
+        svc_id: id.to_be(),
+        addr: p.ip.octets(),
+    }
+}
 
 pub(super) fn svc_key(k: &ServiceKey) -> ll_svc_key {
     ll_svc_key {
@@ -100,6 +117,9 @@ impl Datapath {
             .filter(|(_, (_, live))| *live)
             .map(|(i, (e, _))| (i, e))
             .collect();
+        // Options first: a new service must not take flows before its
+        // allowed sources are in place.
+        self.set_service_opts(id, rule.mark, &rule.sources)?;
         if live.is_empty() {
             // n_slots 0: the VIP's new flows go to Linux (LL_R_PASS_NO_ENDPOINT).
             return self.upsert_service(&svc_key(&rule.key), &svc);
@@ -127,6 +147,50 @@ impl Datapath {
             self.set_maglev(id, &m)?;
         }
         self.upsert_service(&svc_key(&rule.key), &svc)
+    }
+
+    /// Sets service `id`'s mark and allowed sources (none: any client). The
+    /// new prefixes go in before the flag and stale ones out after it, so a
+    /// change never lets a client in that neither list allows.
+    pub(super) fn set_service_opts(
+        &self,
+        id: u32,
+        mark: u32,
+        sources: &[SourcePrefix],
+    ) -> Result<()> {
+        let keys: Vec<ll_src_key> = sources.iter().map(|p| src_key(id, p)).collect();
+        for k in &keys {
+            self.maps
+                .svc_sources
+                .update(pod::bytes(k), &[1], MapFlags::ANY)
+                .map_err(|e| full_or(e, "ll_svc_sources", "writing allowed sources"))?;
+        }
+        let opts = ll_svc_opts {
+            mark,
+            flags: if sources.is_empty() { 0 } else { SVC_F_SOURCES },
+        };
+        self.maps
+            .svc_opts
+            .update(&id.to_ne_bytes(), pod::bytes(&opts), MapFlags::ANY)
+            .map_err(Error::bpf("writing service options"))?;
+        let wanted: Vec<&[u8]> = keys.iter().map(pod::bytes).collect();
+        let stale: Vec<Vec<u8>> = self
+            .maps
+            .svc_sources
+            .keys()
+            .filter(|k| {
+                pod::read::<ll_src_key>(k).is_some_and(|s| s.svc_id == id.to_be())
+                    && !wanted.contains(&k.as_slice())
+            })
+            .collect();
+        for k in stale {
+            match self.maps.svc_sources.delete(&k) {
+                Ok(()) => {}
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::bpf("deleting allowed sources")(e)),
+            }
+        }
+        Ok(())
     }
 
     /// Deletes services, each given with the datapath id it had.

@@ -211,6 +211,74 @@ pub struct LbRule {
     /// Advertise the VIP over BGP (stored and shown; advertising comes later).
     #[serde(default)]
     pub bgp: bool,
+    /// Clients allowed to open flows; empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourcePrefix>,
+    /// skb->mark of the service's packets at TC; 0: left alone.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mark: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// Allowed sources per rule at most (the datapath's trie is shared).
+pub const MAX_SOURCES: usize = 64;
+
+/// An IPv4 prefix, `10.0.0.0/8` (a bare address is a /32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourcePrefix {
+    pub ip: Ipv4Addr,
+    pub len: u8,
+}
+
+impl SourcePrefix {
+    pub fn parse(field: &str, s: &str) -> Result<SourcePrefix> {
+        let (ip, len) = s.split_once('/').unwrap_or((s, "32"));
+        let ip: Ipv4Addr = ip
+            .parse()
+            .map_err(|_| Error::invalid(field, format!("{s:?} is not an IPv4 prefix")))?;
+        let len: u8 = match len.parse() {
+            Ok(l @ 0..=32) => l,
+            _ => {
+                return Err(Error::invalid(
+                    field,
+                    format!("{s:?}: the prefix length must be 0-32"),
+                ))
+            }
+        };
+        let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+        if u32::from(ip) & !mask != 0 {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "{s:?} has host bits set (the prefix is {}/{len})",
+                    Ipv4Addr::from(u32::from(ip) & mask)
+                ),
+            ));
+        }
+        Ok(SourcePrefix { ip, len })
+    }
+}
+
+impl fmt::Display for SourcePrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.ip, self.len)
+    }
+}
+
+impl Serialize for SourcePrefix {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SourcePrefix {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        SourcePrefix::parse("sources", &s).map_err(serde::de::Error::custom)
+    }
 }
 
 /// How an endpoint's health is probed.
@@ -383,6 +451,15 @@ impl LbRule {
                 ));
             }
         }
+        if self.sources.len() > MAX_SOURCES {
+            return Err(Error::invalid(
+                format!("{field}.sources"),
+                format!(
+                    "{} prefixes, at most {MAX_SOURCES} are allowed",
+                    self.sources.len()
+                ),
+            ));
+        }
         if self.name.len() > 63
             || self
                 .name
@@ -416,6 +493,8 @@ mod tests {
             inactivity_timeout: 0,
             monitor: false,
             bgp: false,
+            sources: vec![],
+            mark: 0,
         }
     }
 
@@ -483,6 +562,32 @@ mod tests {
         assert!(Mode::parse("m", "dsr").is_err());
         assert_eq!(parse_weight("w", 0).unwrap(), 1);
         assert!(parse_weight("w", 256).is_err());
+    }
+
+    #[test]
+    fn source_prefixes_parse_and_refuse_host_bits() {
+        let p = SourcePrefix::parse("s", "10.77.0.0/16").unwrap();
+        assert_eq!(
+            (p.ip, p.len, p.to_string()),
+            (Ipv4Addr::new(10, 77, 0, 0), 16, "10.77.0.0/16".into())
+        );
+        assert_eq!(SourcePrefix::parse("s", "10.77.1.2").unwrap().len, 32);
+        assert_eq!(SourcePrefix::parse("s", "0.0.0.0/0").unwrap().len, 0);
+        for (bad, why) in [
+            ("10.77.1.2/16", "host bits"),
+            ("10.77.0.0/33", "0-32"),
+            ("10.77.0.0/x", "0-32"),
+            ("fd00::/8", "not an IPv4 prefix"),
+            ("", "not an IPv4 prefix"),
+        ] {
+            let e = SourcePrefix::parse("lb.sources[0]", bad)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("lb.sources[0]: ") && e.contains(why),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

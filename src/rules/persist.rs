@@ -167,6 +167,8 @@ mod tests {
                 inactivity_timeout: 0,
                 monitor: true,
                 bgp: false,
+                sources: vec![],
+                mark: 0,
             },
         }
     }

@@ -496,6 +496,8 @@ mod tests {
                 inactivity_timeout: 0,
                 monitor: false,
                 bgp: false,
+                sources: vec![],
+                mark: 0,
             },
         );
         let down = HashSet::from([(Ipv4Addr::new(10, 0, 0, 1), 80)]);

@@ -142,6 +142,8 @@ fn datapath(runs: usize) -> Result<Datapath> {
             inactivity_timeout: 0,
             monitor: false,
             bgp: false,
+            sources: vec![],
+            mark: 0,
         },
     )?;
     Ok(dp)
