@@ -197,14 +197,20 @@ fn wait_state(lab: &Lab, ip: &str, state: &str) -> Duration {
     }
 }
 
-#[test]
-fn a_stopped_backend_is_taken_out_and_comes_back() {
-    let mut lab = Lab::new("hcdown");
+/// A lab with the daemon running and a NameServer in each backend.
+fn lab_with_servers(tag: &str) -> (Lab, Vec<NameServer>) {
+    let mut lab = Lab::new(tag);
     lab.start_daemon(&[]);
-    let mut servers: Vec<NameServer> = ["b1", "b2"]
+    let servers = ["b1", "b2"]
         .iter()
         .map(|b| NameServer::start(&lab, b, false))
         .collect();
+    (lab, servers)
+}
+
+#[test]
+fn a_stopped_backend_is_taken_out_and_comes_back() {
+    let (mut lab, mut servers) = lab_with_servers("hcdown");
     let (b1, b2) = (lab.backends[0].ip.clone(), lab.backends[1].ip.clone());
     for ip in [&b1, &b2] {
         lab.loxicmd_ok(&[
@@ -363,12 +369,7 @@ fn ping_and_udp_probes_see_real_answers() {
 
 #[test]
 fn attached_and_detached_endpoints_leave_open_connections_alone() {
-    let mut lab = Lab::new("hcattach");
-    lab.start_daemon(&[]);
-    let _servers: Vec<NameServer> = ["b1", "b2"]
-        .iter()
-        .map(|b| NameServer::start(&lab, b, false))
-        .collect();
+    let (lab, _servers) = lab_with_servers("hcattach");
     let (b1, b2) = (lab.backends[0].ip.clone(), lab.backends[1].ip.clone());
     let only_b1 = format!("--endpoints={b1}:1");
     lab.loxicmd_ok(&lb_args(&[&tcp_map(), &only_b1]));
@@ -459,12 +460,7 @@ fn dropped(lab: &Lab, reason: &str) -> u64 {
 
 #[test]
 fn sources_limit_which_clients_reach_the_service() {
-    let mut lab = Lab::new("hcsrc");
-    lab.start_daemon(&[]);
-    let _servers: Vec<NameServer> = ["b1", "b2"]
-        .iter()
-        .map(|b| NameServer::start(&lab, b, false))
-        .collect();
+    let (mut lab, _servers) = lab_with_servers("hcsrc");
     let eps = format!("--endpoints={}", lab.endpoints_arg());
     // The client (10.77.1.2) is not in the list: its SYNs are dropped.
     lab.loxicmd_ok(&lb_args(&[

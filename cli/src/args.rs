@@ -60,6 +60,15 @@ pub fn parse_number(
     number(value).map_or_else(|| fail(flag, value, reason), Ok)
 }
 
+/// An optional number flag; absent is 0, which the daemon reads as its default.
+pub fn parse_optional_number(
+    flag: &'static str,
+    value: Option<&str>,
+    reason: &'static str,
+) -> Result<u32, ArgError> {
+    value.map_or(Ok(0), |v| parse_number(flag, v, reason))
+}
+
 /// A command that is incomplete as a whole, shown as `command: reason`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct UsageError {

@@ -476,12 +476,11 @@ async fn run(cli: Cli) -> Result<()> {
             resource: GetResource::Ct(get),
         } => {
             let filter = ct_filter(&get.filter)?;
-            let limit = get
-                .limit
-                .as_deref()
-                .map(|l| args::parse_number("--limit", l, "limit must be a number"))
-                .transpose()?
-                .unwrap_or(0);
+            let limit = args::parse_optional_number(
+                "--limit",
+                get.limit.as_deref(),
+                "limit must be a number",
+            )?;
             let mut client = connect().await?;
             if get.count {
                 let response = client.count_conntrack(filter).await?;
@@ -547,11 +546,8 @@ fn print_list<T: Serialize>(
 /// The endpoint probe of `create endpoint`; numbers must be numbers, the
 /// rest is the daemon's to judge.
 fn endpoint_probe(ep: &CreateEndpoint) -> Result<pb::EndpointProbe, ArgError> {
-    let num = |flag: &'static str, v: &Option<String>| {
-        v.as_deref()
-            .map(|v| args::parse_number(flag, v, "must be a number"))
-            .transpose()
-            .map(Option::unwrap_or_default)
+    let num = |flag, v: &Option<String>| {
+        args::parse_optional_number(flag, v.as_deref(), "must be a number")
     };
     Ok(pb::EndpointProbe {
         ip: ep.ip.clone(),
@@ -596,12 +592,7 @@ fn change_endpoints(
 /// endpoints, and the pair's target port.
 fn create_requests(lb: &CreateLb) -> Result<Vec<(pb::LoadBalancer, u32)>, ArgError> {
     let endpoints = args::parse_endpoints("--endpoints", &lb.endpoints)?;
-    let mark = lb
-        .mark
-        .as_deref()
-        .map(|m| args::parse_number("--mark", m, "mark must be a number"))
-        .transpose()?
-        .unwrap_or(0);
+    let mark = args::parse_optional_number("--mark", lb.mark.as_deref(), "mark must be a number")?;
     let mut requests = Vec::new();
     for (protocol, flag, values) in [("tcp", "--tcp", &lb.tcp), ("udp", "--udp", &lb.udp)] {
         for map in args::parse_port_maps(flag, values)? {
@@ -639,12 +630,8 @@ fn create_requests(lb: &CreateLb) -> Result<Vec<(pb::LoadBalancer, u32)>, ArgErr
 /// The filter of `get ct` / `delete ct`; values are the daemon's to judge,
 /// except that a port must be a number.
 fn ct_filter(f: &CtFilter) -> Result<pb::ConntrackFilter, ArgError> {
-    let port = f
-        .ctport
-        .as_deref()
-        .map(|p| args::parse_number("--ctport", p, "port must be a number"))
-        .transpose()?
-        .unwrap_or(0);
+    let port =
+        args::parse_optional_number("--ctport", f.ctport.as_deref(), "port must be a number")?;
     Ok(pb::ConntrackFilter {
         ip: f.ip.clone().unwrap_or_default(),
         port,
