@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use loxilight::datapath::types::{ll_counters, ll_ct_dir, ll_ct_state, ll_reason};
 use loxilight::datapath::{Datapath, Error, HookKind, Limits};
-use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, Selection, ServiceKey};
+use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, Selection, ServiceKey, SourcePrefix};
 use pkt::{assert_checksums, parse, Packet, ACK, ETH_HLEN, ICMP, IP_DF, L4, SYN, TCP, UDP};
 
 const TC_ACT_OK: u32 = 0;
@@ -869,4 +869,123 @@ fn maglev_moves_about_one_in_n_flows_when_an_endpoint_leaves() {
         stayed_away < flows.len() / 20,
         "{stayed_away} flows left a surviving endpoint"
     );
+}
+
+/// The rule of `service` with `sources`, programmed with the endpoints
+/// that take new flows marked.
+fn program_live(
+    dp: &Datapath,
+    selection: Selection,
+    eps: &[(SocketAddrV4, bool)],
+    sources: &[&str],
+) {
+    let endpoints: Vec<(Endpoint, bool)> = eps
+        .iter()
+        .map(|&(a, live)| {
+            let e = Endpoint {
+                ip: *a.ip(),
+                port: a.port(),
+                weight: 1,
+            };
+            (e, live)
+        })
+        .collect();
+    let rule = LbRule {
+        key: key(Protocol::Tcp),
+        name: "svc1".into(),
+        selection,
+        mode: Mode::Default,
+        endpoints: endpoints.iter().map(|(e, _)| *e).collect(),
+        inactivity_timeout: 0,
+        monitor: true,
+        bgp: false,
+        sources: sources
+            .iter()
+            .map(|s| SourcePrefix::parse("sources", s).unwrap())
+            .collect(),
+        mark: 0,
+    };
+    dp.program_service_endpoints(1, &rule, &endpoints)
+        .expect("programming a service");
+}
+
+#[test]
+fn endpoints_that_take_no_new_flows_get_none_whatever_the_selection() {
+    let dp = load();
+    for selection in [
+        Selection::RoundRobin,
+        Selection::Hash,
+        Selection::Priority,
+        Selection::Persist,
+        Selection::LeastConnections,
+        Selection::Maglev,
+    ] {
+        program_live(&dp, selection, &[(EP1, true), (EP2, true)], &[]);
+        // Persist: this client sticks to whichever it gets first.
+        let before = tally(&dp, (0..20).map(|p| client(40000 + p)));
+        assert!(before.contains(&EP1) || selection == Selection::Persist);
+        // EP1 down (or draining): still at index 0, but no new flows.
+        program_live(&dp, selection, &[(EP1, false), (EP2, true)], &[]);
+        let after = tally(&dp, (0..20).map(|p| client(41000 + p)));
+        assert!(after.iter().all(|&e| e == EP2), "{selection:?}: {after:?}");
+        // The flows already on EP1 keep it.
+        let est = Packet::new(client(40000), SERVICE, L4::Tcp { flags: ACK });
+        assert_eq!(
+            parse(&run(&dp, &est.build())).dst,
+            before[0],
+            "{selection:?}"
+        );
+        dp.delete_services(&[(key(Protocol::Tcp), 1)]).unwrap();
+    }
+    // None left: new flows go to Linux untranslated.
+    program_live(
+        &dp,
+        Selection::RoundRobin,
+        &[(EP1, false), (EP2, false)],
+        &[],
+    );
+    let syn = Packet::new(client(42000), SERVICE, L4::Tcp { flags: SYN }).build();
+    assert_untouched(
+        &dp,
+        "no live endpoint",
+        &syn,
+        ll_reason::LL_R_PASS_NO_ENDPOINT,
+    );
+}
+
+#[test]
+fn only_allowed_sources_open_flows() {
+    let dp = load();
+    program_live(
+        &dp,
+        Selection::RoundRobin,
+        &[(EP1, true)],
+        &["10.0.0.0/30", "192.168.1.7"],
+    );
+    assert_eq!(endpoint_of(&dp, client(40000)), EP1);
+    let allowed = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 7), 40000);
+    assert_eq!(endpoint_of(&dp, allowed), EP1);
+    let mut want = reasons(&dp);
+    for (src, hook, drop) in [
+        (Ipv4Addr::new(10, 0, 0, 4), HookKind::Tc, 2),
+        (Ipv4Addr::new(192, 168, 1, 8), HookKind::Tc, 2),
+        (Ipv4Addr::new(10, 0, 0, 4), HookKind::Xdp, 1),
+    ] {
+        let syn = Packet::new(
+            SocketAddrV4::new(src, 40000),
+            SERVICE,
+            L4::Tcp { flags: SYN },
+        );
+        let r = dp.test_run(hook, &syn.build(), 1).unwrap();
+        assert_eq!(r.retval, drop, "{src} at {hook:?}: TC_ACT_SHOT / XDP_DROP");
+        want[ll_reason::LL_R_DROP_SOURCE.0 as usize] += 1;
+    }
+    assert_eq!(reasons(&dp), want);
+    assert!(conntrack(&dp)
+        .iter()
+        .all(|c| c.src.ip() != &Ipv4Addr::new(10, 0, 0, 4)));
+    // The list changed to "any": the client gets in.
+    program_live(&dp, Selection::RoundRobin, &[(EP1, true)], &[]);
+    let now = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 4), 40001);
+    assert_eq!(endpoint_of(&dp, now), EP1);
 }
