@@ -386,6 +386,9 @@ fn attached_and_detached_endpoints_leave_open_connections_alone() {
         .loxicmd_ok(&lb_args(&[&tcp_map(), &attach]))
         .contains("Updated lb"));
     assert_eq!(open.ask(), "b1", "the open connection keeps its backend");
+    assert!(lab
+        .loxicmd_ok(&lb_args(&[&tcp_map(), &attach]))
+        .contains("Unchanged lb"));
     let mut flows = new_flows(&lab, 4);
     flows.sort();
     assert_eq!(flows, ["b1", "b1", "b2", "b2"]);

@@ -365,7 +365,12 @@ async fn run(cli: Cli) -> Result<()> {
                         .get_lb(key.clone())
                         .await
                         .with_context(|| format!("lb {label}"))?;
-                    rule = change_endpoints(current, &attach, &lb.detach_ep, target_port);
+                    rule = change_endpoints(current.clone(), &attach, &lb.detach_ep, target_port);
+                    // Attaching what is there or detaching what is not.
+                    if rule == change_endpoints(current, &[], &[], target_port) {
+                        println!("Unchanged lb {label}");
+                        continue;
+                    }
                 }
                 client.create_lb(rule).await?;
                 println!(
@@ -705,6 +710,44 @@ mod tests {
                 "udp/53 -> 31.31.31.1 5353 1, fd00::2 5353 3",
             ]
         );
+    }
+
+    #[test]
+    fn attach_and_detach_change_only_the_endpoints() {
+        let cli = parse("loxicmd create lb 20.20.20.1 --tcp=80:8080 --attachEP=3.3.3.3:4,1.1.1.1:2 --detachEP=2.2.2.2");
+        let Command::Create {
+            resource: CreateResource::Lb(lb),
+        } = cli.command
+        else {
+            panic!("not create lb");
+        };
+        let attach = args::parse_endpoints("--attachEP", &lb.attach_ep).unwrap();
+        let ep = |ip: &str, target_port, weight| pb::Endpoint {
+            ip: ip.into(),
+            target_port,
+            weight,
+            ..Default::default()
+        };
+        let current = pb::LoadBalancer {
+            name: "web".into(),
+            selection: "maglev".into(),
+            monitor: true,
+            endpoints: vec![ep("1.1.1.1", 8080, 1), ep("2.2.2.2", 8080, 1)],
+            counters: Some(pb::Counters::default()),
+            ..Default::default()
+        };
+        let changed = change_endpoints(current.clone(), &attach, &lb.detach_ep, 8080);
+        let eps: Vec<(&str, u32, u32)> = changed
+            .endpoints
+            .iter()
+            .map(|e| (e.ip.as_str(), e.target_port, e.weight))
+            .collect();
+        assert_eq!(eps, [("3.3.3.3", 8080, 4), ("1.1.1.1", 8080, 2)]);
+        assert_eq!(
+            (changed.name.as_str(), changed.selection.as_str()),
+            ("web", "maglev")
+        );
+        assert!(changed.monitor && changed.counters.is_none());
     }
 
     #[test]
