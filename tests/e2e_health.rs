@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -21,35 +21,71 @@ const TARGET: u16 = 7070;
 /// Generous: probes run every second, the machine may be loaded.
 const DEADLINE: Duration = Duration::from_secs(60);
 
+/// How a NameServer answers.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Plain,
+    /// Every other HTTP answer is a 503.
+    Flapping,
+    /// Over TLS, with a self-signed certificate for a name that is not the
+    /// backend's.
+    Tls,
+}
+
 /// A TCP server on TARGET in one backend namespace that answers with the
 /// backend's name: a line for every line received (a long-lived
-/// connection), or an HTTP answer to a GET (probes). With `flap`, every
-/// other HTTP answer is a 503. Stopping it closes the listener, so connects
-/// are refused, as with a crashed server.
+/// connection), or an HTTP answer to a GET (probes). Stopping it closes the
+/// listener, so connects are refused, as with a crashed server.
 struct NameServer {
     stop: Arc<AtomicBool>,
     gets: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
 }
 
+fn tls_config() -> Arc<rustls::ServerConfig> {
+    let key = rcgen::generate_simple_self_signed(vec!["backend.invalid".to_owned()]).unwrap();
+    let der = rustls::pki_types::PrivatePkcs8KeyDer::from(key.signing_key.serialize_der());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![key.cert.der().clone()], der.into())
+        .unwrap();
+    Arc::new(cfg)
+}
+
 impl NameServer {
-    fn start(lab: &Lab, backend: &str, flap: bool) -> NameServer {
+    fn start(lab: &Lab, backend: &str, kind: Kind) -> NameServer {
         let b = lab.backend(backend);
         let listener = lab
             .in_ns(&b.ns, || TcpListener::bind(("0.0.0.0", TARGET)))
             .unwrap_or_else(|e| panic!("{backend}: binding {TARGET}: {e}"));
         listener.set_nonblocking(true).unwrap();
+        let tls = (kind == Kind::Tls).then(tls_config);
         let stop = Arc::new(AtomicBool::new(false));
         let gets = Arc::new(AtomicUsize::new(0));
         let (name, s, g) = (b.name.clone(), stop.clone(), gets.clone());
         let thread = thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((conn, _)) => {
-                        let (name, s, g) = (name.clone(), s.clone(), g.clone());
+                let Ok((conn, _)) = listener.accept() else {
+                    thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                let (name, s, g) = (name.clone(), s.clone(), g.clone());
+                let flap = kind == Kind::Flapping;
+                match &tls {
+                    Some(cfg) => {
+                        let tls = rustls::ServerConnection::new(cfg.clone()).unwrap();
+                        let conn = rustls::StreamOwned::new(tls, conn);
                         thread::spawn(move || serve(conn, &name, &s, &g, flap));
                     }
-                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                    None => {
+                        thread::spawn(move || serve(conn, &name, &s, &g, flap));
+                    }
                 }
             }
         });
@@ -79,15 +115,11 @@ impl Drop for NameServer {
     }
 }
 
-fn serve(conn: TcpStream, name: &str, stop: &AtomicBool, gets: &AtomicUsize, flap: bool) {
-    conn.set_nonblocking(false).unwrap();
-    conn.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let mut writer = conn.try_clone().unwrap();
-    let mut reader = BufReader::new(conn);
+fn serve(conn: impl Read + Write, name: &str, stop: &AtomicBool, gets: &AtomicUsize, flap: bool) {
+    let mut conn = BufReader::new(conn);
     let mut line = String::new();
     while !stop.load(Ordering::SeqCst) {
-        match reader.read_line(&mut line) {
+        match conn.read_line(&mut line) {
             Ok(0) => return,
             Ok(_) if line.starts_with("GET ") => {
                 let n = gets.fetch_add(1, Ordering::SeqCst);
@@ -96,15 +128,17 @@ fn serve(conn: TcpStream, name: &str, stop: &AtomicBool, gets: &AtomicUsize, fla
                 } else {
                     "200 OK"
                 };
+                let w = conn.get_mut();
                 let _ = write!(
-                    writer,
+                    w,
                     "HTTP/1.0 {status}\r\nContent-Length: {}\r\n\r\n{name}",
                     name.len()
                 );
+                let _ = w.flush();
                 return;
             }
             Ok(_) => {
-                if writeln!(writer, "{name}").is_err() {
+                if writeln!(conn.get_mut(), "{name}").is_err() {
                     return;
                 }
                 line.clear();
@@ -203,7 +237,7 @@ fn lab_with_servers(tag: &str) -> (Lab, Vec<NameServer>) {
     lab.start_daemon(&[]);
     let servers = ["b1", "b2"]
         .iter()
-        .map(|b| NameServer::start(&lab, b, false))
+        .map(|b| NameServer::start(&lab, b, Kind::Plain))
         .collect();
     (lab, servers)
 }
@@ -247,7 +281,7 @@ fn a_stopped_backend_is_taken_out_and_comes_back() {
     assert_eq!(new_flows(&lab, 6), ["b1"; 6]);
 
     // b2 back: up after `rise` good probes, and it gets flows again.
-    servers[1] = NameServer::start(&lab, "b2", false);
+    servers[1] = NameServer::start(&lab, "b2", Kind::Plain);
     let took = wait_state(&lab, &b2, "up");
     eprintln!("b2 back up {took:?} after its server restarted (rise 2)");
     let flows = new_flows(&lab, 6);
@@ -279,7 +313,7 @@ fn a_stopped_backend_is_taken_out_and_comes_back() {
 fn a_flapping_endpoint_does_not_go_down() {
     let mut lab = Lab::new("hcflap");
     lab.start_daemon(&[]);
-    let server = NameServer::start(&lab, "b1", true);
+    let server = NameServer::start(&lab, "b1", Kind::Flapping);
     let b1 = lab.backends[0].ip.clone();
     lab.loxicmd_ok(&[
         "create",
@@ -365,6 +399,44 @@ fn ping_and_udp_probes_see_real_answers() {
         .as_str()
         .unwrap()
         .contains("unreachable"));
+}
+
+#[test]
+fn https_probes_take_any_certificate_and_check_the_body() {
+    let mut lab = Lab::new("hctls");
+    lab.start_daemon(&[]);
+    let server = NameServer::start(&lab, "b1", Kind::Tls);
+    let b1 = lab.backends[0].ip.clone();
+    let probe = |resp: &str| {
+        lab.loxicmd_ok(&[
+            "create",
+            "endpoint",
+            &b1,
+            "--probetype=https",
+            &format!("--probeport={TARGET}"),
+            &format!("--proberesp={resp}"),
+            "--period=1",
+            "--retries=1",
+        ]);
+    };
+    // A self-signed certificate for another name: still up.
+    probe("b1");
+    let start = Instant::now();
+    while server.gets() < 2 {
+        assert!(start.elapsed() < DEADLINE, "no https probe got through");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let p = probe_state(&lab, &b1);
+    assert_eq!(
+        (&p["state"], &p["lastError"]),
+        (&"up".into(), &"".into()),
+        "{p}"
+    );
+    // The body is checked.
+    probe("nope");
+    wait_state(&lab, &b1, "down");
+    let err = probe_state(&lab, &b1)["lastError"].clone();
+    assert!(err.as_str().unwrap().contains("does not contain"), "{err}");
 }
 
 #[test]
