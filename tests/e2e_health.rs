@@ -279,6 +279,11 @@ fn a_stopped_backend_is_taken_out_and_comes_back() {
         .unwrap()
         .contains("refused"));
     assert_eq!(new_flows(&lab, 6), ["b1"; 6]);
+    let up = |ip: &str| {
+        let endpoint = format!("endpoint=\"{ip}:{TARGET}\"");
+        metric(&lab, &["loxilight_endpoint_up", &endpoint])
+    };
+    assert_eq!((up(&b1), up(&b2)), (vec![1], vec![0]));
 
     // b2 back: up after `rise` good probes, and it gets flows again.
     servers[1] = NameServer::start(&lab, "b2", Kind::Plain);
@@ -521,15 +526,27 @@ fn bad_endpoint_input_is_refused_naming_the_field() {
     assert!(!out.contains("10.77.2.2"), "{out}");
 }
 
-/// Packets the datapath dropped for `reason`, from the metrics endpoint.
-fn dropped(lab: &Lab, reason: &str) -> u64 {
+/// The daemon's metrics.
+fn scrape(lab: &Lab) -> String {
     let addr = "127.0.0.1:11112".parse().unwrap();
-    let text = lab
-        .http_get_in(&lab.lb, addr, "/metrics")
-        .unwrap_or_else(|e| panic!("scraping {addr}/metrics: {e}"));
-    text.lines()
-        .filter(|l| l.contains(&format!("reason=\"{reason}\"")) && l.contains("packets"))
+    lab.http_get_in(&lab.lb, addr, "/metrics")
+        .unwrap_or_else(|e| panic!("scraping {addr}/metrics: {e}"))
+}
+
+/// The values of the metric lines that contain every one of `parts`.
+fn metric(lab: &Lab, parts: &[&str]) -> Vec<u64> {
+    scrape(lab)
+        .lines()
+        .filter(|l| !l.starts_with('#') && parts.iter().all(|p| l.contains(p)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .collect()
+}
+
+/// Packets the datapath dropped for `reason`.
+fn dropped(lab: &Lab, reason: &str) -> u64 {
+    let reason = format!("reason=\"{reason}\"");
+    metric(lab, &["loxilight_datapath_packets_total", &reason])
+        .iter()
         .sum()
 }
 
