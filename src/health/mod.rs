@@ -90,12 +90,12 @@ impl Health {
         v
     }
 
-    /// Which probe decides each endpoint of a monitored rule.
-    fn wanted(&self) -> (HashMap<EndpointAddr, EndpointProbe>, HashSet<EndpointProbe>) {
-        let configured: HashMap<_, _> =
-            self.store.probes().into_iter().map(|p| (p.ip, p)).collect();
+    /// Which probe decides each endpoint of a monitored rule, and the
+    /// configured probes.
+    fn wanted(store: &RuleStore) -> (HashMap<EndpointAddr, EndpointProbe>, HashSet<EndpointProbe>) {
+        let configured: HashMap<_, _> = store.probes().into_iter().map(|p| (p.ip, p)).collect();
         let mut by_endpoint = HashMap::new();
-        for s in self.store.list().iter().filter(|s| s.rule.monitor) {
+        for s in store.list().iter().filter(|s| s.rule.monitor) {
             for e in &s.rule.endpoints {
                 let p = configured
                     .get(&e.ip)
@@ -117,7 +117,13 @@ impl Health {
     /// Starts the probes newly needed, stops the ones no longer needed, and
     /// hands the endpoints that are down to the store.
     async fn sync(self: &Arc<Self>) {
-        let (by_endpoint, configured) = self.wanted();
+        // The store's lock may be held by a long apply: wait for it off the reactor.
+        let store = self.store.clone();
+        let Ok((by_endpoint, configured)) =
+            tokio::task::spawn_blocking(move || Health::wanted(&store)).await
+        else {
+            return;
+        };
         let down: HashSet<EndpointAddr> = {
             let mut targets = self.lock();
             let needed: HashSet<&EndpointProbe> =
@@ -152,7 +158,7 @@ impl Health {
                 .collect()
         };
         let store = self.store.clone();
-        // Map updates, and the store may be busy applying a rule set.
+        // Map updates, and again the store's lock.
         match tokio::task::spawn_blocking(move || store.set_down(down)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
