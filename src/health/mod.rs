@@ -18,7 +18,7 @@ use crate::rules::{
     EndpointAddr, EndpointProbe, ProbeType, RuleStore, DEFAULT_PROBE_PERIOD, DEFAULT_PROBE_RETRIES,
     DEFAULT_PROBE_RISE,
 };
-pub use state::Hysteresis;
+use state::Hysteresis;
 
 /// The longest a probe may take (shorter if the period is).
 const MAX_TIMEOUT: Duration = Duration::from_secs(5);
