@@ -8,14 +8,6 @@
 #include "ct.h"
 #include "stats.h"
 
-/* The translation to apply to one packet. */
-struct ll_nat {
-	__be32 addr;
-	__be16 port;
-	__u8 rewrite_dst; /* 1: destination (original direction), 0: source (reply) */
-	__u32 mark;       /* the service's skb->mark (TC), 0: none */
-};
-
 static __always_inline __u32 ll_svc_mark(__u32 svc_id)
 {
 	struct ll_svc_opts *o = bpf_map_lookup_elem(&ll_svc_opts, &svc_id);
@@ -202,8 +194,13 @@ static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct l
 	if (ep_idx >= LL_MAX_ENDPOINTS || ep_idx >= svc->n_endpoints)
 		return LL_R_PASS_NO_ENDPOINT;
 	ep = &svc->endpoints[ep_idx];
+	nat->to.saddr = p->saddr;
+	nat->to.daddr = ep->addr;
+	nat->to.sport = p->sport;
+	nat->to.dport = ep->port;
+	nat->xlate = LL_XLATE_DST;
 
-	r = ll_ct_create(p, key, ep, svc->id, ep_idx);
+	r = ll_ct_create(p, key, nat, svc->id, ep_idx);
 	if (r)
 		return r;
 	ll_count_flow(svc->id, ep_idx, p->len);
@@ -212,9 +209,6 @@ static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct l
 	active = bpf_map_lookup_elem(&ll_ep_active, &idx);
 	if (active)
 		__sync_fetch_and_add(active, 1);
-	nat->addr = ep->addr;
-	nat->port = ep->port;
-	nat->rewrite_dst = 1;
 	nat->mark = ll_svc_mark(svc->id);
 	return LL_R_NAT_NEW;
 }
@@ -245,9 +239,8 @@ static __noinline int ll_lb_decide(const struct ll_pkt *p, struct ll_nat *nat)
 	}
 	ll_ct_touch(p, &key, hit);
 	ll_count_flow(hit->svc_id, hit->ep_idx, p->len);
-	nat->addr = hit->nat_addr;
-	nat->port = hit->nat_port;
-	nat->rewrite_dst = hit->dir == LL_CT_ORIGINAL;
+	nat->to = hit->nat;
+	nat->xlate = hit->xlate;
 	nat->mark = ll_svc_mark(hit->svc_id);
 	return LL_R_NAT_EST;
 }
