@@ -54,6 +54,7 @@ fn rule(proto: Protocol, eps: &[SocketAddrV4]) -> LbRule {
         key: ServiceKey {
             ip: VIP,
             port: SERVICE.port(),
+            port_max: 0,
             proto,
         },
         name: format!("{}-svc", proto.as_str()),

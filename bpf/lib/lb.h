@@ -15,6 +15,16 @@ struct ll_nat {
 	__u8 rewrite_dst; /* 1: destination (original direction), 0: source (reply) */
 };
 
+/* Whether the rewrite touches the L4 header: TCP and UDP, whose checksums
+ * cover the addresses (pseudo-header) and the ports. The others keep theirs:
+ * ICMP echo has no ports and its checksum covers no address; SCTP's CRC32c
+ * covers no address either, and its ports never change (the daemon refuses
+ * SCTP services that translate ports). */
+static __always_inline int ll_nat_ports(__u8 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP;
+}
+
 static __always_inline __u32 ll_flow_hash(const struct ll_ct_key *k)
 {
 	__u32 h = k->saddr * 0x9e3779b1u;
@@ -151,6 +161,25 @@ static __noinline int ll_select(const struct ll_svc *svc, const struct ll_ct_key
 	return 0;
 }
 
+/* The first port (network order) of the port-range service of VIP vip and
+ * protocol proto that holds dport, or 0. */
+static __noinline __u32 ll_range_start(__be32 vip, __u32 proto, __u32 dport)
+{
+	struct ll_range_key k = {.vip = vip, .proto = proto};
+	struct ll_ranges *r = bpf_map_lookup_elem(&ll_svc_ranges, &k);
+	__u16 port = bpf_ntohs((__be16)dport);
+
+	if (!r)
+		return 0;
+	for (__u32 i = 0; i < LL_MAX_RANGES; i++) {
+		if (i >= r->n)
+			break;
+		if (r->min[i] <= port && port <= r->max[i])
+			return bpf_htons(r->min[i]);
+	}
+	return 0;
+}
+
 /* Not load-balancer traffic: not a VIP and not in conntrack. */
 #define LL_LB_NONE (-2)
 
@@ -166,9 +195,18 @@ static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct l
 	__u32 ep_idx, idx, *active;
 	int r;
 
-	svc = bpf_map_lookup_elem(&ll_services, &skey);
-	if (!svc)
+	/* Only an echo request starts an ICMP flow. */
+	if (p->proto == IPPROTO_ICMP && p->tcp_flags != LL_ICMP_ECHO)
 		return LL_LB_NONE;
+	svc = bpf_map_lookup_elem(&ll_services, &skey);
+	if (!svc) {
+		skey.port = ll_range_start(p->daddr, p->proto, p->dport);
+		if (!skey.port)
+			return LL_LB_NONE;
+		svc = bpf_map_lookup_elem(&ll_services, &skey);
+		if (!svc)
+			return LL_LB_NONE;
+	}
 	if (svc->n_slots == 0 || svc->n_slots > LL_MAX_SLOTS)
 		return LL_R_PASS_NO_ENDPOINT;
 
@@ -193,7 +231,7 @@ static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct l
 	return LL_R_NAT_NEW;
 }
 
-/* For an IPv4 TCP/UDP packet: LL_R_NAT_NEW or LL_R_NAT_EST with *nat filled
+/* For an IPv4 TCP, UDP, SCTP or ICMP echo packet: LL_R_NAT_NEW or LL_R_NAT_EST with *nat filled
  * in, LL_LB_NONE, or the reason to hand the VIP's packet to Linux as it is. */
 static __noinline int ll_lb_decide(const struct ll_pkt *p, struct ll_nat *nat)
 {

@@ -13,6 +13,15 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } ll_services SEC(".maps");
 
+/* (VIP, protocol) -> the port ranges of its services. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LL_DEFAULT_SERVICES);
+	__type(key, struct ll_range_key);
+	__type(value, struct ll_ranges);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ll_svc_ranges SEC(".maps");
+
 /* Round-robin cursor per service id. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -21,10 +21,11 @@ static __always_inline int ll_tc_rewrite(struct __sk_buff *skb, const struct ll_
 	__be16 old_port = nat->rewrite_dst ? p->dport : p->sport;
 	/* UDP checksum 0 means "none": leave it so. */
 	__u64 l4flags = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	int ports = ll_nat_ports(p->proto);
 
 	if (old_addr != nat->addr) {
-		if (bpf_l4_csum_replace(skb, csum_off, old_addr, nat->addr,
-					l4flags | BPF_F_PSEUDO_HDR | sizeof(nat->addr)))
+		if (ports && bpf_l4_csum_replace(skb, csum_off, old_addr, nat->addr,
+						 l4flags | BPF_F_PSEUDO_HDR | sizeof(nat->addr)))
 			return -1;
 		if (bpf_l3_csum_replace(skb, p->l3_off + offsetof(struct iphdr, check), old_addr,
 					nat->addr, sizeof(nat->addr)))
@@ -32,7 +33,7 @@ static __always_inline int ll_tc_rewrite(struct __sk_buff *skb, const struct ll_
 		if (bpf_skb_store_bytes(skb, addr_off, &nat->addr, sizeof(nat->addr), 0))
 			return -1;
 	}
-	if (old_port != nat->port) {
+	if (ports && old_port != nat->port) {
 		if (bpf_l4_csum_replace(skb, csum_off, old_port, nat->port,
 					l4flags | sizeof(nat->port)))
 			return -1;

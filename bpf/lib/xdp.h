@@ -41,16 +41,17 @@ static __always_inline int ll_xdp_rewrite(struct xdp_md *ctx, const struct ll_pk
 {
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
 	struct iphdr *iph = LL_XDP_PTR(data, p->l3_off);
-	__u16 *l4csum;
-	__be16 *port;
+	__u16 *l4csum = 0;
+	__be16 *port = 0;
 	__be32 *addr;
 	__be32 old_addr;
-	__be16 old_port;
 	int udp = p->proto == IPPROTO_UDP;
 
 	if ((void *)(iph + 1) > end)
 		return -1;
-	if (udp) {
+	if (!ll_nat_ports(p->proto)) {
+		/* only the address */
+	} else if (udp) {
 		struct udphdr *uh = LL_XDP_PTR(data, p->l4_off);
 
 		if ((void *)(uh + 1) > end)
@@ -67,17 +68,18 @@ static __always_inline int ll_xdp_rewrite(struct xdp_md *ctx, const struct ll_pk
 	}
 	addr = nat->rewrite_dst ? &iph->daddr : &iph->saddr;
 	old_addr = *addr;
-	old_port = *port;
 
 	iph->check = ll_csum_replace4(iph->check, old_addr, nat->addr);
+	*addr = nat->addr;
+	if (!port || !l4csum)
+		return 0;
 	/* A UDP checksum of 0 means none; a computed 0 is sent as 0xffff. */
 	if (!udp || *l4csum) {
 		__u16 c = ll_csum_replace4(*l4csum, old_addr, nat->addr);
 
-		c = ll_csum_replace2(c, old_port, nat->port);
+		c = ll_csum_replace2(c, *port, nat->port);
 		*l4csum = udp && !c ? 0xffff : c;
 	}
-	*addr = nat->addr;
 	*port = nat->port;
 	return 0;
 }

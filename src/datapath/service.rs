@@ -1,7 +1,11 @@
 //! Rules -> the service map's value layout.
 use super::pod;
-use super::types::{ll_endpoint, ll_maglev, ll_selection, ll_svc, ll_svc_key};
-use super::{Datapath, Result, MAX_ENDPOINTS, MAX_SLOTS};
+use libbpf_rs::{MapCore, MapFlags};
+
+use super::types::{
+    ll_endpoint, ll_maglev, ll_range_key, ll_ranges, ll_selection, ll_svc, ll_svc_key,
+};
+use super::{Datapath, Error, Result, MAX_ENDPOINTS, MAX_SLOTS};
 use crate::rules::{LbRule, Selection, ServiceKey, DEFAULT_INACTIVITY_TIMEOUT};
 
 pub(super) fn svc_key(k: &ServiceKey) -> ll_svc_key {
@@ -10,6 +14,19 @@ pub(super) fn svc_key(k: &ServiceKey) -> ll_svc_key {
         port: k.port.to_be(),
         proto: k.proto.number(),
         pad: 0,
+    }
+}
+
+/// Port-range services per VIP and protocol (bpf/lib/common.h LL_MAX_RANGES).
+pub const MAX_RANGES: usize = 16;
+
+/// A range service sits in the service map under its first port; the range
+/// map tells the datapath which first port a packet's port falls under.
+pub(super) fn range_key(vip_be: u32, proto: u8) -> ll_range_key {
+    ll_range_key {
+        vip: vip_be,
+        proto,
+        pad: [0; 3],
     }
 }
 
@@ -97,7 +114,12 @@ impl Datapath {
             m.slots.copy_from_slice(&maglev(&names, &weights));
             self.set_maglev(id, &m)?;
         }
-        self.upsert_service(&svc_key(&rule.key), &svc)
+        self.upsert_service(&svc_key(&rule.key), &svc)?;
+        // The range after its service, so that it never leads nowhere; a
+        // single-port rule that replaced a range takes the range away.
+        let k = &rule.key;
+        let range = range_key(u32::from(k.ip).to_be(), k.proto.number());
+        self.set_range(&range, k.port, (k.port_max != 0).then_some(k.port_max))
     }
 
     /// Deletes services, each given with the datapath id it had.
@@ -107,6 +129,53 @@ impl Datapath {
             .map(|(k, id)| (pod::bytes(&svc_key(k)).to_vec(), *id))
             .collect();
         self.remove_services(&keys)
+    }
+
+    /// Sets the range that starts at port `min` in the ranges of `key` to end
+    /// at `max`, or removes it (`None`). The entry is replaced whole, so the
+    /// datapath never sees a half-written list.
+    pub(super) fn set_range(&self, key: &ll_range_key, min: u16, max: Option<u16>) -> Result<()> {
+        let kb = pod::bytes(key);
+        let old = self
+            .maps
+            .ranges
+            .lookup(kb, MapFlags::ANY)
+            .map_err(Error::bpf("reading port ranges"))?
+            .and_then(|v| pod::read::<ll_ranges>(&v))
+            .unwrap_or_default();
+        let mut list: Vec<(u16, u16)> = (0..(old.n as usize).min(MAX_RANGES))
+            .map(|i| (old.min[i], old.max[i]))
+            .filter(|&(m, _)| m != min)
+            .collect();
+        list.extend(max.map(|max| (min, max)));
+        if list.len() == old.n as usize && max.is_none() {
+            return Ok(());
+        }
+        if list.is_empty() {
+            return match self.maps.ranges.delete(kb) {
+                Err(e) if e.kind() != libbpf_rs::ErrorKind::NotFound => {
+                    Err(Error::bpf("deleting port ranges")(e))
+                }
+                _ => Ok(()),
+            };
+        }
+        if list.len() > MAX_RANGES {
+            return Err(Error::MapFull {
+                map: "ll_svc_ranges (16 port ranges per VIP and protocol)",
+            });
+        }
+        let mut new = ll_ranges {
+            n: list.len() as u32,
+            ..Default::default()
+        };
+        for (i, (lo, hi)) in list.into_iter().enumerate() {
+            new.min[i] = lo;
+            new.max[i] = hi;
+        }
+        self.maps
+            .ranges
+            .update(kb, pod::bytes(&new), MapFlags::ANY)
+            .map_err(|e| super::full_or(e, "ll_svc_ranges", "writing port ranges"))
     }
 }
 

@@ -5,8 +5,8 @@ mod persist;
 mod store;
 
 pub use model::{
-    parse_ip, parse_port, parse_weight, Endpoint, LbRule, Mode, Protocol, Selection, ServiceKey,
-    DEFAULT_INACTIVITY_TIMEOUT,
+    parse_ip, parse_port, parse_target_port, parse_weight, Endpoint, LbRule, Mode, Protocol,
+    Selection, ServiceKey, DEFAULT_INACTIVITY_TIMEOUT,
 };
 pub use store::{ApplyReport, RuleStore, StoredRule};
 

@@ -99,6 +99,7 @@ mod tests {
                 key: ServiceKey {
                     ip: Ipv4Addr::new(20, 20, 20, 1),
                     port,
+                    port_max: 0,
                     proto: Protocol::Udp,
                 },
                 name: "dns".into(),
