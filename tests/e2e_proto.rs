@@ -138,6 +138,14 @@ fn tcp_to_every_port_of_a_range_reaches_the_target_port() {
         .collect();
     assert_eq!(protos, [("2020-2023", "tcp"), ("38412", "sctp")]);
 
+    // The range survives a restart of the daemon.
+    lab.stop_daemon();
+    lab.start_daemon(&[]);
+    assert_eq!(
+        lab.http_get(VIP, 2022).expect("GET 2022 after a restart"),
+        "b1"
+    );
+
     // A range is deleted as it was written, and takes all its ports along.
     lab.loxicmd_ok(&["delete", "lb", VIP, "--tcp=2020-2023", "--sctp=38412"]);
     assert!(lab
