@@ -14,7 +14,7 @@ use loxilight::datapath::types::{ll_ct_key, ll_reason};
 use loxilight::datapath::{Datapath, HookKind, Limits};
 use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, RuleStore, Selection, ServiceKey};
 use pkt::{
-    assert_checksums, Packet, ACK, ICMP, ICMP_ECHO, ICMP_ECHOREPLY, L4, SCTP, SCTP_ABORT,
+    ct_key, run, Packet, ACK, ICMP, ICMP_ECHO, ICMP_ECHOREPLY, L4, SCTP, SCTP_ABORT,
     SCTP_COOKIE_ACK, SCTP_COOKIE_ECHO, SCTP_DATA, SCTP_INIT, SCTP_INIT_ACK, SCTP_SHUTDOWN,
     SCTP_SHUTDOWN_ACK, SCTP_SHUTDOWN_COMPLETE, SYN, TCP,
 };
@@ -73,21 +73,6 @@ fn rule(key: ServiceKey, eps: &[(Ipv4Addr, u16)]) -> LbRule {
     }
 }
 
-/// Runs `p`; the program must hand it on (no interfaces are mirrored, so
-/// nothing is forwarded) with valid checksums. Returns the frame.
-fn run(dp: &Datapath, hook: HookKind, p: &Packet) -> Vec<u8> {
-    let pass = match hook {
-        HookKind::Tc => 0,
-        HookKind::Xdp => 2,
-    };
-    let r = dp
-        .test_run(hook, &p.build(), 1)
-        .unwrap_or_else(|e| panic!("test run: {e}"));
-    assert_eq!(r.retval, pass, "verdict for {p:?}");
-    assert_checksums(&r.data);
-    r.data
-}
-
 /// Asserts that `p` comes out as `p` sent from `src` to `dst` instead,
 /// byte for byte: only the addresses (and for TCP/UDP the ports) change.
 fn assert_translated(
@@ -116,17 +101,6 @@ fn assert_untouched(dp: &Datapath, hook: HookKind, p: &Packet, reason: ll_reason
     want[reason.0 as usize] += 1;
     assert_eq!(run(dp, hook, p), p.build(), "{hook:?}: {p:?} changed");
     assert_eq!(reasons(dp), want, "{hook:?}: reason counters for {p:?}");
-}
-
-fn ct_key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> ll_ct_key {
-    ll_ct_key {
-        saddr: u32::from(*src.ip()).to_be(),
-        daddr: u32::from(*dst.ip()).to_be(),
-        sport: src.port().to_be(),
-        dport: dst.port().to_be(),
-        proto,
-        pad: [0; 3],
-    }
 }
 
 /// The state of the flow whose original direction is `orig` and whose
@@ -209,22 +183,17 @@ fn sctp_associations_are_translated_and_tracked_from_init_to_shutdown() {
         let (orig, reply) = (ct_key(c, service, SCTP), ct_key(ep, c, SCTP));
         // The CRC32c covers no address: the frames leave with it untouched
         // and valid (run checks every checksum).
-        let to_ep = |chunk, want: &str| {
-            assert_translated(&dp, hook, &sctp(c, service, chunk), c, ep);
-            assert_eq!(
-                state(&dp, orig, reply),
-                want,
-                "{hook:?} after chunk {chunk}"
-            );
+        let step = |from_client: bool, chunk, want: &str| {
+            let (p, src, dst) = match from_client {
+                true => (sctp(c, service, chunk), c, ep),
+                false => (sctp(ep, c, chunk), service, c),
+            };
+            assert_translated(&dp, hook, &p, src, dst);
+            let got = state(&dp, orig, reply);
+            assert_eq!(got, want, "{hook:?} after chunk {chunk}");
         };
-        let to_client = |chunk, want: &str| {
-            assert_translated(&dp, hook, &sctp(ep, c, chunk), service, c);
-            assert_eq!(
-                state(&dp, orig, reply),
-                want,
-                "{hook:?} after chunk {chunk}"
-            );
-        };
+        let to_ep = |chunk, want| step(true, chunk, want);
+        let to_client = |chunk, want| step(false, chunk, want);
         to_ep(SCTP_INIT, "syn-sent");
         to_client(SCTP_INIT_ACK, "syn-recv");
         to_ep(SCTP_COOKIE_ECHO, "est");

@@ -3,6 +3,9 @@
 //! a raw payload.
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use loxilight::datapath::types::ll_ct_key;
+use loxilight::datapath::{Datapath, HookKind};
+
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_8021Q: u16 = 0x8100;
@@ -286,4 +289,31 @@ pub fn crc32c(b: &[u8]) -> u32 {
             (c >> 1) ^ (0x82f6_3b78 & (c & 1).wrapping_neg())
         })
     })
+}
+
+/// Runs `p` through `hook`; the program must hand it on (not forwarded: no
+/// interfaces are mirrored) with valid checksums. Returns the frame.
+pub fn run(dp: &Datapath, hook: HookKind, p: &Packet) -> Vec<u8> {
+    let pass = match hook {
+        HookKind::Tc => 0,
+        HookKind::Xdp => 2,
+    };
+    let r = dp
+        .test_run(hook, &p.build(), 1)
+        .unwrap_or_else(|e| panic!("test run: {e}"));
+    assert_eq!(r.retval, pass, "verdict for {p:?}");
+    assert_checksums(&r.data);
+    r.data
+}
+
+/// The conntrack key of the direction from `src` to `dst`.
+pub fn ct_key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> ll_ct_key {
+    ll_ct_key {
+        saddr: u32::from(*src.ip()).to_be(),
+        daddr: u32::from(*dst.ip()).to_be(),
+        sport: src.port().to_be(),
+        dport: dst.port().to_be(),
+        proto,
+        pad: [0; 3],
+    }
 }
