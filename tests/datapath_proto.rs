@@ -260,7 +260,7 @@ fn every_port_of_a_range_reaches_the_target_port() {
     }
     let flow = ct_key(at(CLIENT, 38081), at(VIP, 8081), TCP);
     let entry = dp.conntrack_entry(&flow).unwrap().expect("tracked");
-    assert_eq!(u16::from_be(entry.nat_port), 9000);
+    assert_eq!(u16::from_be(entry.nat.dport), 9000);
 
     // Deleting the range takes all of its ports away, and only them.
     store

@@ -8,13 +8,6 @@
 #include "ct.h"
 #include "stats.h"
 
-/* The translation to apply to one packet. */
-struct ll_nat {
-	__be32 addr;
-	__be16 port;
-	__u8 rewrite_dst; /* 1: destination (original direction), 0: source (reply) */
-};
-
 /* Whether the rewrite touches the L4 header: TCP and UDP, whose checksums
  * cover the addresses (pseudo-header) and the ports. The others keep theirs:
  * ICMP echo has no ports and its checksum covers no address; SCTP's CRC32c
@@ -215,8 +208,13 @@ static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct l
 	if (ep_idx >= LL_MAX_ENDPOINTS || ep_idx >= svc->n_endpoints)
 		return LL_R_PASS_NO_ENDPOINT;
 	ep = &svc->endpoints[ep_idx];
+	nat->to.saddr = p->saddr;
+	nat->to.daddr = ep->addr;
+	nat->to.sport = p->sport;
+	nat->to.dport = ep->port;
+	nat->xlate = LL_XLATE_DST;
 
-	r = ll_ct_create(p, key, ep, svc->id, ep_idx);
+	r = ll_ct_create(p, key, nat, svc->id, ep_idx);
 	if (r)
 		return r;
 	ll_count_flow(svc->id, ep_idx, p->len);
@@ -225,9 +223,6 @@ static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct l
 	active = bpf_map_lookup_elem(&ll_ep_active, &idx);
 	if (active)
 		__sync_fetch_and_add(active, 1);
-	nat->addr = ep->addr;
-	nat->port = ep->port;
-	nat->rewrite_dst = 1;
 	return LL_R_NAT_NEW;
 }
 
@@ -257,9 +252,8 @@ static __noinline int ll_lb_decide(const struct ll_pkt *p, struct ll_nat *nat)
 	}
 	ll_ct_touch(p, &key, hit);
 	ll_count_flow(hit->svc_id, hit->ep_idx, p->len);
-	nat->addr = hit->nat_addr;
-	nat->port = hit->nat_port;
-	nat->rewrite_dst = hit->dir == LL_CT_ORIGINAL;
+	nat->to = hit->nat;
+	nat->xlate = hit->xlate;
 	return LL_R_NAT_EST;
 }
 
