@@ -271,6 +271,19 @@ fn every_port_of_a_range_reaches_the_target_port() {
     assert_untouched(&dp, HookKind::Tc, &gone, ll_reason::LL_R_PASS_OTHER_HOST);
     let udp = Packet::new(c, at(VIP, 8081), L4::Udp { checksum: true });
     assert_translated(&dp, HookKind::Tc, &udp, c, at(EP_B, 53));
+
+    // With no range left the datapath stops looking for one, and starts
+    // again with the next.
+    store
+        .delete(&key(Protocol::Udp, 8080, 8089))
+        .expect("deleting the UDP range");
+    let c = at(CLIENT, 22000);
+    let udp = Packet::new(c, at(VIP, 8085), L4::Udp { checksum: true });
+    assert_untouched(&dp, HookKind::Tc, &udp, ll_reason::LL_R_PASS_OTHER_HOST);
+    store
+        .create(rule(key(Protocol::Udp, 8084, 8086), &[(EP_A, 5353)]))
+        .expect("a new UDP range");
+    assert_translated(&dp, HookKind::Tc, &udp, c, at(EP_A, 5353));
 }
 
 #[test]

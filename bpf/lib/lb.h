@@ -159,9 +159,13 @@ static __noinline int ll_select(const struct ll_svc *svc, const struct ll_ct_key
 static __noinline __u32 ll_range_start(__be32 vip, __u32 proto, __u32 dport)
 {
 	struct ll_range_key k = {.vip = vip, .proto = proto};
-	struct ll_ranges *r = bpf_map_lookup_elem(&ll_svc_ranges, &k);
 	__u16 port = bpf_ntohs((__be16)dport);
+	struct ll_ranges *r;
+	__u32 zero = 0, *any = bpf_map_lookup_elem(&ll_range_count, &zero);
 
+	if (!any || !*any)
+		return 0;
+	r = bpf_map_lookup_elem(&ll_svc_ranges, &k);
 	if (!r)
 		return 0;
 	for (__u32 i = 0; i < LL_MAX_RANGES; i++) {

@@ -22,6 +22,16 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } ll_svc_ranges SEC(".maps");
 
+/* How many (VIP, protocol) pairs have ranges: while none do, packets that
+ * match no service skip the ranges' hash lookup (an array lookup is inlined
+ * by the verifier, a hash lookup is a helper call). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} ll_range_count SEC(".maps");
+
 /* Round-robin cursor per service id. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

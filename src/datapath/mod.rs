@@ -87,6 +87,7 @@ impl Default for Limits {
 struct Maps {
     services: MapHandle,
     ranges: MapHandle,
+    range_count: MapHandle,
     rr_cursor: MapHandle,
     conntrack: MapHandle,
     ct_stats: MapHandle,
@@ -182,6 +183,7 @@ impl Datapath {
         let maps = Maps {
             services: handle(&skel.maps.ll_services)?,
             ranges: handle(&skel.maps.ll_svc_ranges)?,
+            range_count: handle(&skel.maps.ll_range_count)?,
             rr_cursor: handle(&skel.maps.ll_rr_cursor)?,
             conntrack: handle(&skel.maps.ll_conntrack)?,
             ct_stats: handle(&skel.maps.ll_ct_stats)?,

@@ -152,12 +152,12 @@ impl Datapath {
             return Ok(());
         }
         if list.is_empty() {
-            return match self.maps.ranges.delete(kb) {
+            match self.maps.ranges.delete(kb) {
                 Err(e) if e.kind() != libbpf_rs::ErrorKind::NotFound => {
-                    Err(Error::bpf("deleting port ranges")(e))
+                    return Err(Error::bpf("deleting port ranges")(e));
                 }
-                _ => Ok(()),
-            };
+                _ => return self.count_ranges(),
+            }
         }
         if list.len() > MAX_RANGES {
             return Err(Error::MapFull {
@@ -175,7 +175,21 @@ impl Datapath {
         self.maps
             .ranges
             .update(kb, pod::bytes(&new), MapFlags::ANY)
-            .map_err(|e| super::full_or(e, "ll_svc_ranges", "writing port ranges"))
+            .map_err(|e| super::full_or(e, "ll_svc_ranges", "writing port ranges"))?;
+        if old.n == 0 {
+            self.count_ranges()?;
+        }
+        Ok(())
+    }
+
+    /// Tells the datapath how many (VIP, protocol) pairs have ranges, so
+    /// that it skips looking for one while there are none.
+    fn count_ranges(&self) -> Result<()> {
+        let n = self.maps.ranges.keys().count() as u32;
+        self.maps
+            .range_count
+            .update(&0u32.to_ne_bytes(), &n.to_ne_bytes(), MapFlags::ANY)
+            .map_err(Error::bpf("counting port ranges"))
     }
 }
 
