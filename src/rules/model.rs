@@ -345,6 +345,20 @@ impl LbRule {
                 ));
             }
         }
+        // What ServiceKey::parse ensures, for rules read back from a file.
+        let k = &self.key;
+        if (k.port_max != 0 && k.port_max <= k.port) || (!k.proto.has_ports() && k.last_port() != 0)
+        {
+            return Err(Error::invalid(
+                format!("{field}.service.port_max"),
+                format!(
+                    "{}-{} is not a port range of {}",
+                    k.port,
+                    k.port_max,
+                    k.proto.as_str()
+                ),
+            ));
+        }
         if self.key.proto == Protocol::Sctp {
             self.validate_sctp(field)?;
         }
