@@ -264,7 +264,7 @@ struct CtFilter {
     /// server's port)
     #[arg(long, value_name = "PORT")]
     ctport: Option<String>,
-    /// tcp, udp or icmp
+    /// tcp, udp, sctp or icmp
     #[arg(long)]
     proto: Option<String>,
     /// e.g. est, syn-sent, fin-wait, time-wait, closed, udp-new, udp-est
