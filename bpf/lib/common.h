@@ -240,7 +240,7 @@ enum __attribute__((packed)) ll_ct_state {
 	LL_CT_TIME_WAIT,    /* TCP: both FINs acked */
 	LL_CT_CLOSE,        /* TCP: RST seen */
 	LL_CT_UNREPLIED,    /* UDP, ICMP echo: no reply yet */
-	LL_CT_REPLIED,      /* other protocols: the endpoint answered */
+	LL_CT_REPLIED,      /* UDP, ICMP echo: the endpoint answered */
 	LL_CT_STATE_MAX,
 };
 

@@ -230,8 +230,9 @@ static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct l
 	return LL_R_NAT_NEW;
 }
 
-/* For an IPv4 TCP, UDP, SCTP or ICMP echo packet: LL_R_NAT_NEW or LL_R_NAT_EST with *nat filled
- * in, LL_LB_NONE, or the reason to hand the VIP's packet to Linux as it is. */
+/* For an IPv4 TCP, UDP, SCTP or ICMP echo packet: LL_R_NAT_NEW or
+ * LL_R_NAT_EST with *nat filled in, LL_LB_NONE, or the reason to hand the
+ * VIP's packet to Linux as it is. */
 static __noinline int ll_lb_decide(const struct ll_pkt *p, struct ll_nat *nat)
 {
 	struct ll_ct_key key = {

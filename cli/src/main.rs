@@ -171,7 +171,7 @@ enum GetResource {
 }
 
 #[derive(Args)]
-#[command(group(ArgGroup::new("ports").required(true).multiple(true).args(["tcp", "udp", "sctp", "icmp"])))]
+#[command(group(ArgGroup::new("ports").required(true).multiple(true).args(PORT_FLAGS)))]
 struct CreateLb {
     /// External (virtual) IP address
     ip: String,
@@ -206,7 +206,7 @@ struct CreateLb {
 }
 
 #[derive(Args)]
-#[command(group(ArgGroup::new("ports").required(true).multiple(true).args(["tcp", "udp", "sctp", "icmp"])))]
+#[command(group(ArgGroup::new("ports").required(true).multiple(true).args(PORT_FLAGS)))]
 struct DeleteLb {
     /// External (virtual) IP address
     ip: String,
@@ -244,6 +244,9 @@ impl DeleteLb {
         ]
     }
 }
+
+/// The flags of `create lb` and `delete lb` that name rules; one is required.
+const PORT_FLAGS: [&str; 4] = ["tcp", "udp", "sctp", "icmp"];
 
 /// ICMP has no ports: its rule's port and target port are 0.
 const ICMP_PORTS: args::PortMap = args::PortMap {
