@@ -170,6 +170,20 @@ struct ll_ranges {
 	__u16 max[LL_MAX_RANGES];
 };
 
+/* One bit per hash of a VIP with ranges (ll_range_bit): a packet to an
+ * address whose bit is clear has no range to look up. The daemon computes
+ * the same hash (src/datapath/service.rs range_bit). */
+#define LL_RANGE_BITS 1024
+
+struct ll_range_vips {
+	__u64 bits[LL_RANGE_BITS / 64];
+};
+
+static __always_inline __u32 ll_range_bit(__be32 vip)
+{
+	return (vip * 0x9e3779b1u) >> 22; /* the top 10 bits: 0-1023 */
+}
+
 struct ll_endpoint {
 	__be32 addr;
 	__be16 port;

@@ -160,10 +160,11 @@ static __noinline __u32 ll_range_start(__be32 vip, __u32 proto, __u32 dport)
 {
 	struct ll_range_key k = {.vip = vip, .proto = proto};
 	__u16 port = bpf_ntohs((__be16)dport);
+	__u32 zero = 0, bit = ll_range_bit(vip);
+	struct ll_range_vips *vips = bpf_map_lookup_elem(&ll_range_vips, &zero);
 	struct ll_ranges *r;
-	__u32 zero = 0, *any = bpf_map_lookup_elem(&ll_range_count, &zero);
 
-	if (!any || !*any)
+	if (!vips || !((vips->bits[(bit >> 6) & (LL_RANGE_BITS / 64 - 1)] >> (bit & 63)) & 1))
 		return 0;
 	r = bpf_map_lookup_elem(&ll_svc_ranges, &k);
 	if (!r)

@@ -22,15 +22,15 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } ll_svc_ranges SEC(".maps");
 
-/* How many (VIP, protocol) pairs have ranges: while none do, packets that
- * match no service skip the ranges' hash lookup (an array lookup is inlined
+/* The VIPs that have ranges, as bits (struct ll_range_vips): packets to
+ * other addresses skip the ranges' hash lookup (an array lookup is inlined
  * by the verifier, a hash lookup is a helper call). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u32);
-} ll_range_count SEC(".maps");
+	__type(value, struct ll_range_vips);
+} ll_range_vips SEC(".maps");
 
 /* Round-robin cursor per service id. */
 struct {

@@ -87,7 +87,7 @@ impl Default for Limits {
 struct Maps {
     services: MapHandle,
     ranges: MapHandle,
-    range_count: MapHandle,
+    range_vips: MapHandle,
     rr_cursor: MapHandle,
     conntrack: MapHandle,
     ct_stats: MapHandle,
@@ -183,7 +183,7 @@ impl Datapath {
         let maps = Maps {
             services: handle(&skel.maps.ll_services)?,
             ranges: handle(&skel.maps.ll_svc_ranges)?,
-            range_count: handle(&skel.maps.ll_range_count)?,
+            range_vips: handle(&skel.maps.ll_range_vips)?,
             rr_cursor: handle(&skel.maps.ll_rr_cursor)?,
             conntrack: handle(&skel.maps.ll_conntrack)?,
             ct_stats: handle(&skel.maps.ll_ct_stats)?,

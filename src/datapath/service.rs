@@ -3,7 +3,8 @@ use super::pod;
 use libbpf_rs::{MapCore, MapFlags};
 
 use super::types::{
-    ll_endpoint, ll_maglev, ll_range_key, ll_ranges, ll_selection, ll_svc, ll_svc_key,
+    ll_endpoint, ll_maglev, ll_range_key, ll_range_vips, ll_ranges, ll_selection, ll_svc,
+    ll_svc_key,
 };
 use super::{Datapath, Error, Result, MAX_ENDPOINTS, MAX_SLOTS};
 use crate::rules::{LbRule, Selection, ServiceKey, DEFAULT_INACTIVITY_TIMEOUT};
@@ -28,6 +29,12 @@ pub(super) fn range_key(vip_be: u32, proto: u8) -> ll_range_key {
         proto,
         pad: [0; 3],
     }
+}
+
+/// bpf/lib/common.h ll_range_bit: which bit of ll_range_vips stands for a
+/// VIP (in network order, as the map keys hold it).
+fn range_bit(vip_be: u32) -> usize {
+    (vip_be.wrapping_mul(0x9e37_79b1) >> 22) as usize
 }
 
 /// Spreads endpoints over the selection slots in proportion to their weights,
@@ -156,7 +163,7 @@ impl Datapath {
                 Err(e) if e.kind() != libbpf_rs::ErrorKind::NotFound => {
                     return Err(Error::bpf("deleting port ranges")(e));
                 }
-                _ => return self.count_ranges(),
+                _ => return self.mark_range_vips(),
             }
         }
         if list.len() > MAX_RANGES {
@@ -177,19 +184,25 @@ impl Datapath {
             .update(kb, pod::bytes(&new), MapFlags::ANY)
             .map_err(|e| super::full_or(e, "ll_svc_ranges", "writing port ranges"))?;
         if old.n == 0 {
-            self.count_ranges()?;
+            self.mark_range_vips()?;
         }
         Ok(())
     }
 
-    /// Tells the datapath how many (VIP, protocol) pairs have ranges, so
-    /// that it skips looking for one while there are none.
-    fn count_ranges(&self) -> Result<()> {
-        let n = self.maps.ranges.keys().count() as u32;
+    /// Tells the datapath which VIPs have ranges, so that packets to other
+    /// addresses skip looking for one.
+    fn mark_range_vips(&self) -> Result<()> {
+        let mut vips = ll_range_vips::default();
+        for k in self.maps.ranges.keys() {
+            if let Some(k) = pod::read::<ll_range_key>(&k) {
+                let bit = range_bit(k.vip);
+                vips.bits[bit / 64] |= 1 << (bit % 64);
+            }
+        }
         self.maps
-            .range_count
-            .update(&0u32.to_ne_bytes(), &n.to_ne_bytes(), MapFlags::ANY)
-            .map_err(Error::bpf("counting port ranges"))
+            .range_vips
+            .update(&0u32.to_ne_bytes(), pod::bytes(&vips), MapFlags::ANY)
+            .map_err(Error::bpf("marking the VIPs with port ranges"))
     }
 }
 
