@@ -62,6 +62,7 @@ pub fn lb_table(lbs: &[LoadBalancer], wide: bool) -> String {
     let mut rows = Vec::new();
     for lb in lbs {
         let key = lb.service.clone().unwrap_or_default();
+        let icmp = key.protocol == "icmp";
         let mut row = vec![
             key.external_ip.clone(),
             ports_label(&key),
@@ -83,7 +84,11 @@ pub fn lb_table(lbs: &[LoadBalancer], wide: bool) -> String {
                 let mut row = vec![String::new(); 6];
                 row.extend([
                     endpoint.ip.clone(),
-                    endpoint.target_port.to_string(),
+                    // ICMP has no ports.
+                    match icmp {
+                        true => "-".to_owned(),
+                        false => endpoint.target_port.to_string(),
+                    },
                     endpoint.weight.to_string(),
                 ]);
                 row.extend(counter_cells(endpoint.counters));
@@ -356,6 +361,31 @@ mod tests {
 |            |      |       |      |     |         | 32.32.32.1 | 8080        | 2      | 3       | 300   |
 ";
         assert_eq!(lb_table(&sample(), true), expected);
+    }
+
+    #[test]
+    fn ranges_and_icmp_show_their_ports() {
+        let mut lbs = sample();
+        lbs.push(lbs[0].clone());
+        let range = lbs[0].service.as_mut().unwrap();
+        range.port_max = 2029;
+        let icmp = lbs[1].service.as_mut().unwrap();
+        (icmp.port, icmp.protocol) = (0, "icmp".to_owned());
+        for e in &mut lbs[1].endpoints {
+            e.target_port = 0;
+        }
+        let table = lb_table(&lbs, true);
+        let rows: Vec<&str> = table.lines().skip(2).collect();
+        assert!(
+            rows[0].starts_with("| 20.20.20.1 | 2020-2029 | tcp "),
+            "{table}"
+        );
+        assert!(rows[1].contains("| 31.31.31.1 | 8080 "), "{table}");
+        assert!(
+            rows[3].starts_with("| 20.20.20.1 | -         | icmp "),
+            "{table}"
+        );
+        assert!(rows[4].contains("| 31.31.31.1 | -  "), "{table}");
     }
 
     #[test]
