@@ -102,7 +102,10 @@ pub struct ConntrackFile {
     pub udp: Option<DurationValue>,
     /// UDP after a reply.
     pub udp_replied: Option<DurationValue>,
+    /// ICMP echo before the first reply.
     pub icmp: Option<DurationValue>,
+    /// ICMP echo after a reply.
+    pub icmp_replied: Option<DurationValue>,
     /// Pause between two sweeps of the table.
     pub sweep_interval: Option<DurationValue>,
 }
@@ -131,6 +134,7 @@ impl ConntrackFile {
             ("udp", &self.udp, &mut t.udp),
             ("udp_replied", &self.udp_replied, &mut t.udp_replied),
             ("icmp", &self.icmp, &mut t.icmp),
+            ("icmp_replied", &self.icmp_replied, &mut t.icmp_replied),
         ] {
             if let Some(v) = value {
                 let key = format!("conntrack.{key}");

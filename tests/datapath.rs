@@ -40,6 +40,7 @@ fn key(proto: Protocol) -> ServiceKey {
     ServiceKey {
         ip: VIP,
         port: PORT,
+        port_max: 0,
         proto,
     }
 }
@@ -684,6 +685,7 @@ fn a_reply_tuple_owned_by_another_live_flow_is_refused() {
         key: ServiceKey {
             ip: *other_vip.ip(),
             port: PORT,
+            port_max: 0,
             proto: Protocol::Tcp,
         },
         name: "other".into(),

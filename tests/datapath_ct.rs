@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 
 use loxilight::api::Listener;
 use loxilight::conntrack::{self, state_name, sweep, Filter, Timeouts};
-use loxilight::datapath::types::{ll_ct, ll_ct_key, ll_reason};
+use loxilight::datapath::types::{ll_ct, ll_reason};
 use loxilight::datapath::{Datapath, HookKind, Limits, Removal};
 use loxilight::metrics::ApiStats;
 use loxilight::proto::v1::conntrack_service_client::ConntrackServiceClient;
 use loxilight::proto::v1::{ConntrackFilter, ListConntrackRequest};
 use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, RuleStore, Selection, ServiceKey};
-use pkt::{assert_checksums, parse, Packet, ACK, FIN, L4, RST, SYN};
+use pkt::{ct_key, parse, run, Packet, ACK, FIN, L4, RST, SYN};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(20, 20, 20, 1);
 const SERVICE: SocketAddrV4 = SocketAddrV4::new(VIP, 2020);
@@ -54,6 +54,7 @@ fn rule(proto: Protocol, eps: &[SocketAddrV4]) -> LbRule {
         key: ServiceKey {
             ip: VIP,
             port: SERVICE.port(),
+            port_max: 0,
             proto,
         },
         name: format!("{}-svc", proto.as_str()),
@@ -101,32 +102,6 @@ struct Flow<'a> {
     client: SocketAddrV4,
     ep: SocketAddrV4,
     proto: u8,
-}
-
-fn key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> ll_ct_key {
-    ll_ct_key {
-        saddr: u32::from(*src.ip()).to_be(),
-        daddr: u32::from(*dst.ip()).to_be(),
-        sport: src.port().to_be(),
-        dport: dst.port().to_be(),
-        proto,
-        pad: [0; 3],
-    }
-}
-
-/// Runs one frame; the program must hand it on translated (it is not
-/// forwarded: no interfaces are mirrored).
-fn run(dp: &Datapath, hook: HookKind, p: &Packet) -> Vec<u8> {
-    let pass = match hook {
-        HookKind::Tc => 0,
-        HookKind::Xdp => 2,
-    };
-    let r = dp
-        .test_run(hook, &p.build(), 1)
-        .unwrap_or_else(|e| panic!("test run: {e}"));
-    assert_eq!(r.retval, pass, "verdict for {p:?}");
-    assert_checksums(&r.data);
-    r.data
 }
 
 fn tcp(src: SocketAddrV4, dst: SocketAddrV4, flags: u8, seq: u32, ack: u32, data: usize) -> Packet {
@@ -192,8 +167,8 @@ impl<'a> Flow<'a> {
     fn entries(&self) -> (Option<ll_ct>, Option<ll_ct>) {
         let get = |k| self.dp.conntrack_entry(&k).expect("reading conntrack");
         (
-            get(key(self.client, SERVICE, self.proto)),
-            get(key(self.ep, self.client, self.proto)),
+            get(ct_key(self.client, SERVICE, self.proto)),
+            get(ct_key(self.ep, self.client, self.proto)),
         )
     }
 
@@ -546,7 +521,7 @@ fn a_half_whose_partner_was_evicted_is_removed_as_an_orphan() {
     let f = established(&dp, HookKind::Tc, 40000);
     let g = established(&dp, HookKind::Tc, 40001);
     // Stand in for the LRU: drop one half of each.
-    let halves = [key(f.client, SERVICE, TCP), key(g.ep, g.client, TCP)];
+    let halves = [ct_key(f.client, SERVICE, TCP), ct_key(g.ep, g.client, TCP)];
     assert_eq!(dp.delete_conntrack(&halves, Removal::Requested).unwrap(), 2);
     let now = f.last_seen().max(g.last_seen());
     // While idle for less than its timeout, an orphan stays.

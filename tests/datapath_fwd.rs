@@ -471,6 +471,7 @@ fn load_balanced_traffic_is_translated_and_forwarded_both_ways() {
         key: ServiceKey {
             ip: *vip.ip(),
             port: vip.port(),
+            port_max: 0,
             proto: Protocol::Tcp,
         },
         name: "web".into(),

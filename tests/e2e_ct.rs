@@ -340,7 +340,7 @@ fn get_ct_filters_counts_and_refuses_bad_filters() {
         (&["--ip", "1.2.3"], "filter.ip"),
         (&["--ctport", "70000"], "filter.port"),
         (&["--ctport", "http"], "--ctport"),
-        (&["--proto", "sctp"], "filter.protocol"),
+        (&["--proto", "gre"], "filter.protocol"),
         (&["--state", "open"], "filter.state"),
         (&["--proto", "tcp", "--state", "udp-est"], "filter.state"),
         (&["--limit", "20000"], "limit"),

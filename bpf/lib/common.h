@@ -154,6 +154,37 @@ struct ll_svc_key {
 	__u8 pad;
 };
 
+/* Port ranges of the services on one VIP and protocol (ll_svc_ranges). A
+ * range's service sits in ll_services under its first port, so a packet to
+ * any port of it costs one more lookup, not one entry per port. */
+#define LL_MAX_RANGES 16
+
+struct ll_range_key {
+	__be32 vip;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct ll_ranges {
+	__u32 n;                  /* ranges in use, at the front */
+	__u16 min[LL_MAX_RANGES]; /* host order, inclusive */
+	__u16 max[LL_MAX_RANGES];
+};
+
+/* One bit per hash of a VIP with ranges (ll_range_bit): a packet to an
+ * address whose bit is clear has no range to look up. The daemon computes
+ * the same hash (src/datapath/service.rs range_bit). */
+#define LL_RANGE_BITS 1024
+
+struct ll_range_vips {
+	__u64 bits[LL_RANGE_BITS / 64];
+};
+
+static __always_inline __u32 ll_range_bit(__be32 vip)
+{
+	return (vip * 0x9e3779b1u) >> 22; /* the top 10 bits: 0-1023 */
+}
+
 struct ll_endpoint {
 	__be32 addr;
 	__be16 port;
@@ -227,8 +258,11 @@ struct ll_tuple {
 
 /* The state of a flow, the same in both of its entries. TCP follows Linux's
  * conntrack states, simplified: no window tracking, and a FIN counts as
- * acknowledged once the other side acks its sequence number. UDP (and ICMP,
- * once it is tracked) only tells whether a reply was seen. */
+ * acknowledged once the other side acks its sequence number. SCTP goes
+ * through the same states from its chunk types (parse.h): INIT is the SYN,
+ * INIT-ACK the SYN-ACK, SHUTDOWN a FIN, SHUTDOWN-ACK the ack of it and the
+ * other side's FIN, SHUTDOWN-COMPLETE the last ack, ABORT a RST. UDP and
+ * ICMP echo only tell whether a reply was seen. */
 enum __attribute__((packed)) ll_ct_state {
 	LL_CT_SYN_SENT = 0, /* TCP: SYN from the client */
 	LL_CT_SYN_RECV,     /* TCP: SYN-ACK from the endpoint */
@@ -238,8 +272,8 @@ enum __attribute__((packed)) ll_ct_state {
 	LL_CT_LAST_ACK,     /* TCP: both sides sent FIN, not both acked yet */
 	LL_CT_TIME_WAIT,    /* TCP: both FINs acked */
 	LL_CT_CLOSE,        /* TCP: RST seen */
-	LL_CT_UNREPLIED,    /* other protocols: no reply yet */
-	LL_CT_REPLIED,      /* other protocols: the endpoint answered */
+	LL_CT_UNREPLIED,    /* UDP, ICMP echo: no reply yet */
+	LL_CT_REPLIED,      /* UDP, ICMP echo: the endpoint answered */
 	LL_CT_STATE_MAX,
 };
 

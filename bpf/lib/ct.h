@@ -54,9 +54,16 @@ static __always_inline void ll_ct_partner(__u8 proto, const struct ll_ct *ct,
 	out->dport = ct->nat.sport;
 }
 
+/* TCP, and SCTP whose chunks parse.h gives as TCP flags, go through the
+ * connection states; the other protocols only tell whether a reply came. */
+static __always_inline int ll_ct_stateful(__u8 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_SCTP;
+}
+
 static __always_inline enum ll_ct_state ll_ct_state_of(__u8 proto, __u32 seen)
 {
-	if (proto != IPPROTO_TCP)
+	if (!ll_ct_stateful(proto))
 		return seen & LL_CT_SEEN_REPLY ? LL_CT_REPLIED : LL_CT_UNREPLIED;
 	if (seen & LL_CT_SEEN_RST)
 		return LL_CT_CLOSE;
@@ -81,7 +88,7 @@ static __always_inline __u32 ll_ct_first_events(const struct ll_pkt *p)
 	__u8 f = p->tcp_flags;
 	__u32 ev;
 
-	if (p->proto != IPPROTO_TCP)
+	if (!ll_ct_stateful(p->proto))
 		return 0;
 	if (f & LL_TCP_RST)
 		return LL_CT_SEEN_RST;
@@ -98,7 +105,7 @@ static __always_inline __u32 ll_ct_events(const struct ll_pkt *p, const struct l
 	__u32 seen = ct->seen, ev = 0;
 	__u8 f = p->tcp_flags;
 
-	if (p->proto != IPPROTO_TCP)
+	if (!ll_ct_stateful(p->proto))
 		return orig ? 0 : LL_CT_SEEN_REPLY;
 	if (f & LL_TCP_RST)
 		return LL_CT_SEEN_RST;
@@ -129,7 +136,7 @@ static __always_inline __u32 ll_ct_events(const struct ll_pkt *p, const struct l
  * TIME_WAIT accepts such a SYN. */
 static __always_inline int ll_ct_reopens(const struct ll_pkt *p, const struct ll_ct *ct)
 {
-	return p->proto == IPPROTO_TCP && ct->dir == LL_CT_ORIGINAL &&
+	return ll_ct_stateful(p->proto) && ct->dir == LL_CT_ORIGINAL &&
 	       (p->tcp_flags & (LL_TCP_SYN | LL_TCP_ACK | LL_TCP_RST)) == LL_TCP_SYN &&
 	       (ct->state == LL_CT_TIME_WAIT || ct->state == LL_CT_CLOSE);
 }

@@ -29,6 +29,16 @@ static __noinline int ll_source_allowed(__u32 svc_id, __be32 saddr)
 	return bpf_map_lookup_elem(&ll_svc_sources, &k) != NULL;
 }
 
+/* Whether the rewrite touches the L4 header: TCP and UDP, whose checksums
+ * cover the addresses (pseudo-header) and the ports. The others keep theirs:
+ * ICMP echo has no ports and its checksum covers no address; SCTP's CRC32c
+ * covers no address either, and its ports never change (the daemon refuses
+ * SCTP services that translate ports). */
+static __always_inline int ll_nat_ports(__u8 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP;
+}
+
 static __always_inline __u32 ll_flow_hash(const struct ll_ct_key *k)
 {
 	__u32 h = k->saddr * 0x9e3779b1u;
@@ -166,6 +176,30 @@ static __noinline int ll_select(const struct ll_svc *svc, const struct ll_ct_key
 	return 0;
 }
 
+/* The first port (network order) of the port-range service of VIP vip and
+ * protocol proto that holds dport, or 0. */
+static __noinline __u32 ll_range_start(__be32 vip, __u32 proto, __u32 dport)
+{
+	struct ll_range_key k = {.vip = vip, .proto = proto};
+	__u16 port = bpf_ntohs((__be16)dport);
+	__u32 zero = 0, bit = ll_range_bit(vip);
+	struct ll_range_vips *vips = bpf_map_lookup_elem(&ll_range_vips, &zero);
+	struct ll_ranges *r;
+
+	if (!vips || !((vips->bits[(bit >> 6) & (LL_RANGE_BITS / 64 - 1)] >> (bit & 63)) & 1))
+		return 0;
+	r = bpf_map_lookup_elem(&ll_svc_ranges, &k);
+	if (!r)
+		return 0;
+	for (__u32 i = 0; i < LL_MAX_RANGES; i++) {
+		if (i >= r->n)
+			break;
+		if (r->min[i] <= port && port <= r->max[i])
+			return bpf_htons(r->min[i]);
+	}
+	return 0;
+}
+
 /* Not load-balancer traffic: not a VIP and not in conntrack. */
 #define LL_LB_NONE (-2)
 
@@ -181,9 +215,18 @@ static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct l
 	__u32 ep_idx, idx, *active;
 	int r;
 
-	svc = bpf_map_lookup_elem(&ll_services, &skey);
-	if (!svc)
+	/* Only an echo request starts an ICMP flow. */
+	if (p->proto == IPPROTO_ICMP && p->tcp_flags != LL_ICMP_ECHO)
 		return LL_LB_NONE;
+	svc = bpf_map_lookup_elem(&ll_services, &skey);
+	if (!svc) {
+		skey.port = ll_range_start(p->daddr, p->proto, p->dport);
+		if (!skey.port)
+			return LL_LB_NONE;
+		svc = bpf_map_lookup_elem(&ll_services, &skey);
+		if (!svc)
+			return LL_LB_NONE;
+	}
 	if (!ll_source_allowed(svc->id, p->saddr))
 		return LL_R_DROP_SOURCE;
 	if (svc->n_slots == 0 || svc->n_slots > LL_MAX_SLOTS)
@@ -213,8 +256,9 @@ static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct l
 	return LL_R_NAT_NEW;
 }
 
-/* For an IPv4 TCP/UDP packet: LL_R_NAT_NEW or LL_R_NAT_EST with *nat filled
- * in, LL_LB_NONE, or the reason to hand the VIP's packet to Linux as it is. */
+/* For an IPv4 TCP, UDP, SCTP or ICMP echo packet: LL_R_NAT_NEW or
+ * LL_R_NAT_EST with *nat filled in, LL_LB_NONE, or the reason to hand the
+ * VIP's packet to Linux as it is. */
 static __noinline int ll_lb_decide(const struct ll_pkt *p, struct ll_nat *nat)
 {
 	struct ll_ct_key key = {

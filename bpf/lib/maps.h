@@ -13,6 +13,25 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } ll_services SEC(".maps");
 
+/* (VIP, protocol) -> the port ranges of its services. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LL_DEFAULT_SERVICES);
+	__type(key, struct ll_range_key);
+	__type(value, struct ll_ranges);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ll_svc_ranges SEC(".maps");
+
+/* The VIPs that have ranges, as bits (struct ll_range_vips): packets to
+ * other addresses skip the ranges' hash lookup (an array lookup is inlined
+ * by the verifier, a hash lookup is a helper call). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ll_range_vips);
+} ll_range_vips SEC(".maps");
+
 /* Round-robin cursor per service id. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -43,9 +43,10 @@ struct ll_pkt {
 	__be16 sport;
 	__be16 dport;
 	__u8 proto;
-	__u8 tcp_flags;     /* TCP: FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10 */
+	__u8 tcp_flags;     /* TCP: FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10; SCTP: see
+			     * ll_sctp_flags; ICMP: the type */
 	__u8 ttl;           /* TTL or hop limit */
-	__u8 has_ports;     /* TCP or UDP with its header present */
+	__u8 has_ports;     /* TCP, UDP, SCTP or ICMP echo with its header present */
 	__u8 ip_options;    /* IPv4 options or an IPv6 hop-by-hop header */
 	__u8 vlan;          /* one 802.1Q/802.1ad tag in the frame */
 	__u8 l2_mcast;      /* group bit of the destination MAC */
@@ -61,6 +62,83 @@ struct ll_pkt {
 #define LL_TCP_ACK 0x10
 
 #define LL_PARSED (-1)
+
+#ifndef IPPROTO_SCTP
+#define IPPROTO_SCTP 132
+#endif
+
+/* The SCTP common header, then the first chunk's type. */
+#define LL_SCTP_HLEN 12
+#define LL_SCTP_INIT 1
+#define LL_SCTP_INIT_ACK 2
+#define LL_SCTP_ABORT 6
+#define LL_SCTP_SHUTDOWN 7
+#define LL_SCTP_SHUTDOWN_ACK 8
+#define LL_SCTP_SHUTDOWN_COMPLETE 14
+
+/* An SCTP packet's first chunk as the TCP flags conntrack follows (ct.h):
+ * an association opens, shuts down and aborts like a TCP connection. Its
+ * acks carry no sequence numbers (tcp_ack and tcp_end stay 0), so a
+ * SHUTDOWN-ACK or SHUTDOWN-COMPLETE acks the other side's SHUTDOWN whatever
+ * came before. Other chunks (DATA, COOKIE-ECHO, SACK, ...) move an opening
+ * association to established and nothing else. */
+static __always_inline __u8 ll_sctp_flags(__u8 chunk)
+{
+	switch (chunk) {
+	case LL_SCTP_INIT:
+		return LL_TCP_SYN;
+	case LL_SCTP_INIT_ACK:
+		return LL_TCP_SYN | LL_TCP_ACK;
+	case LL_SCTP_ABORT:
+		return LL_TCP_RST;
+	case LL_SCTP_SHUTDOWN:
+		return LL_TCP_FIN;
+	case LL_SCTP_SHUTDOWN_ACK:
+		return LL_TCP_FIN | LL_TCP_ACK;
+	case LL_SCTP_SHUTDOWN_COMPLETE:
+		return LL_TCP_ACK;
+	default:
+		return 0;
+	}
+}
+
+/* linux/icmp.h pulls in libc headers. */
+#define LL_ICMP_ECHOREPLY 0
+#define LL_ICMP_ECHO 8
+
+struct ll_icmp_echo {
+	__u8 type;
+	__u8 code;
+	__be16 check;
+	__be16 id;
+	__be16 seq;
+};
+
+/* ICMP echo has no ports: its identifier stands in for the client's port,
+ * the source port of a request and the destination port of a reply (the
+ * other port is 0), so that a reply finds its request's flow turned around
+ * (ct.h ll_ct_partner) and no translation ever changes the identifier. */
+static __always_inline int ll_parse_icmp(void *data, void *data_end, __u32 l3_end,
+					 struct ll_pkt *p)
+{
+	struct ll_icmp_echo *ih = data + p->l4_off;
+
+	if ((void *)(ih + 1) > data_end || p->l4_off + sizeof(*ih) > l3_end)
+		return LL_R_PASS_TRUNCATED;
+	p->tcp_flags = ih->type;
+	if (ih->type == LL_ICMP_ECHO) {
+		p->sport = ih->id;
+		p->dport = 0;
+	} else if (ih->type == LL_ICMP_ECHOREPLY) {
+		p->sport = 0;
+		p->dport = ih->id;
+	} else {
+		/* errors and the rest are not load-balancer traffic */
+		return LL_PARSED;
+	}
+	p->has_ports = 1;
+	return LL_PARSED;
+}
 
 /* The L4 header must lie inside the IP packet (which ends at l3_end), not in
  * an Ethernet trailer. */
@@ -91,6 +169,20 @@ static __always_inline int ll_parse_ports(void *data, void *data_end, __u32 l3_e
 		p->sport = uh->source;
 		p->dport = uh->dest;
 		p->has_ports = 1;
+	} else if (p->proto == IPPROTO_SCTP) {
+		/* The ports open the common header, as UDP's do. */
+		struct udphdr *sh = data + p->l4_off;
+		__u8 *chunk = data + p->l4_off + LL_SCTP_HLEN;
+
+		if ((void *)(sh + 1) > data_end || p->l4_off + LL_SCTP_HLEN > l3_end)
+			return LL_R_PASS_TRUNCATED;
+		p->sport = sh->source;
+		p->dport = sh->dest;
+		if ((void *)(chunk + 1) <= data_end && p->l4_off + LL_SCTP_HLEN < l3_end)
+			p->tcp_flags = ll_sctp_flags(*chunk);
+		p->has_ports = 1;
+	} else if (p->proto == IPPROTO_ICMP && p->family == LL_AF_INET) {
+		return ll_parse_icmp(data, data_end, l3_end, p);
 	}
 	return LL_PARSED;
 }

@@ -18,6 +18,7 @@ static __noinline int ll_tc_rewrite(struct __sk_buff *skb, const struct ll_pkt *
 							       : offsetof(struct udphdr, check));
 	/* UDP checksum 0 means "none": leave it so. */
 	__u64 l4flags = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	int ports = ll_nat_ports(p->proto);
 
 	for (int i = 0; i < 2; i++) {
 		__u32 addr_off = p->l3_off + offsetof(struct iphdr, saddr) + i * 4;
@@ -28,8 +29,8 @@ static __noinline int ll_tc_rewrite(struct __sk_buff *skb, const struct ll_pkt *
 		if (!(nat->xlate & (i ? LL_XLATE_DST : LL_XLATE_SRC)))
 			continue;
 		if (old_addr != new_addr) {
-			if (bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr,
-						l4flags | BPF_F_PSEUDO_HDR | sizeof(new_addr)))
+			if (ports && bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr,
+							 l4flags | BPF_F_PSEUDO_HDR | sizeof(new_addr)))
 				return -1;
 			if (bpf_l3_csum_replace(skb, p->l3_off + offsetof(struct iphdr, check),
 						old_addr, new_addr, sizeof(new_addr)))
@@ -37,7 +38,7 @@ static __noinline int ll_tc_rewrite(struct __sk_buff *skb, const struct ll_pkt *
 			if (bpf_skb_store_bytes(skb, addr_off, &new_addr, sizeof(new_addr), 0))
 				return -1;
 		}
-		if (old_port != new_port) {
+		if (ports && old_port != new_port) {
 			if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port,
 						l4flags | sizeof(new_port)))
 				return -1;

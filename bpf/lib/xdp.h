@@ -44,12 +44,14 @@ static __noinline int ll_xdp_rewrite(struct xdp_md *ctx, const struct ll_pkt *p,
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
 	struct iphdr *iph = LL_XDP_PTR(data, p->l3_off);
 	int udp = p->proto == IPPROTO_UDP;
-	__u16 *l4csum, l4c;
-	__be16 *ports;
+	__u16 *l4csum = 0, l4c = 0;
+	__be16 *ports = 0;
 
 	if ((void *)(iph + 1) > end)
 		return -1;
-	if (udp) {
+	if (!ll_nat_ports(p->proto)) {
+		/* the addresses only */
+	} else if (udp) {
 		struct udphdr *uh = LL_XDP_PTR(data, p->l4_off);
 
 		if ((void *)(uh + 1) > end)
@@ -64,7 +66,8 @@ static __noinline int ll_xdp_rewrite(struct xdp_md *ctx, const struct ll_pkt *p,
 		l4csum = &th->check;
 		ports = &th->source;
 	}
-	l4c = *l4csum;
+	if (l4csum)
+		l4c = *l4csum;
 	for (int i = 0; i < 2; i++) {
 		__be32 *addr = i ? &iph->daddr : &iph->saddr;
 		__be32 to_addr = i ? nat->to.daddr : nat->to.saddr;
@@ -73,13 +76,15 @@ static __noinline int ll_xdp_rewrite(struct xdp_md *ctx, const struct ll_pkt *p,
 		if (!(nat->xlate & (i ? LL_XLATE_DST : LL_XLATE_SRC)))
 			continue;
 		iph->check = ll_csum_replace4(iph->check, *addr, to_addr);
-		l4c = ll_csum_replace4(l4c, *addr, to_addr);
-		l4c = ll_csum_replace2(l4c, ports[i], to_port);
+		if (ports) {
+			l4c = ll_csum_replace4(l4c, *addr, to_addr);
+			l4c = ll_csum_replace2(l4c, ports[i], to_port);
+			ports[i] = to_port;
+		}
 		*addr = to_addr;
-		ports[i] = to_port;
 	}
 	/* A UDP checksum of 0 means none; a computed 0 is sent as 0xffff. */
-	if (!udp || *l4csum)
+	if (l4csum && (!udp || *l4csum))
 		*l4csum = udp && !l4c ? 0xffff : l4c;
 	return 0;
 }

@@ -1,4 +1,5 @@
-//! Parsers for loxicmd's compact flag values (`--tcp=80:8080`, `--endpoints=IP:WEIGHT`).
+//! Parsers for loxicmd's compact flag values (`--tcp=80:8080`, `--tcp=8080-8081:32015`,
+//! `--endpoints=IP:WEIGHT`).
 //!
 //! clap only splits the comma lists; the values are parsed here so that a bad value
 //! yields one line naming the flag instead of clap's multi-line usage report.
@@ -6,11 +7,18 @@
 
 use std::fmt;
 
-/// An external port and the endpoint port it is translated to.
+/// An external port or port range and the endpoint port it is translated to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortMap {
-    pub port: u32,
+    pub ports: Ports,
     pub target_port: u32,
+}
+
+/// A port (`port_max` 0) or the range `port`-`port_max`, as the API takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    pub port: u32,
+    pub port_max: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,33 +92,54 @@ impl fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-/// Parses `PORT:TARGETPORT` values of `--tcp`/`--udp` for `create lb`.
+/// `PORT` or `MIN-MAX` (LoxiLB's port range); order and bounds are the daemon's to judge.
+fn ports(flag: &'static str, value: &str, s: &str) -> Result<Ports, ArgError> {
+    let (port, port_max) = match s.split_once('-') {
+        None => (number(s), Some(0)),
+        Some((lo, hi)) => (number(lo), number(hi)),
+    };
+    match (port, port_max) {
+        (Some(port), Some(port_max)) => Ok(Ports { port, port_max }),
+        _ => fail(flag, value, "port must be a number or a range MIN-MAX"),
+    }
+}
+
+/// Parses `PORT:TARGETPORT` and `MIN-MAX:TARGETPORT` values of `--tcp`/`--udp`/`--sctp`
+/// for `create lb`: every port of a range goes to the one target port.
 pub fn parse_port_maps(flag: &'static str, values: &[String]) -> Result<Vec<PortMap>, ArgError> {
     values
         .iter()
         .map(|value| {
             let Some((port, target)) = value.split_once(':') else {
-                return fail(flag, value, "expected PORT:TARGETPORT");
+                return fail(
+                    flag,
+                    value,
+                    "expected PORT:TARGETPORT or MIN-MAX:TARGETPORT",
+                );
             };
-            let Some(port) = number(port) else {
-                return fail(flag, value, "port must be a number");
-            };
+            let ports = ports(flag, value, port)?;
+            if target.contains('-') {
+                return fail(flag, value, "target port ranges are not supported");
+            }
             let Some(target_port) = number(target) else {
                 return fail(flag, value, "target port must be a number");
             };
-            Ok(PortMap { port, target_port })
+            Ok(PortMap { ports, target_port })
         })
         .collect()
 }
 
-/// Parses `PORT` values of `--tcp`/`--udp` for `delete lb`; a `:TARGETPORT` suffix is
-/// accepted and ignored so a create command line can be reused as is.
-pub fn parse_ports(flag: &'static str, values: &[String]) -> Result<Vec<u32>, ArgError> {
+/// Parses `PORT` or `MIN-MAX` values of `--tcp`/`--udp`/`--sctp` for `delete lb`; a
+/// `:TARGETPORT` suffix is accepted and ignored so a create command line can be reused as is.
+pub fn parse_ports(flag: &'static str, values: &[String]) -> Result<Vec<Ports>, ArgError> {
     values
         .iter()
         .map(|value| {
-            let port = value.split_once(':').map_or(value.as_str(), |(p, _)| p);
-            number(port).map_or_else(|| fail(flag, value, "port must be a number"), Ok)
+            ports(
+                flag,
+                value,
+                value.split_once(':').map_or(value.as_str(), |(p, _)| p),
+            )
         })
         .collect()
 }
@@ -205,43 +234,56 @@ mod tests {
         assert!(parse_endpoints("--endpoints", &strings(&[""])).is_err());
     }
 
+    fn map(port: u32, port_max: u32, target_port: u32) -> PortMap {
+        PortMap {
+            ports: Ports { port, port_max },
+            target_port,
+        }
+    }
+
     #[test]
     fn port_map_list() {
         let maps = parse_port_maps("--tcp", &strings(&["80:8080", "443:8443"])).unwrap();
+        assert_eq!(maps, vec![map(80, 0, 8080), map(443, 0, 8443)]);
+    }
+
+    #[test]
+    fn port_ranges_map_to_one_target_port() {
+        let maps = parse_port_maps("--tcp", &strings(&["8080-8081:32015"])).unwrap();
+        assert_eq!(maps, vec![map(8080, 8081, 32015)]);
+        let err = parse_port_maps("--tcp", &strings(&["5000:5201-5300"])).unwrap_err();
         assert_eq!(
-            maps,
-            vec![
-                PortMap {
-                    port: 80,
-                    target_port: 8080
-                },
-                PortMap {
-                    port: 443,
-                    target_port: 8443
-                },
-            ]
+            err.to_string(),
+            r#"--tcp: "5000:5201-5300": target port ranges are not supported"#
         );
     }
 
     #[test]
     fn port_range_is_left_to_the_daemon() {
-        let maps = parse_port_maps("--udp", &strings(&["70000:0"])).unwrap();
-        assert_eq!(
-            maps,
-            vec![PortMap {
-                port: 70000,
-                target_port: 0
-            }]
-        );
+        let maps = parse_port_maps("--udp", &strings(&["70000:0", "9-8:1"])).unwrap();
+        assert_eq!(maps, vec![map(70000, 0, 0), map(9, 8, 1)]);
     }
 
     #[test]
     fn bad_port_maps_name_the_flag() {
         let cases = [
-            ("http:8080", r#"--tcp: "http:8080": port must be a number"#),
+            (
+                "http:8080",
+                r#"--tcp: "http:8080": port must be a number or a range MIN-MAX"#,
+            ),
             ("80:web", r#"--tcp: "80:web": target port must be a number"#),
-            ("80", r#"--tcp: "80": expected PORT:TARGETPORT"#),
-            ("-1:80", r#"--tcp: "-1:80": port must be a number"#),
+            (
+                "80",
+                r#"--tcp: "80": expected PORT:TARGETPORT or MIN-MAX:TARGETPORT"#,
+            ),
+            (
+                "-1:80",
+                r#"--tcp: "-1:80": port must be a number or a range MIN-MAX"#,
+            ),
+            (
+                "1-:80",
+                r#"--tcp: "1-:80": port must be a number or a range MIN-MAX"#,
+            ),
         ];
         for (value, message) in cases {
             let err = parse_port_maps("--tcp", &strings(&[value])).unwrap_err();
@@ -262,9 +304,20 @@ mod tests {
 
     #[test]
     fn delete_ports_ignore_target_port() {
-        let ports = parse_ports("--tcp", &strings(&["2020", "2021:8080", "2022:"])).unwrap();
-        assert_eq!(ports, vec![2020, 2021, 2022]);
+        let ports = parse_ports(
+            "--tcp",
+            &strings(&["2020", "2021:8080", "2022:", "8080-8081"]),
+        )
+        .unwrap();
+        let p = |port, port_max| Ports { port, port_max };
+        assert_eq!(
+            ports,
+            vec![p(2020, 0), p(2021, 0), p(2022, 0), p(8080, 8081)]
+        );
         let err = parse_ports("--udp", &strings(&["x:53"])).unwrap_err();
-        assert_eq!(err.to_string(), r#"--udp: "x:53": port must be a number"#);
+        assert_eq!(
+            err.to_string(),
+            r#"--udp: "x:53": port must be a number or a range MIN-MAX"#
+        );
     }
 }

@@ -184,16 +184,23 @@ enum GetResource {
 }
 
 #[derive(Args)]
-#[command(group(ArgGroup::new("ports").required(true).multiple(true).args(["tcp", "udp"])))]
+#[command(group(ArgGroup::new("ports").required(true).multiple(true).args(PORT_FLAGS)))]
 struct CreateLb {
     /// External (virtual) IP address
     ip: String,
-    /// TCP port mappings, comma separated or repeated
+    /// TCP port mappings, comma separated or repeated; a range MIN-MAX:TARGETPORT
+    /// sends each of its ports to the target port
     #[arg(long, value_name = "PORT:TARGETPORT", value_delimiter = ',')]
     tcp: Vec<String>,
-    /// UDP port mappings, comma separated or repeated
+    /// UDP port mappings, as --tcp
     #[arg(long, value_name = "PORT:TARGETPORT", value_delimiter = ',')]
     udp: Vec<String>,
+    /// SCTP ports, address translation only: the target port must be the port
+    #[arg(long, value_name = "PORT:PORT", value_delimiter = ',')]
+    sctp: Vec<String>,
+    /// Load balance ICMP echo (ping) to the VIP
+    #[arg(long)]
+    icmp: bool,
     /// Endpoints; the weight (1-255, default 1) follows the last ':'
     #[arg(
         long,
@@ -264,17 +271,56 @@ struct CreateEndpoint {
 }
 
 #[derive(Args)]
-#[command(group(ArgGroup::new("ports").required(true).multiple(true).args(["tcp", "udp"])))]
+#[command(group(ArgGroup::new("ports").required(true).multiple(true).args(PORT_FLAGS)))]
 struct DeleteLb {
     /// External (virtual) IP address
     ip: String,
-    /// TCP ports (a ":TARGETPORT" suffix is ignored)
+    /// TCP ports or ranges MIN-MAX (a ":TARGETPORT" suffix is ignored)
     #[arg(long, value_name = "PORT", value_delimiter = ',')]
     tcp: Vec<String>,
-    /// UDP ports (a ":TARGETPORT" suffix is ignored)
+    /// UDP ports or ranges, as --tcp
     #[arg(long, value_name = "PORT", value_delimiter = ',')]
     udp: Vec<String>,
+    /// SCTP ports, as --tcp
+    #[arg(long, value_name = "PORT", value_delimiter = ',')]
+    sctp: Vec<String>,
+    /// The ICMP echo rule
+    #[arg(long)]
+    icmp: bool,
 }
+
+impl CreateLb {
+    /// (protocol, flag, values) of the port flags.
+    fn port_flags(&self) -> [(&'static str, &'static str, &[String]); 3] {
+        [
+            ("tcp", "--tcp", &self.tcp),
+            ("udp", "--udp", &self.udp),
+            ("sctp", "--sctp", &self.sctp),
+        ]
+    }
+}
+
+impl DeleteLb {
+    fn port_flags(&self) -> [(&'static str, &'static str, &[String]); 3] {
+        [
+            ("tcp", "--tcp", &self.tcp),
+            ("udp", "--udp", &self.udp),
+            ("sctp", "--sctp", &self.sctp),
+        ]
+    }
+}
+
+/// The flags of `create lb` and `delete lb` that name rules; one is required.
+const PORT_FLAGS: [&str; 4] = ["tcp", "udp", "sctp", "icmp"];
+
+/// ICMP has no ports: its rule's port and target port are 0.
+const ICMP_PORTS: args::PortMap = args::PortMap {
+    ports: args::Ports {
+        port: 0,
+        port_max: 0,
+    },
+    target_port: 0,
+};
 
 /// Selects tracked connections; every filter given must match.
 #[derive(Args)]
@@ -286,7 +332,7 @@ struct CtFilter {
     /// server's port)
     #[arg(long, value_name = "PORT")]
     ctport: Option<String>,
-    /// tcp, udp or icmp
+    /// tcp, udp, sctp or icmp
     #[arg(long)]
     proto: Option<String>,
     /// e.g. est, syn-sent, fin-wait, time-wait, closed, udp-new, udp-est
@@ -359,7 +405,7 @@ async fn run(cli: Cli) -> Result<()> {
             let mut client = connect().await?;
             for (mut rule, target_port) in rules {
                 let key = rule.service.clone().unwrap_or_default();
-                let label = service_label(&key.external_ip, key.port, &key.protocol);
+                let label = service_label(&key);
                 if changing {
                     let current = client
                         .get_lb(key.clone())
@@ -404,7 +450,7 @@ async fn run(cli: Cli) -> Result<()> {
             let keys = delete_keys(&lb)?;
             let mut client = connect().await?;
             for key in keys {
-                let label = service_label(&key.external_ip, key.port, &key.protocol);
+                let label = service_label(&key);
                 client.delete_lb(key).await?;
                 println!("Deleted lb {label}");
             }
@@ -593,20 +639,27 @@ fn change_endpoints(
     current
 }
 
-/// One CreateLoadBalancer request per (protocol, port) pair, each with all
-/// endpoints, and the pair's target port.
+/// One CreateLoadBalancer request per (protocol, port or range) pair, and one for
+/// --icmp, each with all endpoints, and with the pair's target port.
 fn create_requests(lb: &CreateLb) -> Result<Vec<(pb::LoadBalancer, u32)>, ArgError> {
     let endpoints = args::parse_endpoints("--endpoints", &lb.endpoints)?;
     let mark = args::parse_optional_number("--mark", lb.mark.as_deref(), "mark must be a number")?;
-    let mut requests = Vec::new();
-    for (protocol, flag, values) in [("tcp", "--tcp", &lb.tcp), ("udp", "--udp", &lb.udp)] {
-        for map in args::parse_port_maps(flag, values)? {
+    let mut maps = Vec::new();
+    for (protocol, flag, values) in lb.port_flags() {
+        maps.extend(
+            args::parse_port_maps(flag, values)?
+                .into_iter()
+                .map(|m| (protocol, m)),
+        );
+    }
+    if lb.icmp {
+        maps.push(("icmp", ICMP_PORTS));
+    }
+    Ok(maps
+        .into_iter()
+        .map(|(protocol, map)| {
             let rule = pb::LoadBalancer {
-                service: Some(pb::ServiceKey {
-                    external_ip: lb.ip.clone(),
-                    port: map.port,
-                    protocol: protocol.to_owned(),
-                }),
+                service: Some(service_key(&lb.ip, protocol, map.ports)),
                 name: lb.name.clone().unwrap_or_default(),
                 selection: lb.select.clone(),
                 mode: lb.mode.clone(),
@@ -626,10 +679,18 @@ fn create_requests(lb: &CreateLb) -> Result<Vec<(pb::LoadBalancer, u32)>, ArgErr
                 sources: lb.sources.clone(),
                 mark,
             };
-            requests.push((rule, map.target_port));
-        }
+            (rule, map.target_port)
+        })
+        .collect())
+}
+
+fn service_key(ip: &str, protocol: &str, ports: args::Ports) -> pb::ServiceKey {
+    pb::ServiceKey {
+        external_ip: ip.to_owned(),
+        port: ports.port,
+        protocol: protocol.to_owned(),
+        port_max: ports.port_max,
     }
-    Ok(requests)
 }
 
 /// The filter of `get ct` / `delete ct`; values are the daemon's to judge,
@@ -647,14 +708,13 @@ fn ct_filter(f: &CtFilter) -> Result<pb::ConntrackFilter, ArgError> {
 
 fn delete_keys(lb: &DeleteLb) -> Result<Vec<pb::ServiceKey>, ArgError> {
     let mut keys = Vec::new();
-    for (protocol, flag, values) in [("tcp", "--tcp", &lb.tcp), ("udp", "--udp", &lb.udp)] {
-        for port in args::parse_ports(flag, values)? {
-            keys.push(pb::ServiceKey {
-                external_ip: lb.ip.clone(),
-                port,
-                protocol: protocol.to_owned(),
-            });
+    for (protocol, flag, values) in lb.port_flags() {
+        for ports in args::parse_ports(flag, values)? {
+            keys.push(service_key(&lb.ip, protocol, ports));
         }
+    }
+    if lb.icmp {
+        keys.push(service_key(&lb.ip, "icmp", ICMP_PORTS.ports));
     }
     Ok(keys)
 }
@@ -676,7 +736,8 @@ mod tests {
     #[test]
     fn create_makes_one_request_per_protocol_port() {
         let cli = parse(
-            "loxicmd create lb 20.20.20.1 --tcp=80:8080,443:8443 --udp=53:5353 \
+            "loxicmd create lb 20.20.20.1 --tcp=80:8080,443:8443,9000-9009:90 --udp=53:5353 \
+             --sctp=38412:38412 --icmp \
              --endpoints=31.31.31.1:1,fd00::2:3 --select=hash --name=web -s 10.0.0.1 -p 5000",
         );
         assert_eq!((cli.apiserver.as_str(), cli.port), ("10.0.0.1", 5000));
@@ -699,15 +760,18 @@ mod tests {
                     .iter()
                     .map(|e| format!("{} {} {}", e.ip, e.target_port, e.weight))
                     .collect();
-                format!("{}/{} -> {}", key.protocol, key.port, eps.join(", "))
+                format!("{} -> {}", service_label(&key), eps.join(", "))
             })
             .collect();
         assert_eq!(
             summary,
             [
-                "tcp/80 -> 31.31.31.1 8080 1, fd00::2 8080 3",
-                "tcp/443 -> 31.31.31.1 8443 1, fd00::2 8443 3",
-                "udp/53 -> 31.31.31.1 5353 1, fd00::2 5353 3",
+                "20.20.20.1:80/tcp -> 31.31.31.1 8080 1, fd00::2 8080 3",
+                "20.20.20.1:443/tcp -> 31.31.31.1 8443 1, fd00::2 8443 3",
+                "20.20.20.1:9000-9009/tcp -> 31.31.31.1 90 1, fd00::2 90 3",
+                "20.20.20.1:53/udp -> 31.31.31.1 5353 1, fd00::2 5353 3",
+                "20.20.20.1:38412/sctp -> 31.31.31.1 38412 1, fd00::2 38412 3",
+                "20.20.20.1/icmp -> 31.31.31.1 0 1, fd00::2 0 3",
             ]
         );
     }
@@ -759,25 +823,31 @@ mod tests {
     }
 
     #[test]
-    fn delete_keys_cover_both_protocols() {
-        let cli = parse("loxicmd delete lb 20.20.20.1 --tcp=2020:8080 --tcp 2021 --udp=53");
+    fn delete_keys_cover_every_protocol() {
+        let cli = parse(
+            "loxicmd delete lb 20.20.20.1 --tcp=2020:8080 --tcp 2021 --udp=53 \
+             --tcp=8080-8081 --sctp=38412 --icmp",
+        );
         let Command::Delete {
             resource: DeleteResource::Lb(lb),
         } = cli.command
         else {
             panic!("not delete lb");
         };
-        let keys: Vec<(u32, String)> = delete_keys(&lb)
+        let keys: Vec<String> = delete_keys(&lb)
             .unwrap()
-            .into_iter()
-            .map(|k| (k.port, k.protocol))
+            .iter()
+            .map(service_label)
             .collect();
         assert_eq!(
             keys,
-            vec![
-                (2020, "tcp".to_owned()),
-                (2021, "tcp".to_owned()),
-                (53, "udp".to_owned())
+            [
+                "20.20.20.1:2020/tcp",
+                "20.20.20.1:2021/tcp",
+                "20.20.20.1:8080-8081/tcp",
+                "20.20.20.1:53/udp",
+                "20.20.20.1:38412/sctp",
+                "20.20.20.1/icmp",
             ]
         );
     }

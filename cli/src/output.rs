@@ -6,14 +6,31 @@ use serde::Serialize;
 use crate::pb::{
     Address, ApplyLoadBalancersResponse, ConntrackCount, ConntrackEntry, ConntrackTable, Counters,
     EndpointProbe, Interface, ListLoadBalancersResponse, LoadBalancer, Neighbour, NextHop, Route,
+    ServiceKey,
 };
 
-/// `ip:port/proto`, with IPv6 addresses bracketed so the port stays readable.
-pub fn service_label(ip: &str, port: u32, protocol: &str) -> String {
-    if ip.contains(':') {
-        format!("[{ip}]:{port}/{protocol}")
+/// The ports of a service as loxicmd takes them: `2020`, a range `8080-8081`,
+/// or `-` for ICMP, which has none.
+pub fn ports_label(key: &ServiceKey) -> String {
+    match (key.protocol.as_str(), key.port_max) {
+        ("icmp", _) => "-".to_owned(),
+        (_, 0) => key.port.to_string(),
+        (_, max) => format!("{}-{max}", key.port),
+    }
+}
+
+/// `ip:ports/proto` (ICMP: `ip/icmp`), with IPv6 addresses bracketed so the
+/// port stays readable.
+pub fn service_label(key: &ServiceKey) -> String {
+    let ip = &key.external_ip;
+    let ip = if ip.contains(':') {
+        format!("[{ip}]")
     } else {
-        format!("{ip}:{port}/{protocol}")
+        ip.clone()
+    };
+    match ports_label(key).as_str() {
+        "-" => format!("{ip}/{}", key.protocol),
+        ports => format!("{ip}:{ports}/{}", key.protocol),
     }
 }
 
@@ -53,9 +70,10 @@ pub fn lb_table(lbs: &[LoadBalancer], wide: bool) -> String {
     let mut rows = Vec::new();
     for lb in lbs {
         let key = lb.service.clone().unwrap_or_default();
+        let icmp = key.protocol == "icmp";
         let mut row = vec![
-            key.external_ip,
-            key.port.to_string(),
+            key.external_ip.clone(),
+            ports_label(&key),
             key.protocol,
             lb.name.clone(),
             lb.selection.clone(),
@@ -76,7 +94,11 @@ pub fn lb_table(lbs: &[LoadBalancer], wide: bool) -> String {
                 let mut row = vec![String::new(); 8];
                 row.extend([
                     endpoint.ip.clone(),
-                    endpoint.target_port.to_string(),
+                    // ICMP has no ports.
+                    match icmp {
+                        true => "-".to_owned(),
+                        false => endpoint.target_port.to_string(),
+                    },
                     endpoint.weight.to_string(),
                     // Not monitored: no state to show.
                     if endpoint.state.is_empty() {
@@ -328,10 +350,7 @@ pub fn apply_report(r: &ApplyLoadBalancersResponse, dry_run: bool) -> String {
     let mut out = String::new();
     for (sign, keys) in [("+", &r.created), ("~", &r.updated), ("-", &r.deleted)] {
         for k in keys {
-            out += &format!(
-                "{sign} lb {}\n",
-                service_label(&k.external_ip, k.port, &k.protocol)
-            );
+            out += &format!("{sign} lb {}\n", service_label(k));
         }
     }
     let verb = if dry_run { "would be" } else { "were" };
@@ -348,7 +367,7 @@ pub fn apply_report(r: &ApplyLoadBalancersResponse, dry_run: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pb::{Endpoint, ListRoutesResponse, ServiceKey};
+    use crate::pb::{Endpoint, ListRoutesResponse};
 
     fn sample() -> Vec<LoadBalancer> {
         let endpoint = |ip: &str, weight, packets, bytes| Endpoint {
@@ -363,6 +382,7 @@ mod tests {
                 external_ip: "20.20.20.1".to_owned(),
                 port: 2020,
                 protocol: "tcp".to_owned(),
+                port_max: 0,
             }),
             name: "web".to_owned(),
             selection: "rr".to_owned(),
@@ -445,6 +465,31 @@ mod tests {
 |            |      |       |      |     |         |         |     | 32.32.32.1 | 8080        | 2      | down  | 3       | 300   |
 ";
         assert_eq!(lb_table(&sample(), true), expected);
+    }
+
+    #[test]
+    fn ranges_and_icmp_show_their_ports() {
+        let mut lbs = sample();
+        lbs.push(lbs[0].clone());
+        let range = lbs[0].service.as_mut().unwrap();
+        range.port_max = 2029;
+        let icmp = lbs[1].service.as_mut().unwrap();
+        (icmp.port, icmp.protocol) = (0, "icmp".to_owned());
+        for e in &mut lbs[1].endpoints {
+            e.target_port = 0;
+        }
+        let table = lb_table(&lbs, true);
+        let rows: Vec<&str> = table.lines().skip(2).collect();
+        assert!(
+            rows[0].starts_with("| 20.20.20.1 | 2020-2029 | tcp "),
+            "{table}"
+        );
+        assert!(rows[1].contains("| 31.31.31.1 | 8080 "), "{table}");
+        assert!(
+            rows[3].starts_with("| 20.20.20.1 | -         | icmp "),
+            "{table}"
+        );
+        assert!(rows[4].contains("| 31.31.31.1 | -  "), "{table}");
     }
 
     #[test]
@@ -657,11 +702,25 @@ mod tests {
     }
 
     #[test]
-    fn service_label_brackets_ipv6() {
-        assert_eq!(
-            service_label("20.20.20.1", 2020, "tcp"),
-            "20.20.20.1:2020/tcp"
-        );
-        assert_eq!(service_label("fd00::1", 80, "udp"), "[fd00::1]:80/udp");
+    fn service_label_brackets_ipv6_and_shows_ranges() {
+        let key = |ip: &str, port, port_max, protocol: &str| ServiceKey {
+            external_ip: ip.to_owned(),
+            port,
+            protocol: protocol.to_owned(),
+            port_max,
+        };
+        let cases = [
+            (key("20.20.20.1", 2020, 0, "tcp"), "20.20.20.1:2020/tcp"),
+            (key("fd00::1", 80, 0, "udp"), "[fd00::1]:80/udp"),
+            (
+                key("20.20.20.1", 8080, 8081, "tcp"),
+                "20.20.20.1:8080-8081/tcp",
+            ),
+            (key("20.20.20.1", 0, 0, "icmp"), "20.20.20.1/icmp"),
+        ];
+        for (k, label) in cases {
+            assert_eq!(service_label(&k), label);
+        }
+        assert_eq!(ports_label(&key("20.20.20.1", 0, 0, "icmp")), "-");
     }
 }

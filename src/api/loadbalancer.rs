@@ -7,7 +7,7 @@ use crate::health::Health;
 use crate::proto::v1 as pb;
 use crate::proto::v1::load_balancer_service_server::LoadBalancerService;
 use crate::rules::{
-    parse_ip, parse_port, parse_weight, Endpoint, LbRule, Mode, Protocol, RuleStore, Selection,
+    parse_ip, parse_target_port, parse_weight, Endpoint, LbRule, Mode, RuleStore, Selection,
     ServiceKey, SourcePrefix, StoredRule,
 };
 
@@ -69,21 +69,19 @@ fn key_to_proto(k: &ServiceKey) -> pb::ServiceKey {
         external_ip: k.ip.to_string(),
         port: k.port.into(),
         protocol: k.proto.as_str().into(),
+        port_max: k.port_max.into(),
     }
 }
 
 fn key_from_proto(field: &str, k: Option<&pb::ServiceKey>) -> crate::rules::Result<ServiceKey> {
     let k = k.ok_or_else(|| crate::rules::Error::invalid(field, "is required"))?;
-    Ok(ServiceKey {
-        ip: parse_ip(&format!("{field}.external_ip"), &k.external_ip)?,
-        port: parse_port(&format!("{field}.port"), k.port)?,
-        proto: Protocol::parse(&format!("{field}.protocol"), &k.protocol)?,
-    })
+    ServiceKey::parse(field, &k.external_ip, k.port, k.port_max, &k.protocol)
 }
 
 /// `f` is the request field the rule came from, for error messages.
 fn rule_from_proto(f: &str, lb: Option<&pb::LoadBalancer>) -> crate::rules::Result<LbRule> {
     let lb = lb.ok_or_else(|| crate::rules::Error::invalid(f, "is required"))?;
+    let key = key_from_proto(&format!("{f}.service"), lb.service.as_ref())?;
     let endpoints = lb
         .endpoints
         .iter()
@@ -92,13 +90,13 @@ fn rule_from_proto(f: &str, lb: Option<&pb::LoadBalancer>) -> crate::rules::Resu
             let f = format!("{f}.endpoints[{i}]");
             Ok(Endpoint {
                 ip: parse_ip(&format!("{f}.ip"), &e.ip)?,
-                port: parse_port(&format!("{f}.target_port"), e.target_port)?,
+                port: parse_target_port(&format!("{f}.target_port"), key.proto, e.target_port)?,
                 weight: parse_weight(&format!("{f}.weight"), e.weight)?,
             })
         })
         .collect::<crate::rules::Result<Vec<_>>>()?;
     let rule = LbRule {
-        key: key_from_proto(&format!("{f}.service"), lb.service.as_ref())?,
+        key,
         name: lb.name.clone(),
         selection: Selection::parse(&format!("{f}.selection"), &lb.selection)?,
         mode: Mode::parse(&format!("{f}.mode"), &lb.mode)?,

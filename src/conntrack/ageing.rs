@@ -15,6 +15,8 @@ use crate::datapath::{self, monotonic_ns, Datapath, Removal, CT_BATCH};
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
+const SCTP: u8 = 132;
+const ICMP: u8 = 1;
 
 /// Idle time after which a flow is removed, per protocol and state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +33,10 @@ pub struct Timeouts {
     pub udp: Duration,
     /// UDP with replies.
     pub udp_replied: Duration,
-    /// ICMP (and any other protocol), replied or not.
+    /// ICMP echo without a reply yet (and any other protocol).
     pub icmp: Duration,
+    /// ICMP echo with replies.
+    pub icmp_replied: Duration,
 }
 
 impl Default for Timeouts {
@@ -54,13 +58,16 @@ impl Default for Timeouts {
             udp: s(30),
             udp_replied: s(120),
             icmp: s(30),
+            icmp_replied: s(30),
         }
     }
 }
 
 impl Timeouts {
-    /// The timeout of a flow of protocol `proto` in state `st`.
+    /// The timeout of a flow of protocol `proto` in state `st`. SCTP goes
+    /// through TCP's states (bpf/lib/common.h) and takes their timeouts.
     pub fn of(&self, proto: u8, st: ll_ct_state) -> Duration {
+        let proto = if proto == SCTP { TCP } else { proto };
         match (proto, st) {
             (TCP, ll_ct_state::LL_CT_SYN_SENT) => self.tcp_syn_sent,
             (TCP, ll_ct_state::LL_CT_SYN_RECV) => self.tcp_syn_recv,
@@ -72,6 +79,7 @@ impl Timeouts {
             (TCP, _) => self.tcp_close,
             (UDP, ll_ct_state::LL_CT_REPLIED) => self.udp_replied,
             (UDP, _) => self.udp,
+            (ICMP, ll_ct_state::LL_CT_REPLIED) => self.icmp_replied,
             _ => self.icmp,
         }
     }
@@ -293,17 +301,21 @@ mod tests {
             udp: Duration::from_secs(9),
             udp_replied: Duration::from_secs(10),
             icmp: Duration::from_secs(11),
+            icmp_replied: Duration::from_secs(12),
         };
         let got: Vec<u64> = (0..8)
             .map(|st| t.of(TCP, ll_ct_state(st)).as_secs())
             .chain([
                 t.of(UDP, ll_ct_state::LL_CT_UNREPLIED).as_secs(),
                 t.of(UDP, ll_ct_state::LL_CT_REPLIED).as_secs(),
-                t.of(1, ll_ct_state::LL_CT_UNREPLIED).as_secs(),
-                t.of(1, ll_ct_state::LL_CT_REPLIED).as_secs(),
+                t.of(ICMP, ll_ct_state::LL_CT_UNREPLIED).as_secs(),
+                t.of(ICMP, ll_ct_state::LL_CT_REPLIED).as_secs(),
+                t.of(SCTP, ll_ct_state::LL_CT_ESTABLISHED).as_secs(),
+                t.of(SCTP, ll_ct_state::LL_CT_TIME_WAIT).as_secs(),
+                t.of(47, ll_ct_state::LL_CT_REPLIED).as_secs(),
             ])
             .collect();
-        assert_eq!(got, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 11]);
+        assert_eq!(got, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 3, 7, 11]);
     }
 
     #[test]

@@ -7,12 +7,14 @@ use crate::rules::{Error, Result};
 const TCP: u8 = 6;
 const UDP: u8 = 17;
 const ICMP: u8 = 1;
+const SCTP: u8 = 132;
 
 pub fn proto_name(proto: u8) -> &'static str {
     match proto {
         TCP => "tcp",
         UDP => "udp",
         ICMP => "icmp",
+        SCTP => "sctp",
         _ => "-",
     }
 }
@@ -22,9 +24,10 @@ fn parse_proto(field: &str, s: &str) -> Result<u8> {
         "tcp" => Ok(TCP),
         "udp" => Ok(UDP),
         "icmp" => Ok(ICMP),
+        "sctp" => Ok(SCTP),
         other => Err(Error::invalid(
             field,
-            format!("unknown protocol {other:?} (tcp, udp or icmp)"),
+            format!("unknown protocol {other:?} (tcp, udp, sctp or icmp)"),
         )),
     }
 }
@@ -48,9 +51,11 @@ const STATES: [(&str, u8, ll_ct_state); 14] = [
     ("est", 0, ll_ct_state::LL_CT_REPLIED),
 ];
 
-/// The name of state `st` of a flow of protocol `proto`.
+/// The name of state `st` of a flow of protocol `proto`. SCTP goes through
+/// TCP's states (bpf/lib/common.h) and shows their names.
 pub fn state_name(proto: u8, st: ll_ct_state) -> &'static str {
     let proto = match proto {
+        SCTP => TCP,
         TCP | UDP | ICMP => proto,
         _ => 0,
     };
@@ -96,10 +101,12 @@ impl Filter {
             "" => None,
             s => {
                 let s = s.to_ascii_lowercase();
+                // SCTP's states are TCP's.
+                let states_of = proto.map(|q| if q == SCTP { TCP } else { q });
                 // "est" is TCP's unless the protocol says otherwise.
                 let (_, p, st) = STATES
                     .iter()
-                    .find(|(name, p, _)| *name == s && proto.is_none_or(|q| q == *p || *p == 0))
+                    .find(|(name, p, _)| *name == s && states_of.is_none_or(|q| q == *p || *p == 0))
                     .or_else(|| STATES.iter().find(|(name, _, _)| *name == s))
                     .ok_or_else(|| {
                         let names: Vec<&str> = STATES[..12].iter().map(|(n, _, _)| *n).collect();
@@ -108,7 +115,7 @@ impl Filter {
                             format!("unknown state {s:?} ({})", names.join(", ")),
                         )
                     })?;
-                if let Some(q) = proto.filter(|&q| *p != 0 && q != *p) {
+                if let Some(q) = proto.filter(|_| states_of.is_some_and(|q| *p != 0 && q != *p)) {
                     return Err(Error::invalid(
                         field("state"),
                         format!("{s} is a {} state, not {}", proto_name(*p), proto_name(q)),
@@ -180,6 +187,7 @@ mod tests {
         assert_eq!(state_name(UDP, ll_ct_state::LL_CT_REPLIED), "udp-est");
         assert_eq!(state_name(ICMP, ll_ct_state::LL_CT_UNREPLIED), "icmp-new");
         assert_eq!(state_name(UDP, ll_ct_state::LL_CT_ESTABLISHED), "-");
+        assert_eq!(state_name(SCTP, ll_ct_state::LL_CT_SYN_SENT), "syn-sent");
     }
 
     #[test]
@@ -193,6 +201,16 @@ mod tests {
             parse("", 0, "", "EST").unwrap().state,
             Some(ll_ct_state::LL_CT_ESTABLISHED)
         );
+        // SCTP's states are TCP's.
+        let f = parse("", 0, "sctp", "est").unwrap();
+        assert_eq!(
+            (f.proto, f.state),
+            (Some(SCTP), Some(ll_ct_state::LL_CT_ESTABLISHED))
+        );
+        assert_eq!(
+            err(parse("", 0, "sctp", "udp-est")),
+            "filter.state: udp-est is a udp state, not sctp"
+        );
     }
 
     #[test]
@@ -205,7 +223,7 @@ mod tests {
             err(parse("", 70000, "", "")),
             "filter.port: port 70000 is out of range (1-65535)"
         );
-        assert!(err(parse("", 0, "sctp", "")).starts_with("filter.protocol: unknown protocol"));
+        assert!(err(parse("", 0, "gre", "")).starts_with("filter.protocol: unknown protocol"));
         assert!(err(parse("", 0, "", "open")).starts_with("filter.state: unknown state"));
         assert_eq!(
             err(parse("", 0, "tcp", "udp-est")),

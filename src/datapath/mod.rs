@@ -86,6 +86,8 @@ impl Default for Limits {
 
 struct Maps {
     services: MapHandle,
+    ranges: MapHandle,
+    range_vips: MapHandle,
     rr_cursor: MapHandle,
     conntrack: MapHandle,
     ct_stats: MapHandle,
@@ -148,6 +150,7 @@ impl Datapath {
         let m = &mut open.maps;
         for (map, n) in [
             (&mut m.ll_services, limits.services),
+            (&mut m.ll_svc_ranges, limits.services),
             (&mut m.ll_rr_cursor, limits.services),
             (&mut m.ll_svc_stats, limits.services),
             (&mut m.ll_ep_stats, eps),
@@ -182,6 +185,8 @@ impl Datapath {
         };
         let maps = Maps {
             services: handle(&skel.maps.ll_services)?,
+            ranges: handle(&skel.maps.ll_svc_ranges)?,
+            range_vips: handle(&skel.maps.ll_range_vips)?,
             rr_cursor: handle(&skel.maps.ll_rr_cursor)?,
             conntrack: handle(&skel.maps.ll_conntrack)?,
             ct_stats: handle(&skel.maps.ll_ct_stats)?,
@@ -237,6 +242,11 @@ impl Datapath {
             return Ok(());
         }
         for (key, _) in services {
+            // A range first, so that it never leads to a deleted service.
+            if let Some(k) = pod::read::<ll_svc_key>(key) {
+                let range = service::range_key(k.vip, k.proto);
+                self.set_range(&range, u16::from_be(k.port), None)?;
+            }
             match self.maps.services.delete(key) {
                 Ok(()) => {}
                 Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}

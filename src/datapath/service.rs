@@ -3,7 +3,8 @@ use super::pod;
 use libbpf_rs::{MapCore, MapFlags};
 
 use super::types::{
-    ll_endpoint, ll_maglev, ll_selection, ll_src_key, ll_svc, ll_svc_key, ll_svc_opts,
+    ll_endpoint, ll_maglev, ll_range_key, ll_range_vips, ll_ranges, ll_selection, ll_src_key,
+    ll_svc, ll_svc_key, ll_svc_opts,
 };
 use super::{full_or, Datapath, Error, Result, MAX_ENDPOINTS, MAX_SLOTS};
 use crate::rules::{
@@ -28,6 +29,25 @@ pub(super) fn svc_key(k: &ServiceKey) -> ll_svc_key {
         proto: k.proto.number(),
         pad: 0,
     }
+}
+
+/// Port-range services per VIP and protocol (bpf/lib/common.h LL_MAX_RANGES).
+pub const MAX_RANGES: usize = 16;
+
+/// A range service sits in the service map under its first port; the range
+/// map tells the datapath which first port a packet's port falls under.
+pub(super) fn range_key(vip_be: u32, proto: u8) -> ll_range_key {
+    ll_range_key {
+        vip: vip_be,
+        proto,
+        pad: [0; 3],
+    }
+}
+
+/// bpf/lib/common.h ll_range_bit: which bit of ll_range_vips stands for a
+/// VIP (in network order, as the map keys hold it).
+fn range_bit(vip_be: u32) -> usize {
+    (vip_be.wrapping_mul(0x9e37_79b1) >> 22) as usize
 }
 
 /// Spreads endpoints over the selection slots in proportion to their weights,
@@ -120,33 +140,38 @@ impl Datapath {
         // Options first: a new service must not take flows before its
         // allowed sources are in place.
         self.set_service_opts(id, rule.mark, &rule.sources)?;
-        if live.is_empty() {
-            // n_slots 0: the VIP's new flows go to Linux (LL_R_PASS_NO_ENDPOINT).
-            return self.upsert_service(&svc_key(&rule.key), &svc);
-        }
-        let weights: Vec<u8> = live.iter().map(|(_, e)| e.weight).collect();
-        let table = slots(&weights);
-        svc.n_slots = table.len() as u16;
-        for (slot, &l) in svc.slots.iter_mut().zip(&table) {
-            *slot = live[usize::from(l)].0 as u8;
-        }
-        // The table first: the datapath must never see a maglev service
-        // without (or with another service's stale) table.
-        if rule.selection == Selection::Maglev {
-            let names: Vec<String> = live
-                .iter()
-                .map(|(_, e)| format!("{}:{}", e.ip, e.port))
-                .collect();
-            let mut m = ll_maglev {
-                slots: [0; MAGLEV_SIZE],
-                pad: [0; 3],
-            };
-            for (slot, l) in m.slots.iter_mut().zip(maglev(&names, &weights)) {
+        // None live: n_slots stays 0, and the VIP's new flows go to Linux
+        // (LL_R_PASS_NO_ENDPOINT).
+        if !live.is_empty() {
+            let weights: Vec<u8> = live.iter().map(|(_, e)| e.weight).collect();
+            let table = slots(&weights);
+            svc.n_slots = table.len() as u16;
+            for (slot, &l) in svc.slots.iter_mut().zip(&table) {
                 *slot = live[usize::from(l)].0 as u8;
             }
-            self.set_maglev(id, &m)?;
+            // The table first: the datapath must never see a maglev service
+            // without (or with another service's stale) table.
+            if rule.selection == Selection::Maglev {
+                let names: Vec<String> = live
+                    .iter()
+                    .map(|(_, e)| format!("{}:{}", e.ip, e.port))
+                    .collect();
+                let mut m = ll_maglev {
+                    slots: [0; MAGLEV_SIZE],
+                    pad: [0; 3],
+                };
+                for (slot, l) in m.slots.iter_mut().zip(maglev(&names, &weights)) {
+                    *slot = live[usize::from(l)].0 as u8;
+                }
+                self.set_maglev(id, &m)?;
+            }
         }
-        self.upsert_service(&svc_key(&rule.key), &svc)
+        self.upsert_service(&svc_key(&rule.key), &svc)?;
+        // The range after its service, so that it never leads nowhere; a
+        // single-port rule that replaced a range takes the range away.
+        let k = &rule.key;
+        let range = range_key(u32::from(k.ip).to_be(), k.proto.number());
+        self.set_range(&range, k.port, (k.port_max != 0).then_some(k.port_max))
     }
 
     /// Sets service `id`'s mark and allowed sources (none: any client). The
@@ -200,6 +225,73 @@ impl Datapath {
             .map(|(k, id)| (pod::bytes(&svc_key(k)).to_vec(), *id))
             .collect();
         self.remove_services(&keys)
+    }
+
+    /// Sets the range that starts at port `min` in the ranges of `key` to end
+    /// at `max`, or removes it (`None`). The entry is replaced whole, so the
+    /// datapath never sees a half-written list.
+    pub(super) fn set_range(&self, key: &ll_range_key, min: u16, max: Option<u16>) -> Result<()> {
+        let kb = pod::bytes(key);
+        let old = self
+            .maps
+            .ranges
+            .lookup(kb, MapFlags::ANY)
+            .map_err(Error::bpf("reading port ranges"))?
+            .and_then(|v| pod::read::<ll_ranges>(&v))
+            .unwrap_or_default();
+        let mut list: Vec<(u16, u16)> = (0..(old.n as usize).min(MAX_RANGES))
+            .map(|i| (old.min[i], old.max[i]))
+            .filter(|&(m, _)| m != min)
+            .collect();
+        list.extend(max.map(|max| (min, max)));
+        if list.len() == old.n as usize && max.is_none() {
+            return Ok(());
+        }
+        if list.is_empty() {
+            match self.maps.ranges.delete(kb) {
+                Err(e) if e.kind() != libbpf_rs::ErrorKind::NotFound => {
+                    return Err(Error::bpf("deleting port ranges")(e));
+                }
+                _ => return self.mark_range_vips(),
+            }
+        }
+        if list.len() > MAX_RANGES {
+            return Err(Error::MapFull {
+                map: "ll_svc_ranges (16 port ranges per VIP and protocol)",
+            });
+        }
+        let mut new = ll_ranges {
+            n: list.len() as u32,
+            ..Default::default()
+        };
+        for (i, (lo, hi)) in list.into_iter().enumerate() {
+            new.min[i] = lo;
+            new.max[i] = hi;
+        }
+        self.maps
+            .ranges
+            .update(kb, pod::bytes(&new), MapFlags::ANY)
+            .map_err(|e| super::full_or(e, "ll_svc_ranges", "writing port ranges"))?;
+        if old.n == 0 {
+            self.mark_range_vips()?;
+        }
+        Ok(())
+    }
+
+    /// Tells the datapath which VIPs have ranges, so that packets to other
+    /// addresses skip looking for one.
+    fn mark_range_vips(&self) -> Result<()> {
+        let mut vips = ll_range_vips::default();
+        for k in self.maps.ranges.keys() {
+            if let Some(k) = pod::read::<ll_range_key>(&k) {
+                let bit = range_bit(k.vip);
+                vips.bits[bit / 64] |= 1 << (bit % 64);
+            }
+        }
+        self.maps
+            .range_vips
+            .update(&0u32.to_ne_bytes(), pod::bytes(&vips), MapFlags::ANY)
+            .map_err(Error::bpf("marking the VIPs with port ranges"))
     }
 }
 

@@ -102,7 +102,8 @@ fn render_rules(w: &mut Writer, src: &Sources) -> datapath::Result<()> {
         let labels = vec![
             ("name", s.rule.name.clone()),
             ("vip", s.rule.key.ip.to_string()),
-            ("port", s.rule.key.port.to_string()),
+            // "8080-8081" for a range, empty for ICMP.
+            ("port", s.rule.key.ports()),
             ("protocol", s.rule.key.proto.as_str().to_owned()),
         ];
         let c = src.dp.service_counters(s.id)?;

@@ -5,9 +5,9 @@ mod persist;
 mod store;
 
 pub use model::{
-    parse_ip, parse_port, parse_weight, Endpoint, EndpointProbe, LbRule, Mode, ProbeType, Protocol,
-    Selection, ServiceKey, SourcePrefix, DEFAULT_INACTIVITY_TIMEOUT, DEFAULT_PROBE_PERIOD,
-    DEFAULT_PROBE_RETRIES, DEFAULT_PROBE_RISE,
+    parse_ip, parse_port, parse_target_port, parse_weight, Endpoint, EndpointProbe, LbRule, Mode,
+    ProbeType, Protocol, Selection, ServiceKey, SourcePrefix, DEFAULT_INACTIVITY_TIMEOUT,
+    DEFAULT_PROBE_PERIOD, DEFAULT_PROBE_RETRIES, DEFAULT_PROBE_RISE,
 };
 pub use store::{ApplyReport, EndpointAddr, RuleStore, StoredRule};
 

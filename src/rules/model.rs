@@ -11,17 +11,26 @@ use crate::datapath::MAX_ENDPOINTS;
 pub enum Protocol {
     Tcp,
     Udp,
+    /// Only address translation: its CRC32c covers the ports (see
+    /// `LbRule::validate`).
+    Sctp,
+    /// Echo requests and replies; the echo identifier stands in for ports.
+    Icmp,
 }
+
+const PROTOCOLS: &str = "tcp, udp, sctp or icmp";
 
 impl Protocol {
     pub fn parse(field: &str, s: &str) -> Result<Protocol> {
         match s.to_ascii_lowercase().as_str() {
             "tcp" => Ok(Protocol::Tcp),
             "udp" => Ok(Protocol::Udp),
-            "" => Err(Error::invalid(field, "is required (tcp or udp)")),
+            "sctp" => Ok(Protocol::Sctp),
+            "icmp" => Ok(Protocol::Icmp),
+            "" => Err(Error::invalid(field, format!("is required ({PROTOCOLS})"))),
             other => Err(Error::invalid(
                 field,
-                format!("unknown protocol {other:?} (tcp or udp)"),
+                format!("unknown protocol {other:?} ({PROTOCOLS})"),
             )),
         }
     }
@@ -31,22 +40,29 @@ impl Protocol {
         match self {
             Protocol::Tcp => 6,
             Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+            Protocol::Icmp => 1,
         }
     }
 
     pub fn from_number(n: u8) -> Option<Protocol> {
-        match n {
-            6 => Some(Protocol::Tcp),
-            17 => Some(Protocol::Udp),
-            _ => None,
-        }
+        [Protocol::Tcp, Protocol::Udp, Protocol::Sctp, Protocol::Icmp]
+            .into_iter()
+            .find(|p| p.number() == n)
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+            Protocol::Icmp => "icmp",
         }
+    }
+
+    /// Whether services of this protocol have ports (ICMP has none).
+    pub fn has_ports(self) -> bool {
+        self != Protocol::Icmp
     }
 }
 
@@ -162,6 +178,16 @@ pub fn parse_port(field: &str, p: u32) -> Result<u16> {
     }
 }
 
+/// An endpoint's target port for a service of protocol `proto`: 0 for ICMP,
+/// which has no ports; 1-65535 for the others.
+pub fn parse_target_port(field: &str, proto: Protocol, p: u32) -> Result<u16> {
+    match (proto.has_ports(), p) {
+        (true, _) => parse_port(field, p),
+        (false, 0) => Ok(0),
+        (false, _) => Err(Error::invalid(field, "ICMP has no ports: leave it 0")),
+    }
+}
+
 /// 0 (unset) means 1.
 pub fn parse_weight(field: &str, w: u32) -> Result<u8> {
     match w {
@@ -174,16 +200,95 @@ pub fn parse_weight(field: &str, w: u32) -> Result<u8> {
     }
 }
 
+/// The identity of a service: a VIP, a protocol and a port or a port range
+/// (ICMP: port 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ServiceKey {
     pub ip: Ipv4Addr,
+    /// The port, or the first port of the range.
     pub port: u16,
+    /// The last port of a range (LoxiLB's `--tcp=8080-8081:32015`, all of
+    /// whose ports go to the endpoints' target port); 0: a single port.
+    #[serde(default)]
+    pub port_max: u16,
     pub proto: Protocol,
+}
+
+impl ServiceKey {
+    /// The last port the service matches.
+    pub fn last_port(&self) -> u16 {
+        self.port_max.max(self.port)
+    }
+
+    /// Whether `self` and `other` match a packet in common.
+    pub fn overlaps(&self, other: &ServiceKey) -> bool {
+        self.ip == other.ip
+            && self.proto == other.proto
+            && self.port <= other.last_port()
+            && other.port <= self.last_port()
+    }
+
+    /// The ports as the CLI writes them: `8080` or `8080-8081` (ICMP: empty).
+    pub fn ports(&self) -> String {
+        match (self.proto.has_ports(), self.port_max) {
+            (false, _) => String::new(),
+            (true, 0) => self.port.to_string(),
+            (true, max) => format!("{}-{max}", self.port),
+        }
+    }
+
+    /// From the API's fields, naming `{field}.port` or `{field}.port_max` at
+    /// fault. A range whose ends are equal is that single port.
+    pub fn parse(field: &str, ip: &str, port: u32, port_max: u32, proto: &str) -> Result<Self> {
+        let ip = parse_ip(&format!("{field}.external_ip"), ip)?;
+        let proto = Protocol::parse(&format!("{field}.protocol"), proto)?;
+        if !proto.has_ports() {
+            if port != 0 || port_max != 0 {
+                return Err(Error::invalid(
+                    format!("{field}.port"),
+                    "ICMP has no ports: leave port and port_max 0",
+                ));
+            }
+            return Ok(ServiceKey {
+                ip,
+                port: 0,
+                port_max: 0,
+                proto,
+            });
+        }
+        let port = parse_port(&format!("{field}.port"), port)?;
+        let port_max = match port_max {
+            0 => 0,
+            m => {
+                let m = parse_port(&format!("{field}.port_max"), m)?;
+                if m < port {
+                    return Err(Error::invalid(
+                        format!("{field}.port_max"),
+                        format!("{m} is below the first port {port}"),
+                    ));
+                }
+                if m == port {
+                    0
+                } else {
+                    m
+                }
+            }
+        };
+        Ok(ServiceKey {
+            ip,
+            port,
+            port_max,
+            proto,
+        })
+    }
 }
 
 impl fmt::Display for ServiceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.ip, self.port, self.proto.as_str())
+        match self.proto.has_ports() {
+            true => write!(f, "{}:{}/{}", self.ip, self.ports(), self.proto.as_str()),
+            false => write!(f, "{}/{}", self.ip, self.proto.as_str()),
+        }
     }
 }
 
@@ -451,6 +556,23 @@ impl LbRule {
                 ));
             }
         }
+        // What ServiceKey::parse ensures, for rules read back from a file.
+        let k = &self.key;
+        if (k.port_max != 0 && k.port_max <= k.port) || (!k.proto.has_ports() && k.last_port() != 0)
+        {
+            return Err(Error::invalid(
+                format!("{field}.service.port_max"),
+                format!(
+                    "{}-{} is not a port range of {}",
+                    k.port,
+                    k.port_max,
+                    k.proto.as_str()
+                ),
+            ));
+        }
+        if self.key.proto == Protocol::Sctp {
+            self.validate_sctp(field)?;
+        }
         if self.sources.len() > MAX_SOURCES {
             return Err(Error::invalid(
                 format!("{field}.sources"),
@@ -473,6 +595,31 @@ impl LbRule {
         }
         Ok(())
     }
+
+    /// SCTP's checksum is a CRC32c over the whole packet, not a sum that a
+    /// field change can be patched into: translating a port would mean
+    /// recomputing it over every packet's payload. Addresses are not
+    /// covered, so an SCTP service translates them only.
+    fn validate_sctp(&self, field: &str) -> Result<()> {
+        if self.key.port_max != 0 {
+            return Err(Error::invalid(
+                format!("{field}.service.port_max"),
+                "SCTP services take one port: a range would translate ports, \
+                 which SCTP's CRC32c checksum does not allow",
+            ));
+        }
+        match self.endpoints.iter().position(|e| e.port != self.key.port) {
+            Some(i) => Err(Error::invalid(
+                format!("{field}.endpoints[{i}].target_port"),
+                format!(
+                    "SCTP ports are not translated (its CRC32c checksum covers them): \
+                     use target port {}",
+                    self.key.port
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -484,6 +631,7 @@ mod tests {
             key: ServiceKey {
                 ip: Ipv4Addr::new(20, 20, 20, 1),
                 port: 2020,
+                port_max: 0,
                 proto: Protocol::Tcp,
             },
             name: String::new(),
@@ -544,7 +692,10 @@ mod tests {
     #[test]
     fn enums_parse_case_insensitively_and_refuse_unknown() {
         assert_eq!(Protocol::parse("p", "TCP").unwrap(), Protocol::Tcp);
-        assert!(Protocol::parse("p", "sctp")
+        assert_eq!(Protocol::parse("p", "Sctp").unwrap(), Protocol::Sctp);
+        assert_eq!(Protocol::parse("p", "icmp").unwrap(), Protocol::Icmp);
+        assert_eq!(Protocol::from_number(132), Some(Protocol::Sctp));
+        assert!(Protocol::parse("p", "gre")
             .unwrap_err()
             .to_string()
             .contains("unknown protocol"));
@@ -604,5 +755,70 @@ mod tests {
         assert!(e.starts_with("lb.endpoints[1]: "), "{e}");
         let many = (0..=MAX_ENDPOINTS as u8).map(ep).collect();
         assert!(rule(many).validate("lb").is_err());
+    }
+
+    fn parse_key(port: u32, port_max: u32, proto: &str) -> Result<ServiceKey> {
+        ServiceKey::parse("lb.service", "20.20.20.1", port, port_max, proto)
+    }
+
+    #[test]
+    fn port_ranges_are_checked_and_named() {
+        let k = parse_key(8080, 8081, "tcp").unwrap();
+        assert_eq!((k.port, k.port_max, k.last_port()), (8080, 8081, 8081));
+        assert_eq!(k.to_string(), "20.20.20.1:8080-8081/tcp");
+        // A range of one port is that port.
+        assert_eq!(parse_key(80, 80, "udp").unwrap().port_max, 0);
+        assert_eq!(
+            parse_key(8081, 8080, "tcp").unwrap_err().to_string(),
+            "lb.service.port_max: 8080 is below the first port 8081"
+        );
+        assert!(parse_key(1, 70000, "tcp")
+            .unwrap_err()
+            .to_string()
+            .starts_with("lb.service.port_max: port 70000"));
+        let icmp = parse_key(0, 0, "icmp").unwrap();
+        assert_eq!(icmp.to_string(), "20.20.20.1/icmp");
+        assert_eq!(
+            parse_key(80, 0, "icmp").unwrap_err().to_string(),
+            "lb.service.port: ICMP has no ports: leave port and port_max 0"
+        );
+        assert!(parse_target_port("t", Protocol::Icmp, 80).is_err());
+        assert_eq!(parse_target_port("t", Protocol::Icmp, 0).unwrap(), 0);
+        assert!(parse_target_port("t", Protocol::Tcp, 0).is_err());
+    }
+
+    #[test]
+    fn overlaps_need_the_same_address_protocol_and_a_common_port() {
+        let range = parse_key(8080, 8090, "tcp").unwrap();
+        for (port, max, proto, overlap) in [
+            (8090, 0, "tcp", true),
+            (8000, 8080, "tcp", true),
+            (8085, 8086, "tcp", true),
+            (8091, 9000, "tcp", false),
+            (8080, 0, "udp", false),
+        ] {
+            let other = parse_key(port, max, proto).unwrap();
+            assert_eq!(range.overlaps(&other), overlap, "{other}");
+            assert_eq!(other.overlaps(&range), overlap, "{other}");
+        }
+    }
+
+    #[test]
+    fn sctp_rules_do_not_translate_ports() {
+        let mut r = rule(vec![ep(1)]);
+        r.key = parse_key(38412, 0, "sctp").unwrap();
+        assert_eq!(
+            r.validate("lb").unwrap_err().to_string(),
+            "lb.endpoints[0].target_port: SCTP ports are not translated \
+             (its CRC32c checksum covers them): use target port 38412"
+        );
+        r.endpoints[0].port = 38412;
+        assert!(r.validate("lb").is_ok());
+        r.key.port_max = 38413;
+        assert!(r
+            .validate("lb")
+            .unwrap_err()
+            .to_string()
+            .starts_with("lb.service.port_max: SCTP services take one port"));
     }
 }

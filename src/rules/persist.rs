@@ -158,6 +158,7 @@ mod tests {
                 key: ServiceKey {
                     ip: Ipv4Addr::new(20, 20, 20, 1),
                     port,
+                    port_max: 0,
                     proto: Protocol::Udp,
                 },
                 name: "dns".into(),
@@ -236,6 +237,32 @@ mod tests {
         assert_eq!((r.id, r.rule.monitor, r.rule.bgp), (3, false, false));
         assert_eq!(r.slots, r.rule.endpoints);
         assert!(back.probes.is_empty());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn ranges_round_trip_and_files_without_them_still_load() {
+        let dir =
+            std::env::temp_dir().join(format!("loxilight-persist-range-{}", std::process::id()));
+        let path = dir.join("state.json");
+        let mut range = rule(8080);
+        range.rule.key.port_max = 8089;
+        save(&path, [range.clone()].iter(), [].iter()).unwrap();
+        assert_eq!(load(&path).unwrap().rules[0].rule, range.rule);
+        // A file written before ranges existed has no port_max.
+        let old = fs::read_to_string(&path)
+            .unwrap()
+            .replace("\"port_max\": 8089,", "");
+        assert!(!old.contains("port_max"), "{old}");
+        fs::write(&path, old).unwrap();
+        assert_eq!(load(&path).unwrap().rules[0].rule.key.port_max, 0);
+        // A range that ends before it starts is refused.
+        range.rule.key.port_max = 80;
+        save(&path, [range].iter(), [].iter()).unwrap();
+        assert!(load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("service.port_max: 8080-80 is not a port range"));
         fs::remove_dir_all(dir).unwrap();
     }
 

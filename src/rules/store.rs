@@ -9,6 +9,25 @@ use crate::datapath::{Datapath, MAX_ENDPOINTS};
 /// An endpoint address and target port that health checks found down.
 pub type EndpointAddr = (Ipv4Addr, u16);
 
+/// Refuses a rule set (key -> index in the request) in which two rules of
+/// one address and protocol share a port, naming the later one.
+fn check_overlaps(wanted: &HashMap<ServiceKey, usize>) -> Result<()> {
+    let mut keys: Vec<(&ServiceKey, &usize)> = wanted.iter().collect();
+    keys.sort_by_key(|(k, _)| (k.ip, k.proto, k.port));
+    // Sorted by first port, an overlapping pair implies an adjacent one.
+    for pair in keys.windows(2) {
+        let ((a, &i), (b, &j)) = (pair[0], pair[1]);
+        if a.overlaps(b) {
+            let (first, later, at) = if i < j { (a, b, j) } else { (b, a, i) };
+            return Err(Error::invalid(
+                format!("load_balancers[{at}].service.port"),
+                format!("{later} overlaps the rule {first}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A rule as stored, with the datapath id that indexes its counters.
 #[derive(Debug, Clone)]
 pub struct StoredRule {
@@ -275,6 +294,12 @@ impl RuleStore {
             self.commit(&mut inner, changes)?;
             return Ok((new, false));
         }
+        if let Some(other) = inner.rules.keys().find(|k| k.overlaps(&rule.key)) {
+            return Err(Error::invalid(
+                "load_balancer.service.port",
+                format!("{} overlaps the rule {other}", rule.key),
+            ));
+        }
         let stored = StoredRule::new(inner.alloc_id(self.dp.limits().services)?, rule);
         let changes = vec![Change::Create(stored.clone())];
         if let Err(e) = self.commit(&mut inner, changes) {
@@ -301,9 +326,9 @@ impl RuleStore {
         let mut inner = self.lock();
         let mut report = ApplyReport::default();
         let mut changes = Vec::new();
-        let mut wanted = HashSet::new();
-        for rule in desired {
-            if !wanted.insert(rule.key) {
+        let mut wanted = HashMap::new();
+        for (i, rule) in desired.into_iter().enumerate() {
+            if wanted.insert(rule.key, i).is_some() {
                 return Err(Error::invalid(
                     "load_balancers",
                     format!("{} is listed twice", rule.key),
@@ -324,8 +349,9 @@ impl RuleStore {
                 }
             }
         }
+        check_overlaps(&wanted)?;
         for (key, old) in &inner.rules {
-            if !wanted.contains(key) {
+            if !wanted.contains_key(key) {
                 report.deleted.push(*key);
                 changes.push(Change::Delete(old.clone()));
             }
@@ -487,6 +513,7 @@ mod tests {
                 key: ServiceKey {
                     ip: Ipv4Addr::new(20, 20, 20, 1),
                     port: 80,
+                    port_max: 0,
                     proto: super::super::Protocol::Tcp,
                 },
                 name: String::new(),

@@ -461,6 +461,33 @@ impl Lab {
         in_netns(ns, || http_request(addr, path, Duration::from_secs(5)))
     }
 
+    /// One ICMP echo from the client namespace to `ip` with identifier `id`
+    /// (there is no ping binary to rely on); returns the reply's source.
+    pub fn ping(&self, ip: &str, id: u16) -> io::Result<Ipv4Addr> {
+        let dst: Ipv4Addr = ip.parse().map_err(invalid)?;
+        in_netns(&self.client, || ping_once(dst, id, Duration::from_secs(2)))
+    }
+
+    /// Echo requests namespace `ns` has received (Icmp InEchos).
+    pub fn icmp_echoes_received(&self, ns: &str) -> u64 {
+        let snmp = in_netns(ns, || fs::read_to_string("/proc/thread-self/net/snmp"))
+            .unwrap_or_else(|e| panic!("reading {ns}'s /proc/net/snmp: {e}"));
+        let mut icmp = snmp.lines().filter(|l| l.starts_with("Icmp: "));
+        let (names, values) = (icmp.next(), icmp.next());
+        let (Some(names), Some(values)) = (names, values) else {
+            panic!("no Icmp lines in {ns}'s /proc/net/snmp");
+        };
+        let at = names
+            .split_whitespace()
+            .position(|n| n == "InEchos")
+            .expect("an InEchos column");
+        values
+            .split_whitespace()
+            .nth(at)
+            .and_then(|v| v.parse().ok())
+            .expect("an InEchos value")
+    }
+
     /// Runs `f` on a thread inside namespace `ns` (e.g. to hold a port there).
     pub fn in_ns<T: Send>(&self, ns: &str, f: impl FnOnce() -> T + Send) -> T {
         in_netns(ns, f)
@@ -705,6 +732,99 @@ fn enter_netns(ns: &str) {
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         panic!("setns({path}): {}", io::Error::last_os_error());
     }
+}
+
+/// Sends an echo request over a raw socket and waits for the reply with the
+/// same identifier.
+fn ping_once(dst: Ipv4Addr, id: u16, timeout: Duration) -> io::Result<Ipv4Addr> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let check = |r: libc::c_int| {
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    };
+    // SAFETY: a plain socket(2); the fd is owned (and closed) at once.
+    let fd = unsafe {
+        OwnedFd::from_raw_fd(check(libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW,
+            libc::IPPROTO_ICMP,
+        ))?)
+    };
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: tv outlives the call and its size is given.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    })?;
+    let mut msg = vec![8, 0, 0, 0];
+    msg.extend_from_slice(&id.to_be_bytes());
+    msg.extend_from_slice(&[0, 1]);
+    msg.extend_from_slice(b"loxilight ping");
+    let sum: u32 = msg
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+        .sum();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let c = !((sum & 0xffff) + (sum >> 16)) as u16;
+    msg[2..4].copy_from_slice(&c.to_be_bytes());
+    // SAFETY: zeroed sockaddr_in is valid; fields set below.
+    let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    to.sin_family = libc::AF_INET as libc::sa_family_t;
+    to.sin_addr.s_addr = u32::from(dst).to_be();
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: msg and to outlive the call, lengths given.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            msg.as_ptr().cast(),
+            msg.len(),
+            0,
+            (&to as *const libc::sockaddr_in).cast(),
+            len,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        // SAFETY: zeroed sockaddr_in is valid.
+        let mut from: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let mut from_len = len;
+        // SAFETY: buf and from outlive the call, lengths given.
+        let n = unsafe {
+            libc::recvfrom(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                (&mut from as *mut libc::sockaddr_in).cast(),
+                &mut from_len,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // A raw socket gets the IP header too.
+        let ihl = usize::from(buf[0] & 0x0f) * 4;
+        let icmp = &buf[ihl.min(n as usize)..n as usize];
+        if icmp.len() >= 8 && icmp[0] == 0 && icmp[4..6] == id.to_be_bytes() {
+            return Ok(Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr)));
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::TimedOut, "no echo reply"))
 }
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {

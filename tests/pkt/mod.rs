@@ -1,6 +1,10 @@
 //! Frame builders and checksum checks for the datapath tests: Ethernet, an
-//! optional 802.1Q tag, IPv4 with options, then TCP, UDP or a raw payload.
+//! optional 802.1Q tag, IPv4 with options, then TCP, UDP, SCTP, ICMP echo or
+//! a raw payload.
 use std::net::{Ipv4Addr, SocketAddrV4};
+
+use loxilight::datapath::types::ll_ct_key;
+use loxilight::datapath::{Datapath, HookKind};
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
@@ -8,6 +12,19 @@ pub const ETH_P_8021Q: u16 = 0x8100;
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
 pub const ICMP: u8 = 1;
+pub const SCTP: u8 = 132;
+pub const ICMP_ECHO: u8 = 8;
+pub const ICMP_ECHOREPLY: u8 = 0;
+/// SCTP chunk types.
+pub const SCTP_DATA: u8 = 0;
+pub const SCTP_INIT: u8 = 1;
+pub const SCTP_INIT_ACK: u8 = 2;
+pub const SCTP_ABORT: u8 = 6;
+pub const SCTP_SHUTDOWN: u8 = 7;
+pub const SCTP_SHUTDOWN_ACK: u8 = 8;
+pub const SCTP_COOKIE_ECHO: u8 = 10;
+pub const SCTP_COOKIE_ACK: u8 = 11;
+pub const SCTP_SHUTDOWN_COMPLETE: u8 = 14;
 pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
 pub const RST: u8 = 0x04;
@@ -25,6 +42,15 @@ pub enum L4 {
     /// `checksum: false` sends 0, "no checksum".
     Udp {
         checksum: bool,
+    },
+    /// One chunk of type `chunk` carrying the payload; ports from the addresses.
+    Sctp {
+        chunk: u8,
+    },
+    /// An ICMP echo request or reply (`kind`) with identifier `id`; ports unused.
+    IcmpEcho {
+        kind: u8,
+        id: u16,
     },
     /// Another IP protocol; the payload is its whole body and ports are unused.
     Raw(u8),
@@ -112,6 +138,31 @@ impl Packet {
                 h.extend_from_slice(&[0, 0]);
                 (UDP, h, checksum.then_some(6))
             }
+            L4::Sctp { chunk } => {
+                let mut h = Vec::with_capacity(16 + self.payload.len());
+                ports(&mut h);
+                // INIT goes out with verification tag 0.
+                let vtag: u32 = if chunk == SCTP_INIT { 0 } else { 0x1122_3344 };
+                h.extend_from_slice(&vtag.to_be_bytes());
+                h.extend_from_slice(&[0; 4]);
+                h.extend_from_slice(&[chunk, 0]);
+                h.extend_from_slice(&((4 + self.payload.len()) as u16).to_be_bytes());
+                h.extend_from_slice(&self.payload);
+                // Chunks are padded to 4 bytes.
+                h.resize(h.len().next_multiple_of(4), 0);
+                let crc = crc32c(&h);
+                h[8..12].copy_from_slice(&crc.to_le_bytes());
+                return (SCTP, h);
+            }
+            L4::IcmpEcho { kind, id } => {
+                let mut h = vec![kind, 0, 0, 0];
+                h.extend_from_slice(&id.to_be_bytes());
+                h.extend_from_slice(&1u16.to_be_bytes());
+                h.extend_from_slice(&self.payload);
+                let c = !fold(sum16(&h));
+                h[2..4].copy_from_slice(&c.to_be_bytes());
+                return (ICMP, h);
+            }
             L4::Raw(proto) => (proto, Vec::new(), None),
         };
         seg.extend_from_slice(&self.payload);
@@ -180,8 +231,8 @@ pub fn parse(f: &[u8]) -> Parsed {
     }
 }
 
-/// Asserts that the IPv4 header checksum and the TCP or UDP checksum of `f`
-/// verify (a UDP checksum of 0, "none", is accepted).
+/// Asserts that the IPv4 header checksum and the TCP, UDP, SCTP (CRC32c) or
+/// ICMP checksum of `f` verify (a UDP checksum of 0, "none", is accepted).
 pub fn assert_checksums(f: &[u8]) {
     let p = parse(f);
     assert_eq!(
@@ -191,10 +242,24 @@ pub fn assert_checksums(f: &[u8]) {
     );
     let tot_len = usize::from(u16::from_be_bytes([f[p.l3 + 2], f[p.l3 + 3]]));
     let seg = &f[p.l4..p.l3 + tot_len];
-    if p.proto == UDP && seg[6..8] == [0, 0] {
-        return;
+    match p.proto {
+        UDP if seg[6..8] == [0, 0] => return,
+        ICMP => {
+            assert_eq!(fold(sum16(seg)), 0xffff, "ICMP checksum: {f:02x?}");
+            return;
+        }
+        SCTP => {
+            let mut zeroed = seg.to_vec();
+            zeroed[8..12].fill(0);
+            assert_eq!(
+                crc32c(&zeroed).to_le_bytes(),
+                seg[8..12],
+                "SCTP CRC32c: {f:02x?}"
+            );
+            return;
+        }
+        _ => assert!(p.proto == TCP || p.proto == UDP, "not TCP or UDP"),
     }
-    assert!(p.proto == TCP || p.proto == UDP, "not TCP or UDP");
     let sum = pseudo(*p.src.ip(), *p.dst.ip(), p.proto, seg.len()) + sum16(seg);
     assert_eq!(fold(sum), 0xffff, "L4 checksum: {f:02x?}");
 }
@@ -215,4 +280,40 @@ fn fold(mut s: u32) -> u16 {
 
 fn pseudo(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u32 {
     sum16(&src.octets()) + sum16(&dst.octets()) + u32::from(proto) + len as u32
+}
+
+/// CRC32c (Castagnoli, reflected), as SCTP computes it over its packet.
+pub fn crc32c(b: &[u8]) -> u32 {
+    !b.iter().fold(!0u32, |crc, &byte| {
+        (0..8).fold(crc ^ u32::from(byte), |c, _| {
+            (c >> 1) ^ (0x82f6_3b78 & (c & 1).wrapping_neg())
+        })
+    })
+}
+
+/// Runs `p` through `hook`; the program must hand it on (not forwarded: no
+/// interfaces are mirrored) with valid checksums. Returns the frame.
+pub fn run(dp: &Datapath, hook: HookKind, p: &Packet) -> Vec<u8> {
+    let pass = match hook {
+        HookKind::Tc => 0,
+        HookKind::Xdp => 2,
+    };
+    let r = dp
+        .test_run(hook, &p.build(), 1)
+        .unwrap_or_else(|e| panic!("test run: {e}"));
+    assert_eq!(r.retval, pass, "verdict for {p:?}");
+    assert_checksums(&r.data);
+    r.data
+}
+
+/// The conntrack key of the direction from `src` to `dst`.
+pub fn ct_key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> ll_ct_key {
+    ll_ct_key {
+        saddr: u32::from(*src.ip()).to_be(),
+        daddr: u32::from(*dst.ip()).to_be(),
+        sport: src.port().to_be(),
+        dport: dst.port().to_be(),
+        proto,
+        pad: [0; 3],
+    }
 }

@@ -127,6 +127,7 @@ fn datapath(runs: usize) -> Result<Datapath> {
             key: ServiceKey {
                 ip: vip(0),
                 port: VIP_PORT,
+                port_max: 0,
                 proto: Protocol::Udp,
             },
             name: "svc-0-udp".into(),

@@ -67,6 +67,7 @@ pub fn lb_requests(n: usize) -> Vec<CreateLoadBalancerRequest> {
                         external_ip: vip(i).to_string(),
                         port: VIP_PORT.into(),
                         protocol: proto.into(),
+                        port_max: 0,
                     }),
                     name: format!("svc-{i}-{proto}"),
                     selection: "rr".into(),
