@@ -38,7 +38,7 @@ fn load() -> Datapath {
 
 fn key(proto: Protocol) -> ServiceKey {
     ServiceKey {
-        ip: VIP,
+        ip: VIP.into(),
         port: PORT,
         port_max: 0,
         proto,
@@ -61,7 +61,7 @@ fn service(
         endpoints: eps
             .iter()
             .map(|&(a, weight)| Endpoint {
-                ip: *a.ip(),
+                ip: (*a.ip()).into(),
                 port: a.port(),
                 weight,
             })
@@ -683,7 +683,7 @@ fn a_reply_tuple_owned_by_another_live_flow_is_refused() {
     let other_vip = SocketAddrV4::new(Ipv4Addr::new(20, 20, 20, 2), PORT);
     let rule = LbRule {
         key: ServiceKey {
-            ip: *other_vip.ip(),
+            ip: (*other_vip.ip()).into(),
             port: PORT,
             port_max: 0,
             proto: Protocol::Tcp,
@@ -692,7 +692,7 @@ fn a_reply_tuple_owned_by_another_live_flow_is_refused() {
         selection: Selection::RoundRobin,
         mode: Mode::Default,
         endpoints: vec![Endpoint {
-            ip: *EP1.ip(),
+            ip: (*EP1.ip()).into(),
             port: EP1.port(),
             weight: 1,
         }],
@@ -770,7 +770,7 @@ fn persist_keeps_a_client_on_its_endpoint_until_it_is_idle_too_long() {
         endpoints: rule_eps
             .iter()
             .map(|&(a, w)| Endpoint {
-                ip: *a.ip(),
+                ip: (*a.ip()).into(),
                 port: a.port(),
                 weight: w,
             })
@@ -893,7 +893,7 @@ fn program_live(
         .iter()
         .map(|&(a, live)| {
             let e = Endpoint {
-                ip: *a.ip(),
+                ip: (*a.ip()).into(),
                 port: a.port(),
                 weight: 1,
             };

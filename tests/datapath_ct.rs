@@ -52,7 +52,7 @@ fn load(conntrack: u32) -> Arc<Datapath> {
 fn rule(proto: Protocol, eps: &[SocketAddrV4]) -> LbRule {
     LbRule {
         key: ServiceKey {
-            ip: VIP,
+            ip: VIP.into(),
             port: SERVICE.port(),
             port_max: 0,
             proto,
@@ -68,7 +68,7 @@ fn rule(proto: Protocol, eps: &[SocketAddrV4]) -> LbRule {
         endpoints: eps
             .iter()
             .map(|a| Endpoint {
-                ip: *a.ip(),
+                ip: (*a.ip()).into(),
                 port: a.port(),
                 weight: 1,
             })
@@ -348,11 +348,11 @@ fn every_entry_is_accounted_for() {
 
     // A flow refused for a clash inserts its first half, then takes it back.
     let mut other = rule(Protocol::Tcp, &[EP1]);
-    other.key.ip = Ipv4Addr::new(20, 20, 20, 2);
+    other.key.ip = Ipv4Addr::new(20, 20, 20, 2).into();
     store.create(other.clone()).unwrap();
     let clash = tcp(
         client(40000),
-        SocketAddrV4::new(other.key.ip, 2020),
+        SocketAddrV4::new(Ipv4Addr::new(20, 20, 20, 2), 2020),
         SYN,
         C,
         0,

@@ -469,7 +469,7 @@ fn load_balanced_traffic_is_translated_and_forwarded_both_ways() {
     let client_mac = [0x02, 0xcc, 0, 0, 0, 0x01];
     let rule = LbRule {
         key: ServiceKey {
-            ip: *vip.ip(),
+            ip: (*vip.ip()).into(),
             port: vip.port(),
             port_max: 0,
             proto: Protocol::Tcp,
@@ -478,7 +478,7 @@ fn load_balanced_traffic_is_translated_and_forwarded_both_ways() {
         selection: Selection::RoundRobin,
         mode: Mode::Default,
         endpoints: vec![Endpoint {
-            ip: *ep.ip(),
+            ip: (*ep.ip()).into(),
             port: ep.port(),
             weight: 1,
         }],

@@ -47,7 +47,7 @@ fn lb() -> (Arc<Datapath>, RuleStore) {
 
 fn key(proto: Protocol, port: u16, port_max: u16) -> ServiceKey {
     ServiceKey {
-        ip: VIP,
+        ip: VIP.into(),
         port,
         port_max,
         proto,
@@ -64,7 +64,7 @@ fn rule(key: ServiceKey, eps: &[(Ipv4Addr, u16)]) -> LbRule {
         endpoints: eps
             .iter()
             .map(|&(ip, port)| Endpoint {
-                ip,
+                ip: ip.into(),
                 port,
                 weight: 1,
             })

@@ -185,6 +185,14 @@ static __always_inline __u32 ll_range_bit(__be32 vip)
 	return (vip * 0x9e3779b1u) >> 22; /* the top 10 bits: 0-1023 */
 }
 
+/* An IPv6 service (ll_services6): ll_svc_key with a 16-byte address. */
+struct ll_svc6_key {
+	__u8 vip[16];
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
 struct ll_endpoint {
 	__be32 addr;
 	__be16 port;
@@ -203,6 +211,15 @@ struct ll_svc {
 	__u32 persist_s;    /* LL_SEL_PERSIST: how long an idle client stays stuck */
 	struct ll_endpoint endpoints[LL_MAX_ENDPOINTS];
 	__u8 slots[LL_MAX_SLOTS]; /* slot -> endpoint index */
+};
+
+/* An IPv6 service: the ll_svc that selection works on, whose endpoints'
+ * addr holds a 32-bit fold of each address (so that persist notices a
+ * changed list), and the endpoints' addresses. One value, replaced whole as
+ * ll_svc is. */
+struct ll_svc6 {
+	struct ll_svc svc;
+	__u8 addr[LL_MAX_ENDPOINTS][16];
 };
 
 /* Per-service options that endpoint selection does not need, by service
@@ -226,6 +243,16 @@ struct ll_src_key {
 struct ll_ct_key {
 	__be32 saddr;
 	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* An IPv6 flow's direction (ll_conntrack6). */
+struct ll_ct6_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
 	__be16 sport;
 	__be16 dport;
 	__u8 proto;
@@ -307,6 +334,20 @@ struct ll_ct {
 	__u64 packets;
 	__u64 bytes;
 	__u64 last_seen_ns; /* bpf_ktime_get_ns (CLOCK_MONOTONIC) of the last packet */
+};
+
+/* The translated addresses of an IPv6 packet (ll_ct6, ll_nat6). */
+struct ll_addrs6 {
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+/* One direction of an IPv6 flow: the ll_ct that the state machine (ct.h)
+ * works on, whose nat holds the translated ports (its addresses are 0), and
+ * the translated addresses. A flow without translation has the key's. */
+struct ll_ct6 {
+	struct ll_ct ct;
+	struct ll_addrs6 nat6;
 };
 
 /* Conntrack bookkeeping, per CPU in ll_ct_stats. The datapath counts what it

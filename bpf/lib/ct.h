@@ -28,30 +28,64 @@ struct ll_nat {
 #define LL_CT_SEEN_FINS (LL_CT_SEEN_FIN_ORIG | LL_CT_SEEN_FIN_REPLY)
 #define LL_CT_SEEN_FINS_ACKED (LL_CT_SEEN_FIN_ORIG_ACKED | LL_CT_SEEN_FIN_REPLY_ACKED)
 
-static __always_inline void ll_ct_stat(__u32 stat)
+/* The two tables: IPv4 flows in ll_conntrack (struct ll_ct_key -> struct
+ * ll_ct), IPv6 flows in ll_conntrack6 (struct ll_ct6_key -> struct ll_ct6,
+ * whose first member is the ll_ct the state machine works on). Functions
+ * over both take the family as a constant v6, and keys as void *: inlined,
+ * each family keeps only its own code. */
+#define LL_CT_MAP(v6) ((v6) ? (void *)&ll_conntrack6 : (void *)&ll_conntrack)
+
+static __always_inline void ll_ct_stat(int v6, __u32 stat)
 {
-	__u64 *c = bpf_map_lookup_elem(&ll_ct_stats, &stat);
+	__u64 *c = bpf_map_lookup_elem(v6 ? (void *)&ll_ct6_stats : (void *)&ll_ct_stats, &stat);
 
 	if (c)
 		*c += 1;
 }
 
-static __always_inline int ll_ct_key_eq(const struct ll_ct_key *a, const struct ll_ct_key *b)
+/* Keys are zeroed before they are filled, so their padding compares too. */
+static __always_inline int ll_ct_key_eq(int v6, const void *a, const void *b)
 {
-	return a->saddr == b->saddr && a->daddr == b->daddr && a->sport == b->sport &&
-	       a->dport == b->dport && a->proto == b->proto;
+	const __u64 *x = a, *y = b;
+	int n = v6 ? sizeof(struct ll_ct6_key) / 8 : sizeof(struct ll_ct_key) / 8;
+
+	for (int i = 0; i < n; i++)
+		if (x[i] != y[i])
+			return 0;
+	return 1;
 }
 
 /* The key of the other direction of the flow that entry ct belongs to: its
  * translated tuple turned around. */
-static __always_inline void ll_ct_partner(__u8 proto, const struct ll_ct *ct,
-					  struct ll_ct_key *out)
+static __always_inline void ll_ct_partner(int v6, __u8 proto, const struct ll_ct *ct, void *out)
 {
-	out->proto = proto;
-	out->saddr = ct->nat.daddr;
-	out->daddr = ct->nat.saddr;
-	out->sport = ct->nat.dport;
-	out->dport = ct->nat.sport;
+	if (v6) {
+		const struct ll_ct6 *c6 = (const struct ll_ct6 *)ct;
+		struct ll_ct6_key *k = out;
+
+		__builtin_memcpy(k->saddr, c6->nat6.daddr, 16);
+		__builtin_memcpy(k->daddr, c6->nat6.saddr, 16);
+		k->sport = ct->nat.dport;
+		k->dport = ct->nat.sport;
+		k->proto = proto;
+		return;
+	}
+	struct ll_ct_key *k = out;
+
+	k->proto = proto;
+	k->saddr = ct->nat.daddr;
+	k->daddr = ct->nat.saddr;
+	k->sport = ct->nat.dport;
+	k->dport = ct->nat.sport;
+}
+
+static __always_inline void ll_ct6_key_of(const struct ll_pkt *p, struct ll_ct6_key *k)
+{
+	__builtin_memcpy(k->saddr, p->saddr6, 16);
+	__builtin_memcpy(k->daddr, p->daddr6, 16);
+	k->sport = p->sport;
+	k->dport = p->dport;
+	k->proto = p->proto;
 }
 
 /* TCP, and SCTP whose chunks parse.h gives as TCP flags, go through the
@@ -164,13 +198,16 @@ static __always_inline void ll_ct_settle(struct ll_ct *ct, __u8 proto, __u32 ev)
 
 /* Accounts packet p to entry (k, ct) and moves the flow's state on, in both
  * of its entries. The partner is looked up only when something changes. */
-static __always_inline void ll_ct_touch(const struct ll_pkt *p, const struct ll_ct_key *k,
+static __always_inline void ll_ct_touch(int v6, const struct ll_pkt *p, const void *k,
 					struct ll_ct *ct)
 {
 	int reopen = ll_ct_reopens(p, ct);
 	__u32 ev = ll_ct_events(p, ct);
-	struct ll_ct_key pk = {};
+	struct ll_ct_key pk4 = {};
 	struct ll_ct *partner;
+	struct ll_ct6_keys *k6;
+	void *pk = &pk4;
+	__u32 zero = 0;
 
 	__sync_fetch_and_add(&ct->packets, 1);
 	__sync_fetch_and_add(&ct->bytes, p->len);
@@ -178,8 +215,14 @@ static __always_inline void ll_ct_touch(const struct ll_pkt *p, const struct ll_
 	if (!reopen && (ct->seen & ev) == ev)
 		return;
 
-	ll_ct_partner(k->proto, ct, &pk);
-	partner = bpf_map_lookup_elem(&ll_conntrack, &pk);
+	if (v6) {
+		k6 = bpf_map_lookup_elem(&ll_ct6_keys, &zero);
+		if (!k6)
+			return;
+		pk = &k6->partner;
+	}
+	ll_ct_partner(v6, p->proto, ct, pk);
+	partner = bpf_map_lookup_elem(LL_CT_MAP(v6), pk);
 	if (reopen) {
 		ll_ct_restart(ct);
 		if (partner)
@@ -195,28 +238,46 @@ static __always_inline void ll_ct_touch(const struct ll_pkt *p, const struct ll_
 		ll_ct_settle(partner, p->proto, ev);
 }
 
-static __always_inline void ll_ct_undo(const struct ll_ct_key *k)
+static __always_inline void ll_ct_undo(int v6, const void *k)
 {
-	if (!bpf_map_delete_elem(&ll_conntrack, k))
-		ll_ct_stat(LL_CT_STAT_DELETED);
+	if (!bpf_map_delete_elem(LL_CT_MAP(v6), k))
+		ll_ct_stat(v6, LL_CT_STAT_DELETED);
 }
 
 /* Creates both entries of a new flow from its first packet p (with key),
- * translated by nat, to endpoint ep_idx of service svc_id. Returns 0,
- * LL_CT_RACED when another CPU created the flow first, or the reason to hand
- * p to Linux untranslated. */
-static __always_inline int ll_ct_create(const struct ll_pkt *p, const struct ll_ct_key *key,
+ * translated by nat (an IPv6 flow's translated addresses: ll_nat6), to
+ * endpoint ep_idx of service svc_id. Returns 0, LL_CT_RACED when another
+ * CPU created the flow first, or the reason to hand p to Linux
+ * untranslated. */
+static __always_inline int ll_ct_create(int v6, const struct ll_pkt *p, const void *key,
 					const struct ll_nat *nat, __u32 svc_id, __u32 ep_idx)
 {
-	struct ll_ct_key rkey = {}, other = {};
+	struct ll_ct_key rkey4 = {}, other4 = {};
+	void *rkey = &rkey4, *other = &other4;
+	void *map = LL_CT_MAP(v6);
 	struct ll_ct *ct, *hit;
+	struct ll_ct6_keys *k6;
+	struct ll_ct6 *ct6;
 	__u32 zero = 0;
 	long err;
 
 	/* Built off the stack: the pipeline's frame is near the limit. */
-	ct = bpf_map_lookup_elem(&ll_ct_scratch, &zero);
+	ct = bpf_map_lookup_elem(v6 ? (void *)&ll_ct6_scratch : (void *)&ll_ct_scratch, &zero);
 	if (!ct)
 		return LL_R_PASS_CT_FULL;
+	ct6 = (struct ll_ct6 *)ct;
+	if (v6) {
+		struct ll_addrs6 *to6 = bpf_map_lookup_elem(&ll_nat6, &zero);
+
+		k6 = bpf_map_lookup_elem(&ll_ct6_keys, &zero);
+		if (!to6 || !k6)
+			return LL_R_PASS_CT_FULL;
+		ct6->nat6 = *to6;
+		/* Zeroed: compared whole in ll_ct_key_eq. */
+		__builtin_memset(k6, 0, sizeof(*k6));
+		rkey = &k6->partner;
+		other = &k6->other;
+	}
 	ct->nat = nat->to;
 	ct->xlate = nat->xlate;
 	ct->dir = LL_CT_ORIGINAL;
@@ -228,26 +289,35 @@ static __always_inline int ll_ct_create(const struct ll_pkt *p, const struct ll_
 	ct->packets = 1;
 	ct->bytes = p->len;
 	ct->last_seen_ns = bpf_ktime_get_ns();
-	err = bpf_map_update_elem(&ll_conntrack, key, ct, BPF_NOEXIST);
+	err = bpf_map_update_elem(map, key, ct, BPF_NOEXIST);
 	if (err)
 		return err == -LL_EEXIST ? LL_CT_RACED : LL_R_PASS_CT_FULL;
-	ll_ct_stat(LL_CT_STAT_CREATED);
+	ll_ct_stat(v6, LL_CT_STAT_CREATED);
 
 	/* The reply entry is the original turned around: it undoes on the
 	 * destination what the original did on the source, and vice versa. */
-	ll_ct_partner(key->proto, ct, &rkey);
-	ct->nat.saddr = key->daddr;
-	ct->nat.daddr = key->saddr;
-	ct->nat.sport = key->dport;
-	ct->nat.dport = key->sport;
+	ll_ct_partner(v6, p->proto, ct, rkey);
+	if (v6) {
+		const struct ll_ct6_key *k6 = key;
+
+		__builtin_memcpy(ct6->nat6.saddr, k6->daddr, 16);
+		__builtin_memcpy(ct6->nat6.daddr, k6->saddr, 16);
+	} else {
+		const struct ll_ct_key *k4 = key;
+
+		ct->nat.saddr = k4->daddr;
+		ct->nat.daddr = k4->saddr;
+	}
+	ct->nat.sport = p->dport;
+	ct->nat.dport = p->sport;
 	ct->xlate = (nat->xlate & LL_XLATE_SRC ? LL_XLATE_DST : 0) |
 		    (nat->xlate & LL_XLATE_DST ? LL_XLATE_SRC : 0);
 	ct->dir = LL_CT_REPLY;
 	ct->packets = 0;
 	ct->bytes = 0;
-	err = bpf_map_update_elem(&ll_conntrack, &rkey, ct, BPF_NOEXIST);
+	err = bpf_map_update_elem(map, rkey, ct, BPF_NOEXIST);
 	if (!err) {
-		ll_ct_stat(LL_CT_STAT_CREATED);
+		ll_ct_stat(v6, LL_CT_STAT_CREATED);
 		return 0;
 	}
 	if (err == -LL_EEXIST) {
@@ -256,18 +326,18 @@ static __always_inline int ll_ct_create(const struct ll_pkt *p, const struct ll_
 		 * endpoint), whose replies we could not tell apart, or by a stale
 		 * half of a flow whose other half the LRU evicted, which we
 		 * replace (no new entry). */
-		hit = bpf_map_lookup_elem(&ll_conntrack, &rkey);
+		hit = bpf_map_lookup_elem(map, rkey);
 		if (hit) {
-			ll_ct_partner(rkey.proto, hit, &other);
-			if (!ll_ct_key_eq(&other, key) && bpf_map_lookup_elem(&ll_conntrack, &other)) {
-				ll_ct_undo(key);
+			ll_ct_partner(v6, p->proto, hit, other);
+			if (!ll_ct_key_eq(v6, other, key) && bpf_map_lookup_elem(map, other)) {
+				ll_ct_undo(v6, key);
 				return LL_R_PASS_CT_CLASH;
 			}
 		}
-		if (!bpf_map_update_elem(&ll_conntrack, &rkey, ct, BPF_EXIST))
+		if (!bpf_map_update_elem(map, rkey, ct, BPF_EXIST))
 			return 0;
 	}
-	ll_ct_undo(key);
+	ll_ct_undo(v6, key);
 	return LL_R_PASS_CT_FULL;
 }
 

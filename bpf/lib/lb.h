@@ -39,13 +39,14 @@ static __always_inline int ll_nat_ports(__u8 proto)
 	return proto == IPPROTO_TCP || proto == IPPROTO_UDP;
 }
 
-static __always_inline __u32 ll_flow_hash(const struct ll_ct_key *k)
+/* The flow hash of a 5-tuple (selection, ECMP); ports: sport << 16 | dport. */
+static __always_inline __u32 ll_flow_hash(__be32 saddr, __be32 daddr, __u32 ports, __u8 proto)
 {
-	__u32 h = k->saddr * 0x9e3779b1u;
+	__u32 h = saddr * 0x9e3779b1u;
 
-	h ^= k->daddr;
-	h ^= ((__u32)k->sport << 16) | k->dport;
-	h ^= k->proto;
+	h ^= daddr;
+	h ^= ports;
+	h ^= proto;
 	/* murmur3 finaliser: spreads the bits so that % n_slots is fair */
 	h ^= h >> 16;
 	h *= 0x85ebca6bu;
@@ -133,14 +134,14 @@ static __always_inline void ll_persist_store(const struct ll_svc *svc, __be32 cl
 
 /* A subprogram of its own: inlined, its locals would push the pipeline's
  * frame past the 512-byte stack. */
-static __noinline int ll_select(const struct ll_svc *svc, const struct ll_ct_key *key,
-				__be32 client, __u32 *ep_idx)
+static __noinline int ll_select(const struct ll_svc *svc, __u32 hash, __be32 client,
+				__u32 *ep_idx)
 {
 	__u32 slot, *cur;
 
 	switch (svc->sel) {
 	case LL_SEL_HASH:
-		slot = ll_flow_hash(key) % svc->n_slots;
+		slot = hash % svc->n_slots;
 		break;
 	case LL_SEL_PRIORITY:
 		slot = bpf_get_prandom_u32() % svc->n_slots;
@@ -148,7 +149,7 @@ static __noinline int ll_select(const struct ll_svc *svc, const struct ll_ct_key
 	case LL_SEL_MAGLEV: {
 		struct ll_maglev *m = bpf_map_lookup_elem(&ll_maglev, &svc->id);
 
-		slot = ll_flow_hash(key) % LL_MAGLEV_SIZE;
+		slot = hash % LL_MAGLEV_SIZE;
 		/* Hide the bound from clang, which would drop the check the
 		 * verifier needs (it cannot follow the modulo). */
 		asm volatile("" : "+r"(slot));
@@ -203,47 +204,95 @@ static __noinline __u32 ll_range_start(__be32 vip, __u32 proto, __u32 dport)
 /* Not load-balancer traffic: not a VIP and not in conntrack. */
 #define LL_LB_NONE (-2)
 
-/* A packet that found no flow: picks the service's endpoint and creates the
- * flow. Returns LL_R_NAT_NEW with *nat filled in, LL_LB_NONE, LL_CT_RACED,
- * or the reason to hand the VIP's packet to Linux as it is. */
-static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct ll_ct_key *key,
-					  struct ll_nat *nat)
+/* The 32-bit fold of an IPv6 address that stands in for it where IPv4 has
+ * one (flow hash, persist, ll_svc6's endpoints); the daemon folds the same
+ * way (src/datapath/service.rs fold6). */
+static __always_inline __be32 ll_fold6(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	return w[0] ^ w[1] ^ w[2] ^ w[3];
+}
+
+/* The flow hash of packet p (selection, ECMP), over its IPv6 addresses
+ * folded, or with the IPv4 destination daddr4. */
+static __always_inline __u32 ll_pkt_hash(const struct ll_pkt *p, __be32 daddr4)
+{
+	__u32 ports = ((__u32)p->sport << 16) | p->dport;
+
+	if (p->family == LL_AF_INET6)
+		return ll_flow_hash(ll_fold6(p->saddr6), ll_fold6(p->daddr6), ports, p->proto);
+	return ll_flow_hash(p->saddr, daddr4, ports, p->proto);
+}
+
+/* The service packet p is for: the IPv4 ll_svc, or the ll_svc inside the
+ * IPv6 ll_svc6 (*svc6). IPv6 services have no port ranges. */
+static __always_inline struct ll_svc *ll_svc_lookup(int v6, const struct ll_pkt *p,
+						    struct ll_svc6 **svc6)
 {
 	struct ll_svc_key skey = {.vip = p->daddr, .port = p->dport, .proto = p->proto};
+	struct ll_svc *svc;
+
+	if (v6) {
+		struct ll_svc6_key k6 = {.port = p->dport, .proto = p->proto};
+
+		__builtin_memcpy(k6.vip, p->daddr6, 16);
+		*svc6 = bpf_map_lookup_elem(&ll_services6, &k6);
+		return *svc6 ? &(*svc6)->svc : 0;
+	}
+	svc = bpf_map_lookup_elem(&ll_services, &skey);
+	if (svc)
+		return svc;
+	skey.port = ll_range_start(p->daddr, p->proto, p->dport);
+	return skey.port ? bpf_map_lookup_elem(&ll_services, &skey) : 0;
+}
+
+/* A packet that found no flow: picks the service's endpoint and creates the
+ * flow. Returns LL_R_NAT_NEW with *nat (and for IPv6 ll_nat6) filled in,
+ * LL_LB_NONE, LL_CT_RACED, or the reason to hand the VIP's packet to Linux
+ * as it is. */
+static __always_inline int ll_lb_new_flow(int v6, const struct ll_pkt *p, const void *key,
+					  struct ll_nat *nat)
+{
+	struct ll_svc6 *svc6 = 0;
 	struct ll_endpoint *ep;
 	struct ll_svc *svc;
-	__u32 ep_idx, idx, *active;
+	__u32 ep_idx, idx, *active, zero = 0;
+	__be32 client = v6 ? ll_fold6(p->saddr6) : p->saddr;
 	int r;
 
 	/* Only an echo request starts an ICMP flow. */
 	if (p->proto == IPPROTO_ICMP && p->tcp_flags != LL_ICMP_ECHO)
 		return LL_LB_NONE;
-	svc = bpf_map_lookup_elem(&ll_services, &skey);
-	if (!svc) {
-		skey.port = ll_range_start(p->daddr, p->proto, p->dport);
-		if (!skey.port)
-			return LL_LB_NONE;
-		svc = bpf_map_lookup_elem(&ll_services, &skey);
-		if (!svc)
-			return LL_LB_NONE;
-	}
-	if (!ll_source_allowed(svc->id, p->saddr))
+	svc = ll_svc_lookup(v6, p, &svc6);
+	if (!svc)
+		return LL_LB_NONE;
+	/* The daemon gives IPv6 services no allowed sources. */
+	if (!v6 && !ll_source_allowed(svc->id, p->saddr))
 		return LL_R_DROP_SOURCE;
 	if (svc->n_slots == 0 || svc->n_slots > LL_MAX_SLOTS)
 		return LL_R_PASS_NO_ENDPOINT;
 
-	if (ll_select(svc, key, p->saddr, &ep_idx))
+	if (ll_select(svc, ll_pkt_hash(p, p->daddr), client, &ep_idx))
 		return LL_R_PASS_NO_ENDPOINT;
 	if (ep_idx >= LL_MAX_ENDPOINTS || ep_idx >= svc->n_endpoints)
 		return LL_R_PASS_NO_ENDPOINT;
 	ep = &svc->endpoints[ep_idx];
 	nat->to.saddr = p->saddr;
-	nat->to.daddr = ep->addr;
+	nat->to.daddr = v6 ? 0 : ep->addr;
 	nat->to.sport = p->sport;
 	nat->to.dport = ep->port;
 	nat->xlate = LL_XLATE_DST;
+	if (v6) {
+		struct ll_addrs6 *to6 = bpf_map_lookup_elem(&ll_nat6, &zero);
 
-	r = ll_ct_create(p, key, nat, svc->id, ep_idx);
+		if (!to6 || !svc6)
+			return LL_R_PASS_CT_FULL;
+		__builtin_memcpy(to6->saddr, p->saddr6, 16);
+		__builtin_memcpy(to6->daddr, svc6->addr[ep_idx], 16);
+	}
+
+	r = ll_ct_create(v6, p, key, nat, svc->id, ep_idx);
 	if (r)
 		return r;
 	ll_count_flow(svc->id, ep_idx, p->len);
@@ -256,37 +305,61 @@ static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct l
 	return LL_R_NAT_NEW;
 }
 
-/* For an IPv4 TCP, UDP, SCTP or ICMP echo packet: LL_R_NAT_NEW or
- * LL_R_NAT_EST with *nat filled in, LL_LB_NONE, or the reason to hand the
- * VIP's packet to Linux as it is. */
-static __noinline int ll_lb_decide(const struct ll_pkt *p, struct ll_nat *nat)
+/* For a TCP, UDP, SCTP or (IPv4) ICMP echo packet: LL_R_NAT_NEW or
+ * LL_R_NAT_EST with *nat (and for IPv6 ll_nat6) filled in, LL_LB_NONE, or
+ * the reason to hand the VIP's packet to Linux as it is. */
+static __always_inline int ll_lb_decide(int v6, const struct ll_pkt *p, struct ll_nat *nat)
 {
-	struct ll_ct_key key = {
+	struct ll_ct_key key4 = {
 		.saddr = p->saddr,
 		.daddr = p->daddr,
 		.sport = p->sport,
 		.dport = p->dport,
 		.proto = p->proto,
 	};
+	struct ll_ct6_key key6 = {};
+	void *key = v6 ? (void *)&key6 : (void *)&key4;
+	void *map = LL_CT_MAP(v6);
 	struct ll_ct *hit;
+	__u32 zero = 0;
 	int r;
 
-	hit = bpf_map_lookup_elem(&ll_conntrack, &key);
+	if (v6)
+		ll_ct6_key_of(p, &key6);
+	hit = bpf_map_lookup_elem(map, key);
 	if (!hit) {
-		r = ll_lb_new_flow(p, &key, nat);
+		r = ll_lb_new_flow(v6, p, key, nat);
 		if (r != LL_CT_RACED)
 			return r;
 		/* Another CPU created this flow first: follow its choice. */
-		hit = bpf_map_lookup_elem(&ll_conntrack, &key);
+		hit = bpf_map_lookup_elem(map, key);
 		if (!hit)
 			return LL_R_PASS_CT_FULL;
 	}
-	ll_ct_touch(p, &key, hit);
+	ll_ct_touch(v6, p, key, hit);
 	ll_count_flow(hit->svc_id, hit->ep_idx, p->len);
 	nat->to = hit->nat;
 	nat->xlate = hit->xlate;
 	nat->mark = ll_svc_mark(hit->svc_id);
+	if (v6) {
+		struct ll_addrs6 *to6 = bpf_map_lookup_elem(&ll_nat6, &zero);
+
+		if (!to6)
+			return LL_R_PASS_CT_FULL;
+		*to6 = ((struct ll_ct6 *)hit)->nat6;
+	}
 	return LL_R_NAT_EST;
+}
+
+/* One subprogram per family, each with only its own code. */
+static __noinline int ll_lb_decide4(const struct ll_pkt *p, struct ll_nat *nat)
+{
+	return ll_lb_decide(0, p, nat);
+}
+
+static __noinline int ll_lb_decide6(const struct ll_pkt *p, struct ll_nat *nat)
+{
+	return ll_lb_decide(1, p, nat);
 }
 
 #endif

@@ -32,6 +32,15 @@ struct {
 	__type(value, struct ll_range_vips);
 } ll_range_vips SEC(".maps");
 
+/* IPv6 services; their ids share the id space and per-id maps. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LL_DEFAULT_SERVICES);
+	__type(key, struct ll_svc6_key);
+	__type(value, struct ll_svc6);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ll_services6 SEC(".maps");
+
 /* Round-robin cursor per service id. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -46,6 +55,54 @@ struct {
 	__type(key, struct ll_ct_key);
 	__type(value, struct ll_ct);
 } ll_conntrack SEC(".maps");
+
+/* IPv6 flows, apart so that the IPv4 table's entries stay small; the daemon
+ * sizes it to a quarter of ll_conntrack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LL_DEFAULT_CT / 4);
+	__type(key, struct ll_ct6_key);
+	__type(value, struct ll_ct6);
+} ll_conntrack6 SEC(".maps");
+
+/* Per enum ll_ct_stat, for ll_conntrack6. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LL_CT_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} ll_ct6_stats SEC(".maps");
+
+/* Per-CPU scratch for building a new IPv6 flow's entries. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ll_ct6);
+} ll_ct6_scratch SEC(".maps");
+
+/* Per-CPU scratch for the IPv6 keys that ct.h derives from an entry (too
+ * big for the pipeline's stack). */
+struct ll_ct6_keys {
+	struct ll_ct6_key partner;
+	struct ll_ct6_key other;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ll_ct6_keys);
+} ll_ct6_keys SEC(".maps");
+
+/* The translated addresses of the IPv6 packet being handled, from the
+ * decision to the rewrite (per CPU: kept off the entry program's stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ll_addrs6);
+} ll_nat6 SEC(".maps");
 
 /* Per-CPU scratch for building a new flow's entries off the stack. */
 struct {

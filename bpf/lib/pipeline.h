@@ -14,26 +14,6 @@ struct ll_verdict {
 	struct ll_fwd fwd;
 };
 
-static __always_inline __u32 ll_fwd_hash(const struct ll_pkt *p, __be32 daddr4)
-{
-	struct ll_ct_key k = {.proto = p->proto};
-
-	if (p->family == LL_AF_INET) {
-		k.saddr = p->saddr;
-		k.daddr = daddr4;
-		k.sport = p->sport;
-		k.dport = p->dport;
-	} else {
-		const __u32 *s = (const __u32 *)p->saddr6, *d = (const __u32 *)p->daddr6;
-
-		k.saddr = s[0] ^ s[1] ^ s[2] ^ s[3];
-		k.daddr = d[0] ^ d[1] ^ d[2] ^ d[3];
-		k.sport = p->sport;
-		k.dport = p->dport;
-	}
-	return ll_flow_hash(&k);
-}
-
 static __always_inline void ll_pipeline(const struct ll_pkt *p, __u32 ingress, __u32 mtu_len,
 					struct ll_verdict *v)
 {
@@ -41,8 +21,11 @@ static __always_inline void ll_pipeline(const struct ll_pkt *p, __u32 ingress, _
 	__be32 d4 = p->daddr;
 	int r = LL_LB_NONE;
 
-	if (p->family == LL_AF_INET && p->has_ports)
-		r = ll_lb_decide(p, &v->nat);
+	int v6 = p->family == LL_AF_INET6;
+	__u32 zero = 0;
+
+	if (p->has_ports)
+		r = v6 ? ll_lb_decide6(p, &v->nat) : ll_lb_decide4(p, &v->nat);
 	if (r == LL_R_NAT_NEW || r == LL_R_NAT_EST) {
 		v->nat_reason = r;
 		d4 = v->nat.to.daddr;
@@ -50,11 +33,20 @@ static __always_inline void ll_pipeline(const struct ll_pkt *p, __u32 ingress, _
 		v->reason = r;
 		return;
 	}
-	if (p->family == LL_AF_INET)
+	if (!v6) {
 		__builtin_memcpy(daddr, &d4, 4);
-	else
+	} else if (v->nat_reason) {
+		struct ll_addrs6 *to6 = bpf_map_lookup_elem(&ll_nat6, &zero);
+
+		if (!to6) {
+			v->reason = LL_R_DROP_REWRITE;
+			return;
+		}
+		__builtin_memcpy(daddr, to6->daddr, 16);
+	} else {
 		__builtin_memcpy(daddr, p->daddr6, 16);
-	v->reason = ll_fwd_lookup(ingress, p, daddr, ll_fwd_hash(p, d4), mtu_len, &v->fwd);
+	}
+	v->reason = ll_fwd_lookup(ingress, p, daddr, ll_pkt_hash(p, d4), mtu_len, &v->fwd);
 }
 
 #endif

@@ -8,9 +8,27 @@
 #include <stddef.h>
 #include "pipeline.h"
 
-/* Rewrites the sides of p that nat translates. ll_tuple is laid out like the
- * headers, so side i (0: source, 1: destination) is the i-th address and
- * port of both. A subprogram of its own, off the entry program's frame. */
+/* Writes IPv6 address from over to at off. IPv6 has no header checksum:
+ * only the L4 checksum's pseudo-header covers the address (ports: TCP and
+ * UDP, see ll_nat_ports). */
+static __always_inline int ll_tc_addr6(struct __sk_buff *skb, __u32 off, const __u8 *from,
+				       const __u8 *to, int ports, __u32 csum_off, __u64 l4flags)
+{
+	__s64 diff;
+
+	if (ports) {
+		diff = bpf_csum_diff((__be32 *)from, 16, (__be32 *)to, 16, 0);
+		if (diff < 0 ||
+		    bpf_l4_csum_replace(skb, csum_off, 0, diff, l4flags | BPF_F_PSEUDO_HDR))
+			return -1;
+	}
+	return bpf_skb_store_bytes(skb, off, to, 16, 0);
+}
+
+/* Rewrites the sides of p that nat (an IPv6 packet's addresses: ll_nat6)
+ * translates. ll_tuple is laid out like the headers, so side i (0: source,
+ * 1: destination) is the i-th address and port of both. A subprogram of its
+ * own, off the entry program's frame. */
 static __noinline int ll_tc_rewrite(struct __sk_buff *skb, const struct ll_pkt *p,
 				    const struct ll_nat *nat)
 {
@@ -19,7 +37,14 @@ static __noinline int ll_tc_rewrite(struct __sk_buff *skb, const struct ll_pkt *
 	/* UDP checksum 0 means "none": leave it so. */
 	__u64 l4flags = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 	int ports = ll_nat_ports(p->proto);
+	struct ll_addrs6 *to6 = 0;
+	__u32 zero = 0;
 
+	if (p->family == LL_AF_INET6) {
+		to6 = bpf_map_lookup_elem(&ll_nat6, &zero);
+		if (!to6)
+			return -1;
+	}
 	for (int i = 0; i < 2; i++) {
 		__u32 addr_off = p->l3_off + offsetof(struct iphdr, saddr) + i * 4;
 		__u32 port_off = p->l4_off + offsetof(struct udphdr, source) + i * 2;
@@ -28,7 +53,12 @@ static __noinline int ll_tc_rewrite(struct __sk_buff *skb, const struct ll_pkt *
 
 		if (!(nat->xlate & (i ? LL_XLATE_DST : LL_XLATE_SRC)))
 			continue;
-		if (old_addr != new_addr) {
+		if (to6) {
+			if (ll_tc_addr6(skb, p->l3_off + offsetof(struct ipv6hdr, saddr) + i * 16,
+					i ? p->daddr6 : p->saddr6, i ? to6->daddr : to6->saddr, ports,
+					csum_off, l4flags))
+				return -1;
+		} else if (old_addr != new_addr) {
 			if (ports && bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr,
 							 l4flags | BPF_F_PSEUDO_HDR | sizeof(new_addr)))
 				return -1;

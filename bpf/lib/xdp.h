@@ -36,19 +36,28 @@ static __always_inline __u16 ll_csum_replace2(__u16 check, __be16 from, __be16 t
 /* Masks keep offsets provably small for the verifier. */
 #define LL_XDP_PTR(data, off) ((void *)(data) + ((off) & 0xff))
 
-/* Rewrites the sides of p that nat translates (side i as in ll_tc_rewrite);
- * a subprogram of its own, off the entry program's frame. */
+/* Rewrites the sides of p that nat (an IPv6 packet's addresses: ll_nat6)
+ * translates (side i as in ll_tc_rewrite); a subprogram of its own, off the
+ * entry program's frame. */
 static __noinline int ll_xdp_rewrite(struct xdp_md *ctx, const struct ll_pkt *p,
 				     const struct ll_nat *nat)
 {
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	struct ipv6hdr *ip6 = LL_XDP_PTR(data, p->l3_off);
 	struct iphdr *iph = LL_XDP_PTR(data, p->l3_off);
 	int udp = p->proto == IPPROTO_UDP;
+	struct ll_addrs6 *to6 = 0;
 	__u16 *l4csum = 0, l4c = 0;
 	__be16 *ports = 0;
+	__u32 zero = 0;
 
-	if ((void *)(iph + 1) > end)
+	if (p->family == LL_AF_INET6) {
+		to6 = bpf_map_lookup_elem(&ll_nat6, &zero);
+		if (!to6 || (void *)(ip6 + 1) > end)
+			return -1;
+	} else if ((void *)(iph + 1) > end) {
 		return -1;
+	}
 	if (!ll_nat_ports(p->proto)) {
 		/* the addresses only */
 	} else if (udp) {
@@ -75,13 +84,26 @@ static __noinline int ll_xdp_rewrite(struct xdp_md *ctx, const struct ll_pkt *p,
 
 		if (!(nat->xlate & (i ? LL_XLATE_DST : LL_XLATE_SRC)))
 			continue;
-		iph->check = ll_csum_replace4(iph->check, *addr, to_addr);
+		if (to6) {
+			/* No header checksum: the pseudo-header's words only. */
+			__be32 *a = i ? ip6->daddr.in6_u.u6_addr32 : ip6->saddr.in6_u.u6_addr32;
+			const __be32 *t = (const __be32 *)(i ? to6->daddr : to6->saddr);
+
+			for (int w = 0; w < 4; w++) {
+				if (ports)
+					l4c = ll_csum_replace4(l4c, a[w], t[w]);
+				a[w] = t[w];
+			}
+		} else {
+			iph->check = ll_csum_replace4(iph->check, *addr, to_addr);
+			if (ports)
+				l4c = ll_csum_replace4(l4c, *addr, to_addr);
+			*addr = to_addr;
+		}
 		if (ports) {
-			l4c = ll_csum_replace4(l4c, *addr, to_addr);
 			l4c = ll_csum_replace2(l4c, ports[i], to_port);
 			ports[i] = to_port;
 		}
-		*addr = to_addr;
 	}
 	/* A UDP checksum of 0 means none; a computed 0 is sent as 0xffff. */
 	if (l4csum && (!udp || *l4csum))

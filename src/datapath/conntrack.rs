@@ -10,10 +10,48 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::Ordering;
 
 use libbpf_rs::libbpf_sys;
-use libbpf_rs::{MapCore, MapFlags};
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
-use super::types::{ll_ct, ll_ct_key, ll_ct_stat};
+use super::types::{ll_ct, ll_ct6, ll_ct6_key, ll_ct_key, ll_ct_stat};
 use super::{percpu_values, pod, Datapath, Error, Result};
+
+/// One of the two conntrack tables, each with its own counters: IPv4 flows
+/// (ll_conntrack) or IPv6 flows (ll_conntrack6, whose value starts with the
+/// ll_ct of its state).
+pub trait CtTable {
+    type Key: Copy + Default;
+    type Value: Copy + Default;
+    /// The table and its ll_ct_stat counters.
+    fn maps(dp: &Datapath) -> (&MapHandle, &MapHandle);
+    fn ct(v: &Self::Value) -> &ll_ct;
+}
+
+/// IPv4 flows.
+pub struct Ct4;
+/// IPv6 flows.
+pub struct Ct6;
+
+impl CtTable for Ct4 {
+    type Key = ll_ct_key;
+    type Value = ll_ct;
+    fn maps(dp: &Datapath) -> (&MapHandle, &MapHandle) {
+        (&dp.maps.conntrack, &dp.maps.ct_stats)
+    }
+    fn ct(v: &ll_ct) -> &ll_ct {
+        v
+    }
+}
+
+impl CtTable for Ct6 {
+    type Key = ll_ct6_key;
+    type Value = ll_ct6;
+    fn maps(dp: &Datapath) -> (&MapHandle, &MapHandle) {
+        (&dp.maps.conntrack6, &dp.maps.ct6_stats)
+    }
+    fn ct(v: &ll_ct6) -> &ll_ct {
+        &v.ct
+    }
+}
 
 /// Why the daemon removes entries; each reason has its own counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,12 +108,21 @@ impl Datapath {
     pub fn walk_conntrack(
         &self,
         batch: usize,
-        mut f: impl FnMut(&[ll_ct_key], &[ll_ct]) -> ControlFlow<()>,
+        f: impl FnMut(&[ll_ct_key], &[ll_ct]) -> ControlFlow<()>,
     ) -> Result<()> {
-        let fd = self.maps.conntrack.as_fd().as_raw_fd();
+        self.walk_table::<Ct4>(batch, f)
+    }
+
+    /// As [`Datapath::walk_conntrack`], over either table.
+    pub fn walk_table<T: CtTable>(
+        &self,
+        batch: usize,
+        mut f: impl FnMut(&[T::Key], &[T::Value]) -> ControlFlow<()>,
+    ) -> Result<()> {
+        let fd = T::maps(self).0.as_fd().as_raw_fd();
         let batch = batch.max(1);
-        let mut keys = vec![ll_ct_key::default(); batch];
-        let mut values = vec![ll_ct::default(); batch];
+        let mut keys = vec![T::Key::default(); batch];
+        let mut values = vec![T::Value::default(); batch];
         // For hash maps the position is a bucket index (a u32).
         let mut position: u32 = 0;
         let pos = (&mut position as *mut u32).cast::<libc::c_void>();
@@ -139,7 +186,12 @@ impl Datapath {
     /// Deletes `keys` with BPF_MAP_DELETE_BATCH, skipping keys that are gone
     /// already, and counts them under `why`. Returns how many were deleted.
     pub fn delete_conntrack(&self, keys: &[ll_ct_key], why: Removal) -> Result<u64> {
-        let fd = self.maps.conntrack.as_fd().as_raw_fd();
+        self.delete_in::<Ct4>(keys, why)
+    }
+
+    /// As [`Datapath::delete_conntrack`], in either table.
+    pub fn delete_in<T: CtTable>(&self, keys: &[T::Key], why: Removal) -> Result<u64> {
+        let fd = T::maps(self).0.as_fd().as_raw_fd();
         let opts = batch_opts();
         let mut deleted = 0u64;
         let mut rest = keys;
@@ -157,7 +209,7 @@ impl Datapath {
                 0 => break,
                 r if r == -libc::ENOENT => rest = &rest[done + 1..],
                 r => {
-                    self.count_removed(why, deleted)?;
+                    self.count_removed::<T>(why, deleted)?;
                     return Err(Error::Io {
                         what: "deleting conntrack entries".into(),
                         source: errno(r),
@@ -165,16 +217,24 @@ impl Datapath {
                 }
             }
         }
-        self.count_removed(why, deleted)?;
+        self.count_removed::<T>(why, deleted)?;
         Ok(deleted)
     }
 
     /// Deletes the conntrack entries for which `pred` holds; returns how many.
     pub fn flush_conntrack(&self, pred: impl Fn(&ll_ct_key, &ll_ct) -> bool) -> Result<u64> {
+        self.flush_table::<Ct4>(pred)
+    }
+
+    /// As [`Datapath::flush_conntrack`], in either table.
+    pub fn flush_table<T: CtTable>(
+        &self,
+        pred: impl Fn(&T::Key, &T::Value) -> bool,
+    ) -> Result<u64> {
         let mut doomed = Vec::new();
         let mut deleted = 0;
         let mut failed = None;
-        self.walk_conntrack(CT_BATCH, |keys, values| {
+        self.walk_table::<T>(CT_BATCH, |keys, values| {
             doomed.clear();
             doomed.extend(
                 keys.iter()
@@ -182,7 +242,7 @@ impl Datapath {
                     .filter(|(k, v)| pred(k, v))
                     .map(|(k, _)| *k),
             );
-            match self.delete_conntrack(&doomed, Removal::Requested) {
+            match self.delete_in::<T>(&doomed, Removal::Requested) {
                 Ok(n) => {
                     deleted += n;
                     ControlFlow::Continue(())
@@ -215,20 +275,17 @@ impl Datapath {
     /// Adds `n` to the daemon's counter for `why`. The datapath never
     /// writes these keys, so the daemon may rewrite all CPUs' slots; the lock
     /// keeps two daemon threads from losing each other's additions.
-    fn count_removed(&self, why: Removal, n: u64) -> Result<()> {
+    fn count_removed<T: CtTable>(&self, why: Removal, n: u64) -> Result<()> {
         if n == 0 {
             return Ok(());
         }
+        let stats = T::maps(self).1;
         let _guard = self.ct_stats_lock.lock().unwrap_or_else(|p| p.into_inner());
         let key = why.stat().0;
-        let total: u64 = percpu_values::<u64>(&self.maps.ct_stats, key)?
-            .iter()
-            .sum::<u64>()
-            + n;
+        let total: u64 = percpu_values::<u64>(stats, key)?.iter().sum::<u64>() + n;
         let mut slots = vec![0u64.to_ne_bytes().to_vec(); self.ncpus];
         slots[0] = total.to_ne_bytes().to_vec();
-        self.maps
-            .ct_stats
+        stats
             .update_percpu(&key.to_ne_bytes(), &slots, MapFlags::ANY)
             .map_err(Error::bpf("counting removed conntrack entries"))
     }

@@ -25,7 +25,7 @@ pub use hooks::{Hook, HookKind};
 use names::EnumLabels;
 pub use skel::types;
 use skel::LoxilightSkelBuilder;
-use types::{ll_counters, ll_ct_state, ll_reason, ll_svc, ll_svc_key};
+use types::{ll_counters, ll_ct_state, ll_reason, ll_svc};
 
 /// Endpoints per service and selection slots per service (bpf/lib/common.h).
 pub const MAX_ENDPOINTS: usize = 32;
@@ -86,6 +86,9 @@ impl Default for Limits {
 
 struct Maps {
     services: MapHandle,
+    services6: MapHandle,
+    conntrack6: MapHandle,
+    ct6_stats: MapHandle,
     ranges: MapHandle,
     range_vips: MapHandle,
     rr_cursor: MapHandle,
@@ -158,6 +161,8 @@ impl Datapath {
             (&mut m.ll_svc_opts, limits.services),
             (&mut m.ll_ep_active, eps),
             (&mut m.ll_conntrack, limits.conntrack),
+            (&mut m.ll_conntrack6, (limits.conntrack / 4).max(1)),
+            (&mut m.ll_services6, limits.services),
             (&mut m.ll_routes4, limits.routes),
             (&mut m.ll_routes6, limits.routes),
             (&mut m.ll_neighs, limits.neighbours),
@@ -185,6 +190,9 @@ impl Datapath {
         };
         let maps = Maps {
             services: handle(&skel.maps.ll_services)?,
+            services6: handle(&skel.maps.ll_services6)?,
+            conntrack6: handle(&skel.maps.ll_conntrack6)?,
+            ct6_stats: handle(&skel.maps.ll_ct6_stats)?,
             ranges: handle(&skel.maps.ll_svc_ranges)?,
             range_vips: handle(&skel.maps.ll_range_vips)?,
             rr_cursor: handle(&skel.maps.ll_rr_cursor)?,
@@ -226,28 +234,36 @@ impl Datapath {
         &self.limits
     }
 
-    /// Adds or replaces a service in one map update.
-    fn upsert_service(&self, key: &ll_svc_key, svc: &ll_svc) -> Result<()> {
-        self.maps
-            .services
-            .update(pod::bytes(key), pod::bytes(svc), MapFlags::ANY)
-            .map_err(|e| full_or(e, "ll_services", "writing a service"))
+    /// The map that holds services under `key`.
+    fn services_of(&self, key: &service::SvcKey) -> (&MapHandle, &'static str) {
+        match key {
+            service::SvcKey::V4(_) => (&self.maps.services, "ll_services"),
+            service::SvcKey::V6(_) => (&self.maps.services6, "ll_services6"),
+        }
+    }
+
+    /// Adds or replaces a service (an ll_svc, or an ll_svc6 under an IPv6
+    /// key) in one map update.
+    fn upsert_service(&self, key: &service::SvcKey, svc: &[u8]) -> Result<()> {
+        let (map, name) = self.services_of(key);
+        map.update(key.bytes(), svc, MapFlags::ANY)
+            .map_err(|e| full_or(e, name, "writing a service"))
     }
 
     /// Removes services (keys in map layout, with their ids); their flows
     /// leave conntrack in one walk and their counters are zeroed so that the
     /// ids can be reused cleanly.
-    fn remove_services(&self, services: &[(Vec<u8>, u32)]) -> Result<()> {
+    fn remove_services(&self, services: &[(service::SvcKey, u32)]) -> Result<()> {
         if services.is_empty() {
             return Ok(());
         }
         for (key, _) in services {
             // A range first, so that it never leads to a deleted service.
-            if let Some(k) = pod::read::<ll_svc_key>(key) {
+            if let service::SvcKey::V4(k) = key {
                 let range = service::range_key(k.vip, k.proto);
                 self.set_range(&range, u16::from_be(k.port), None)?;
             }
-            match self.maps.services.delete(key) {
+            match self.services_of(key).0.delete(key.bytes()) {
                 Ok(()) => {}
                 Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
                 Err(e) => return Err(Error::bpf("deleting a service")(e)),
@@ -255,6 +271,7 @@ impl Datapath {
         }
         let ids: std::collections::HashSet<u32> = services.iter().map(|(_, id)| *id).collect();
         self.flush_conntrack(|_, ct| ids.contains(&ct.svc_id))?;
+        self.flush_table::<conntrack::Ct6>(|_, v| ids.contains(&v.ct.svc_id))?;
         ids.iter().try_for_each(|id| {
             self.set_service_opts(*id, 0, &[])?;
             self.reset_service_counters(*id)
@@ -263,16 +280,26 @@ impl Datapath {
 
     /// Removes every service whose id is not in `live`.
     pub fn prune_services(&self, live: &std::collections::HashSet<u32>) -> Result<()> {
-        let stale: Vec<(Vec<u8>, u32)> = self
-            .maps
-            .services
-            .keys()
-            .filter_map(|k| {
-                let v = self.maps.services.lookup(&k, MapFlags::ANY).ok()??;
-                let id = pod::read::<ll_svc>(&v)?.id;
-                (!live.contains(&id)).then_some((k, id))
-            })
-            .collect();
+        let id_of = |map: &MapHandle, k: &[u8]| -> Option<u32> {
+            // An ll_svc6 starts with its ll_svc.
+            let v = map.lookup(k, MapFlags::ANY).ok()??;
+            Some(pod::read::<ll_svc>(&v)?.id)
+        };
+        let mut stale: Vec<(service::SvcKey, u32)> = Vec::new();
+        for k in self.maps.services.keys() {
+            if let (Some(id), Some(key)) = (id_of(&self.maps.services, &k), pod::read(&k)) {
+                if !live.contains(&id) {
+                    stale.push((service::SvcKey::V4(key), id));
+                }
+            }
+        }
+        for k in self.maps.services6.keys() {
+            if let (Some(id), Some(key)) = (id_of(&self.maps.services6, &k), pod::read(&k)) {
+                if !live.contains(&id) {
+                    stale.push((service::SvcKey::V6(key), id));
+                }
+            }
+        }
         self.remove_services(&stale)
     }
 

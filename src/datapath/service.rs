@@ -4,12 +4,13 @@ use libbpf_rs::{MapCore, MapFlags};
 
 use super::types::{
     ll_endpoint, ll_maglev, ll_range_key, ll_range_vips, ll_ranges, ll_selection, ll_src_key,
-    ll_svc, ll_svc_key, ll_svc_opts,
+    ll_svc, ll_svc6, ll_svc6_key, ll_svc_key, ll_svc_opts,
 };
 use super::{full_or, Datapath, Error, Result, MAX_ENDPOINTS, MAX_SLOTS};
 use crate::rules::{
     Endpoint, LbRule, Selection, ServiceKey, SourcePrefix, DEFAULT_INACTIVITY_TIMEOUT,
 };
+use std::net::IpAddr;
 
 /// bpf/lib/common.h LL_SVC_F_SOURCES.
 const SVC_F_SOURCES: u32 = 0x1;
@@ -22,12 +23,48 @@ fn src_key(id: u32, p: &SourcePrefix) -> ll_src_key {
     }
 }
 
-pub(super) fn svc_key(k: &ServiceKey) -> ll_svc_key {
-    ll_svc_key {
-        vip: u32::from(k.ip).to_be(),
-        port: k.port.to_be(),
-        proto: k.proto.number(),
-        pad: 0,
+/// A service's key in its family's map: ll_services or ll_services6.
+pub(super) enum SvcKey {
+    V4(ll_svc_key),
+    V6(ll_svc6_key),
+}
+
+impl SvcKey {
+    pub(super) fn bytes(&self) -> &[u8] {
+        match self {
+            SvcKey::V4(k) => pod::bytes(k),
+            SvcKey::V6(k) => pod::bytes(k),
+        }
+    }
+}
+
+pub(super) fn svc_key(k: &ServiceKey) -> SvcKey {
+    match k.ip {
+        IpAddr::V4(ip) => SvcKey::V4(ll_svc_key {
+            vip: u32::from(ip).to_be(),
+            port: k.port.to_be(),
+            proto: k.proto.number(),
+            pad: 0,
+        }),
+        IpAddr::V6(ip) => SvcKey::V6(ll_svc6_key {
+            vip: ip.octets(),
+            port: k.port.to_be(),
+            proto: k.proto.number(),
+            pad: 0,
+        }),
+    }
+}
+
+/// An address as an ll_endpoint holds it: IPv4 in network order, IPv6 as
+/// bpf/lib/lb.h ll_fold6 folds it (its words XORed as they lie in memory).
+fn endpoint_addr(ip: IpAddr) -> u32 {
+    match ip {
+        IpAddr::V4(ip) => u32::from(ip).to_be(),
+        IpAddr::V6(ip) => ip
+            .octets()
+            .chunks_exact(4)
+            .map(|w| u32::from_ne_bytes([w[0], w[1], w[2], w[3]]))
+            .fold(0, |a, w| a ^ w),
     }
 }
 
@@ -123,7 +160,7 @@ impl Datapath {
         };
         for (slot, (e, live)) in svc.endpoints.iter_mut().zip(endpoints) {
             *slot = ll_endpoint {
-                addr: u32::from(e.ip).to_be(),
+                addr: endpoint_addr(e.ip),
                 port: e.port.to_be(),
                 weight: if *live { e.weight } else { 0 },
                 pad: 0,
@@ -166,11 +203,25 @@ impl Datapath {
                 self.set_maglev(id, &m)?;
             }
         }
-        self.upsert_service(&svc_key(&rule.key), &svc)?;
+        let key = svc_key(&rule.key);
+        let k = &rule.key;
+        let SvcKey::V4(key4) = key else {
+            // IPv6 services have no port ranges (the daemon refuses them).
+            let mut svc6 = ll_svc6 {
+                svc,
+                ..Default::default()
+            };
+            for (a, (e, _)) in svc6.addr.iter_mut().zip(endpoints) {
+                if let IpAddr::V6(ip) = e.ip {
+                    *a = ip.octets();
+                }
+            }
+            return self.upsert_service(&key, pod::bytes(&svc6));
+        };
+        self.upsert_service(&key, pod::bytes(&svc))?;
         // The range after its service, so that it never leads nowhere; a
         // single-port rule that replaced a range takes the range away.
-        let k = &rule.key;
-        let range = range_key(u32::from(k.ip).to_be(), k.proto.number());
+        let range = range_key(key4.vip, k.proto.number());
         self.set_range(&range, k.port, (k.port_max != 0).then_some(k.port_max))
     }
 
@@ -220,10 +271,7 @@ impl Datapath {
 
     /// Deletes services, each given with the datapath id it had.
     pub fn delete_services(&self, services: &[(ServiceKey, u32)]) -> Result<()> {
-        let keys: Vec<(Vec<u8>, u32)> = services
-            .iter()
-            .map(|(k, id)| (pod::bytes(&svc_key(k)).to_vec(), *id))
-            .collect();
+        let keys: Vec<(SvcKey, u32)> = services.iter().map(|(k, id)| (svc_key(k), *id)).collect();
         self.remove_services(&keys)
     }
 

@@ -1,7 +1,7 @@
 //! The probes. Each returns Ok when the endpoint answered as expected, or
 //! what went wrong; the caller bounds it with a timeout.
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -17,7 +17,10 @@ use crate::rules::{EndpointProbe, ProbeType};
 pub async fn probe(p: &EndpointProbe, wait: Duration) -> Result<(), String> {
     let addr = SocketAddr::from((p.ip, p.port));
     match p.probe {
-        ProbeType::Ping => ping(p.ip).await.map_err(|e| format!("ping: {e}")),
+        ProbeType::Ping => match p.ip {
+            IpAddr::V4(ip) => ping(ip).await.map_err(|e| format!("ping: {e}")),
+            IpAddr::V6(_) => Err("ping: ICMPv6 probes are not supported".into()),
+        },
         ProbeType::Tcp => TcpStream::connect(addr)
             .await
             .map(drop)
@@ -33,8 +36,7 @@ pub async fn probe(p: &EndpointProbe, wait: Duration) -> Result<(), String> {
             let s = TcpStream::connect(addr)
                 .await
                 .map_err(|e| format!("connect: {e}"))?;
-            let name =
-                rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::from(p.ip).into());
+            let name = rustls::pki_types::ServerName::IpAddress(p.ip.into());
             let tls = tokio_rustls::TlsConnector::from(tls_config()?)
                 .connect(name, s)
                 .await
@@ -53,7 +55,11 @@ async fn udp(
     response: &str,
     wait: Duration,
 ) -> Result<(), String> {
-    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+    let any = match addr {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    };
+    let s = UdpSocket::bind((any, 0))
         .await
         .map_err(|e| format!("socket: {e}"))?;
     s.connect(addr).await.map_err(|e| format!("connect: {e}"))?;

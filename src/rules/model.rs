@@ -1,5 +1,5 @@
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -204,7 +204,7 @@ pub fn parse_weight(field: &str, w: u32) -> Result<u8> {
 /// (ICMP: port 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ServiceKey {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// The port, or the first port of the range.
     pub port: u16,
     /// The last port of a range (LoxiLB's `--tcp=8080-8081:32015`, all of
@@ -240,7 +240,7 @@ impl ServiceKey {
     /// From the API's fields, naming `{field}.port` or `{field}.port_max` at
     /// fault. A range whose ends are equal is that single port.
     pub fn parse(field: &str, ip: &str, port: u32, port_max: u32, proto: &str) -> Result<Self> {
-        let ip = parse_ip(&format!("{field}.external_ip"), ip)?;
+        let ip = IpAddr::V4(parse_ip(&format!("{field}.external_ip"), ip)?);
         let proto = Protocol::parse(&format!("{field}.protocol"), proto)?;
         if !proto.has_ports() {
             if port != 0 || port_max != 0 {
@@ -294,7 +294,7 @@ impl fmt::Display for ServiceKey {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub weight: u8,
 }
@@ -432,7 +432,7 @@ impl ProbeType {
 /// rule (instead of the default TCP connect to the rule's target port).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct EndpointProbe {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub probe: ProbeType,
     /// 0 for ping.
     pub port: u16,
@@ -523,7 +523,7 @@ pub const DEFAULT_INACTIVITY_TIMEOUT: u32 = 1800;
 
 impl LbRule {
     /// The rule's endpoint with this address and port, if it has one.
-    pub fn endpoint(&self, ip: Ipv4Addr, port: u16) -> Option<&Endpoint> {
+    pub fn endpoint(&self, ip: IpAddr, port: u16) -> Option<&Endpoint> {
         self.endpoints.iter().find(|e| e.ip == ip && e.port == port)
     }
 
@@ -629,7 +629,7 @@ mod tests {
     fn rule(endpoints: Vec<Endpoint>) -> LbRule {
         LbRule {
             key: ServiceKey {
-                ip: Ipv4Addr::new(20, 20, 20, 1),
+                ip: Ipv4Addr::new(20, 20, 20, 1).into(),
                 port: 2020,
                 port_max: 0,
                 proto: Protocol::Tcp,
@@ -648,7 +648,7 @@ mod tests {
 
     fn ep(last: u8) -> Endpoint {
         Endpoint {
-            ip: Ipv4Addr::new(31, 31, 31, last),
+            ip: Ipv4Addr::new(31, 31, 31, last).into(),
             port: 8080,
             weight: 1,
         }

@@ -143,7 +143,7 @@ mod tests {
 
     fn ep(last: u8) -> Endpoint {
         Endpoint {
-            ip: Ipv4Addr::new(31, 31, 31, last),
+            ip: Ipv4Addr::new(31, 31, 31, last).into(),
             port: 53,
             weight: 3,
         }
@@ -156,7 +156,7 @@ mod tests {
             slots: endpoints.clone(),
             rule: LbRule {
                 key: ServiceKey {
-                    ip: Ipv4Addr::new(20, 20, 20, 1),
+                    ip: Ipv4Addr::new(20, 20, 20, 1).into(),
                     port,
                     port_max: 0,
                     proto: Protocol::Udp,
@@ -176,7 +176,7 @@ mod tests {
 
     fn probe() -> EndpointProbe {
         EndpointProbe {
-            ip: Ipv4Addr::new(31, 31, 31, 1),
+            ip: Ipv4Addr::new(31, 31, 31, 1).into(),
             probe: ProbeType::Http,
             port: 8080,
             request: "/health".into(),

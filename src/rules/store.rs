@@ -1,5 +1,5 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -7,7 +7,7 @@ use super::{persist, Endpoint, EndpointProbe, Error, LbRule, Result, ServiceKey}
 use crate::datapath::{Datapath, MAX_ENDPOINTS};
 
 /// An endpoint address and target port that health checks found down.
-pub type EndpointAddr = (Ipv4Addr, u16);
+pub type EndpointAddr = (IpAddr, u16);
 
 /// Refuses a rule set (key -> index in the request) in which two rules of
 /// one address and protocol share a port, naming the later one.
@@ -121,7 +121,7 @@ struct Inner {
     rules: BTreeMap<ServiceKey, StoredRule>,
     free_ids: Vec<u32>,
     next_id: u32,
-    probes: BTreeMap<Ipv4Addr, EndpointProbe>,
+    probes: BTreeMap<IpAddr, EndpointProbe>,
     /// Endpoints that health checks found down (for monitored rules).
     down: HashSet<EndpointAddr>,
 }
@@ -269,7 +269,7 @@ impl RuleStore {
     fn save(
         &self,
         rules: &BTreeMap<ServiceKey, StoredRule>,
-        probes: &BTreeMap<Ipv4Addr, EndpointProbe>,
+        probes: &BTreeMap<IpAddr, EndpointProbe>,
     ) -> Result<()> {
         match &self.state_file {
             Some(path) => persist::save(path, rules.values(), probes.values()),
@@ -451,7 +451,7 @@ impl RuleStore {
         Ok(())
     }
 
-    pub fn delete_probe(&self, ip: Ipv4Addr) -> Result<()> {
+    pub fn delete_probe(&self, ip: IpAddr) -> Result<()> {
         let mut inner = self.lock();
         let mut probes = inner.probes.clone();
         if probes.remove(&ip).is_none() {
@@ -470,17 +470,24 @@ impl RuleStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn ep(last: u8, weight: u8) -> Endpoint {
         Endpoint {
-            ip: Ipv4Addr::new(10, 0, 0, last),
+            ip: Ipv4Addr::new(10, 0, 0, last).into(),
             port: 80,
             weight,
         }
     }
 
     fn lasts(slots: &[Endpoint]) -> Vec<u8> {
-        slots.iter().map(|e| e.ip.octets()[3]).collect()
+        slots
+            .iter()
+            .map(|e| match e.ip {
+                std::net::IpAddr::V4(ip) => ip.octets()[3],
+                std::net::IpAddr::V6(ip) => ip.octets()[15],
+            })
+            .collect()
     }
 
     #[test]
@@ -502,7 +509,7 @@ mod tests {
         keep.push(ep(200, 1));
         let new = relayout(&old, &keep);
         assert_eq!(new.len(), MAX_ENDPOINTS);
-        assert_eq!(new[4].ip, Ipv4Addr::new(10, 0, 0, 200));
+        assert_eq!(new[4].ip, IpAddr::from(Ipv4Addr::new(10, 0, 0, 200)));
     }
 
     #[test]
@@ -511,7 +518,7 @@ mod tests {
             0,
             LbRule {
                 key: ServiceKey {
-                    ip: Ipv4Addr::new(20, 20, 20, 1),
+                    ip: Ipv4Addr::new(20, 20, 20, 1).into(),
                     port: 80,
                     port_max: 0,
                     proto: super::super::Protocol::Tcp,
@@ -527,7 +534,7 @@ mod tests {
                 mark: 0,
             },
         );
-        let down = HashSet::from([(Ipv4Addr::new(10, 0, 0, 1), 80)]);
+        let down = HashSet::from([(IpAddr::from(Ipv4Addr::new(10, 0, 0, 1)), 80)]);
         let live = |r: &StoredRule| -> Vec<bool> {
             r.datapath_endpoints(&down).iter().map(|e| e.1).collect()
         };

@@ -31,8 +31,8 @@ pub const RST: u8 = 0x04;
 pub const ACK: u8 = 0x10;
 pub const IP_DF: u16 = 0x4000;
 
-const DST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
-const SRC_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
+pub const DST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
+pub const SRC_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
 
 #[derive(Debug, Clone)]
 pub enum L4 {
@@ -265,13 +265,13 @@ pub fn assert_checksums(f: &[u8]) {
 }
 
 /// One's complement sum of big-endian 16-bit words, odd byte padded with 0.
-fn sum16(b: &[u8]) -> u32 {
+pub fn sum16(b: &[u8]) -> u32 {
     b.chunks(2)
         .map(|w| u32::from(u16::from_be_bytes([w[0], w.get(1).copied().unwrap_or(0)])))
         .sum()
 }
 
-fn fold(mut s: u32) -> u16 {
+pub fn fold(mut s: u32) -> u16 {
     while s > 0xffff {
         s = (s & 0xffff) + (s >> 16);
     }

@@ -125,7 +125,7 @@ fn datapath(runs: usize) -> Result<Datapath> {
         0,
         &LbRule {
             key: ServiceKey {
-                ip: vip(0),
+                ip: vip(0).into(),
                 port: VIP_PORT,
                 port_max: 0,
                 proto: Protocol::Udp,
@@ -135,7 +135,7 @@ fn datapath(runs: usize) -> Result<Datapath> {
             mode: Mode::Default,
             endpoints: (0..2)
                 .map(|b| Endpoint {
-                    ip: endpoint(b, 0),
+                    ip: endpoint(b, 0).into(),
                     port: UDP_PORT,
                     weight: 1,
                 })

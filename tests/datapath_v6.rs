@@ -1,0 +1,271 @@
+//! IPv6 load balancing in the datapath (NAT66): both hooks run over
+//! hand-built frames with BPF_PROG_TEST_RUN. Needs root (CAP_BPF).
+#[allow(dead_code)] // shared with other test binaries; not every helper is used here
+mod pkt;
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddrV6};
+
+use loxilight::datapath::types::ll_reason;
+use loxilight::datapath::{Datapath, HookKind, Limits};
+use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, Selection, ServiceKey};
+use pkt::{fold, sum16, ACK, DST_MAC, ETH_HLEN, SRC_MAC, SYN, TCP};
+
+const VIP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
+const EP1: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 2, 1);
+const EP2: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 3, 1);
+const CLIENT: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xc, 0, 0, 0, 0, 0, 7);
+const ETH_P_IPV6: u16 = 0x86dd;
+const HOPOPTS: u8 = 0;
+const ICMPV6: u8 = 58;
+
+fn sa(ip: Ipv6Addr, port: u16) -> SocketAddrV6 {
+    SocketAddrV6::new(ip, port, 0, 0)
+}
+
+fn load() -> Datapath {
+    let limits = Limits {
+        services: 64,
+        conntrack: 1024,
+        routes: 64,
+        neighbours: 64,
+    };
+    Datapath::load(limits, None)
+        .unwrap_or_else(|e| panic!("datapath tests need root with CAP_BPF: {e}"))
+}
+
+fn service(dp: &Datapath, proto: Protocol, selection: Selection, eps: &[(Ipv6Addr, u16)]) {
+    let rule = LbRule {
+        key: ServiceKey {
+            ip: IpAddr::V6(VIP),
+            port: 80,
+            port_max: 0,
+            proto,
+        },
+        name: "v6".into(),
+        selection,
+        mode: Mode::Default,
+        endpoints: eps
+            .iter()
+            .map(|&(ip, port)| Endpoint {
+                ip: IpAddr::V6(ip),
+                port,
+                weight: 1,
+            })
+            .collect(),
+        inactivity_timeout: 0,
+        monitor: false,
+        bgp: false,
+        sources: vec![],
+        mark: 0,
+    };
+    dp.program_service(1, &rule).expect("programming a service");
+}
+
+/// An Ethernet + IPv6 frame from `src` to `dst` carrying `proto` (TCP with
+/// `flags`, or UDP) and a payload, with a valid L4 checksum.
+fn frame(src: SocketAddrV6, dst: SocketAddrV6, proto: u8, flags: u8) -> Vec<u8> {
+    let payload = b"loxilight v6 payload";
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&src.port().to_be_bytes());
+    l4.extend_from_slice(&dst.port().to_be_bytes());
+    if proto == TCP {
+        l4.extend_from_slice(&0x0102_0304u32.to_be_bytes());
+        l4.extend_from_slice(&0u32.to_be_bytes());
+        l4.extend_from_slice(&[5 << 4, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    } else {
+        l4.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        l4.extend_from_slice(&[0, 0]);
+    }
+    l4.extend_from_slice(payload);
+    let csum_at = if proto == TCP { 16 } else { 6 };
+    let c = !fold(pseudo(src.ip(), dst.ip(), proto, l4.len()) + sum16(&l4));
+    l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+    ipv6(src.ip(), dst.ip(), proto, &l4)
+}
+
+fn ipv6(src: &Ipv6Addr, dst: &Ipv6Addr, next: u8, body: &[u8]) -> Vec<u8> {
+    let mut f = [DST_MAC, SRC_MAC].concat();
+    f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[next, 64]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(body);
+    f
+}
+
+fn pseudo(src: &Ipv6Addr, dst: &Ipv6Addr, proto: u8, len: usize) -> u32 {
+    sum16(&src.octets()) + sum16(&dst.octets()) + u32::from(proto) + len as u32
+}
+
+/// Asserts the L4 checksum of an IPv6 TCP or UDP frame verifies.
+fn assert_l4_checksum(f: &[u8]) {
+    let l3 = ETH_HLEN;
+    let src = Ipv6Addr::from(<[u8; 16]>::try_from(&f[l3 + 8..l3 + 24]).unwrap());
+    let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&f[l3 + 24..l3 + 40]).unwrap());
+    let seg = &f[l3 + 40..];
+    let sum = pseudo(&src, &dst, f[l3 + 6], seg.len()) + sum16(seg);
+    assert_eq!(fold(sum), 0xffff, "L4 checksum: {f:02x?}");
+}
+
+/// The destination of an IPv6 TCP or UDP frame.
+fn dst_of(f: &[u8]) -> SocketAddrV6 {
+    let l3 = ETH_HLEN;
+    let ip = Ipv6Addr::from(<[u8; 16]>::try_from(&f[l3 + 24..l3 + 40]).unwrap());
+    sa(ip, u16::from_be_bytes([f[l3 + 42], f[l3 + 43]]))
+}
+
+/// Runs a frame through `hook`, which must hand it on (no interface is
+/// mirrored, so nothing is forwarded).
+fn run(dp: &Datapath, hook: HookKind, f: &[u8]) -> Vec<u8> {
+    let pass = match hook {
+        HookKind::Tc => 0,
+        HookKind::Xdp => 2,
+    };
+    let r = dp
+        .test_run(hook, f, 1)
+        .unwrap_or_else(|e| panic!("test run: {e}"));
+    assert_eq!(r.retval, pass, "verdict for {f:02x?}");
+    r.data
+}
+
+fn reasons(dp: &Datapath) -> Vec<u64> {
+    let r = dp.reason_counters().expect("reading reason counters");
+    r.iter().map(|(_, c)| c.packets).collect()
+}
+
+const HOOKS: [HookKind; 2] = [HookKind::Tc, HookKind::Xdp];
+
+/// A new flow to the VIP goes to the endpoint with exactly its destination
+/// rewritten, the reply comes back from the VIP, and both checksums verify.
+fn forward_and_reply(proto: Protocol) {
+    for hook in HOOKS {
+        let dp = load();
+        service(&dp, proto, Selection::RoundRobin, &[(EP1, 8080)]);
+        let (client, vip, ep) = (sa(CLIENT, 40000), sa(VIP, 80), sa(EP1, 8080));
+        let n = proto.number();
+        let out = run(&dp, hook, &frame(client, vip, n, SYN));
+        assert_eq!(
+            out,
+            frame(client, ep, n, SYN),
+            "{hook:?} {proto:?}: forward"
+        );
+        assert_l4_checksum(&out);
+        let back = run(&dp, hook, &frame(ep, client, n, SYN | ACK));
+        assert_eq!(
+            back,
+            frame(vip, client, n, SYN | ACK),
+            "{hook:?} {proto:?}: reply"
+        );
+        assert_l4_checksum(&back);
+        // The flow's next packet follows it.
+        let next = run(&dp, hook, &frame(client, vip, n, ACK));
+        assert_eq!(
+            next,
+            frame(client, ep, n, ACK),
+            "{hook:?} {proto:?}: established"
+        );
+        let r = reasons(&dp);
+        assert_eq!(
+            r[ll_reason::LL_R_NAT_NEW.0 as usize],
+            1,
+            "{hook:?}: new flows"
+        );
+        assert_eq!(
+            r[ll_reason::LL_R_NAT_EST.0 as usize],
+            2,
+            "{hook:?}: followed packets"
+        );
+    }
+}
+
+#[test]
+fn nat66_tcp_forward_and_reply() {
+    forward_and_reply(Protocol::Tcp);
+}
+
+#[test]
+fn nat66_udp_forward_and_reply() {
+    forward_and_reply(Protocol::Udp);
+}
+
+/// Round robin alternates over IPv6 endpoints; hash keeps a flow on one.
+#[test]
+fn nat66_selection() {
+    let dp = load();
+    service(
+        &dp,
+        Protocol::Tcp,
+        Selection::RoundRobin,
+        &[(EP1, 8080), (EP2, 8080)],
+    );
+    let firsts: Vec<Ipv6Addr> = (0..4)
+        .map(|i| {
+            let out = run(
+                &dp,
+                HookKind::Tc,
+                &frame(sa(CLIENT, 41000 + i), sa(VIP, 80), TCP, SYN),
+            );
+            *dst_of(&out).ip()
+        })
+        .collect();
+    assert_eq!(firsts, [EP1, EP2, EP1, EP2], "round robin");
+
+    let dp = load();
+    service(
+        &dp,
+        Protocol::Tcp,
+        Selection::Hash,
+        &[(EP1, 8080), (EP2, 8080)],
+    );
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..32u16 {
+        let src = sa(Ipv6Addr::new(0xfd00, 0xc, 0, 0, 0, 0, i, 7), 42000 + i);
+        let out = run(&dp, HookKind::Tc, &frame(src, sa(VIP, 80), TCP, SYN));
+        seen.insert(*dst_of(&out).ip());
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "the hash spreads IPv6 clients over both endpoints"
+    );
+}
+
+/// What the load balancer does not handle reaches Linux untouched and
+/// creates no flow: a hop-by-hop header, ICMPv6, a cut TCP header.
+#[test]
+fn nat66_to_linux_untouched() {
+    for hook in HOOKS {
+        let dp = load();
+        service(&dp, Protocol::Tcp, Selection::RoundRobin, &[(EP1, 8080)]);
+        let syn = frame(sa(CLIENT, 40000), sa(VIP, 80), TCP, SYN);
+        let l4 = &syn[ETH_HLEN + 40..];
+        let mut hop = vec![TCP, 0, 1, 4, 0, 0, 0, 0];
+        hop.extend_from_slice(l4);
+        let cases = [
+            ("hop-by-hop header", ipv6(&CLIENT, &VIP, HOPOPTS, &hop)),
+            (
+                "ICMPv6 echo",
+                ipv6(&CLIENT, &VIP, ICMPV6, &[128, 0, 0, 0, 0, 1, 0, 1]),
+            ),
+            ("TCP header cut short", ipv6(&CLIENT, &VIP, TCP, &l4[..12])),
+        ];
+        for (what, f) in cases {
+            let before = reasons(&dp);
+            assert_eq!(run(&dp, hook, &f), f, "{hook:?} {what}: frame changed");
+            let after = reasons(&dp);
+            for r in [ll_reason::LL_R_NAT_NEW, ll_reason::LL_R_NAT_EST] {
+                assert_eq!(
+                    after[r.0 as usize], before[r.0 as usize],
+                    "{hook:?} {what}: {r:?}"
+                );
+            }
+        }
+        assert_eq!(
+            reasons(&dp)[ll_reason::LL_R_PASS_TRUNCATED.0 as usize],
+            1,
+            "{hook:?}: the cut header counts as truncated"
+        );
+    }
+}
