@@ -9,9 +9,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{partner, tuple};
-use crate::datapath::types::{ll_ct, ll_ct_key, ll_ct_state};
-use crate::datapath::{self, monotonic_ns, Datapath, Removal, CT_BATCH};
+use super::table::{Table, Tuple, View};
+use crate::datapath::types::{ll_ct, ll_ct_state};
+use crate::datapath::{self, monotonic_ns, Ct4, Ct6, Datapath, Removal, CT_BATCH};
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
@@ -84,8 +84,8 @@ impl Timeouts {
         }
     }
 
-    fn expired(&self, now: u64, k: &ll_ct_key, v: &ll_ct) -> bool {
-        let timeout = self.of(k.proto, v.state).as_nanos() as u64;
+    fn expired(&self, now: u64, proto: u8, v: &ll_ct) -> bool {
+        let timeout = self.of(proto, v.state).as_nanos() as u64;
         now.saturating_sub(v.last_seen_ns) > timeout
     }
 }
@@ -121,9 +121,10 @@ pub struct SweepReport {
     pub busy: Duration,
 }
 
-/// One sweep over the whole table at time `now` (the datapath's clock).
-/// After each batch, `rest` is told how long the batch took and may pause
-/// (to bound the sweep's share of a CPU) or stop the sweep.
+/// One sweep over both tables (IPv4 flows, then IPv6 flows) at time `now`
+/// (the datapath's clock). After each batch, `rest` is told how long the
+/// batch took and may pause (to bound the sweep's share of a CPU) or stop
+/// the sweep.
 pub fn sweep(
     dp: &Datapath,
     timeouts: &Timeouts,
@@ -131,27 +132,49 @@ pub fn sweep(
     mut rest: impl FnMut(Duration) -> ControlFlow<()>,
 ) -> datapath::Result<SweepReport> {
     let before = dp.conntrack_counters()?;
+    let mut report = sweep_in::<Ct4>(dp, timeouts, now, &mut rest)?;
+    // The eviction census counts the IPv4 table, whose counters these are.
+    let after = dp.conntrack_counters()?;
+    let present = report.entries.saturating_sub(report.aged + report.orphans);
+    report.evicted = dp.note_conntrack_census(&before, &after, present);
+    let v6 = sweep_in::<Ct6>(dp, timeouts, now, &mut rest)?;
+    report.entries += v6.entries;
+    report.aged += v6.aged;
+    report.orphans += v6.orphans;
+    report.busy += v6.busy;
+    Ok(report)
+}
+
+/// One sweep over table T (`evicted` left 0).
+fn sweep_in<T: Table>(
+    dp: &Datapath,
+    timeouts: &Timeouts,
+    now: u64,
+    rest: &mut impl FnMut(Duration) -> ControlFlow<()>,
+) -> datapath::Result<SweepReport> {
+    let expired = |e: &View| timeouts.expired(now, e.key.proto, &e.ct);
     let mut report = SweepReport::default();
     // Expired entries whose partner has not been walked yet, by their tuple.
-    let mut waiting: HashMap<u128, (ll_ct_key, ll_ct)> = HashMap::new();
-    let mut doomed: Vec<ll_ct_key> = Vec::new();
+    let mut waiting: HashMap<Tuple, T::Key> = HashMap::new();
+    let mut doomed: Vec<T::Key> = Vec::new();
     let mut failed = None;
     let mut started = Instant::now();
-    dp.walk_conntrack(CT_BATCH, |keys, values| {
+    dp.walk_table::<T>(CT_BATCH, |keys, values| {
         report.entries += keys.len() as u64;
         doomed.clear();
         for (k, v) in keys.iter().zip(values) {
-            let pk = partner(k, v);
-            if !timeouts.expired(now, k, v) {
+            let e = T::view(k, v);
+            let pk = e.partner();
+            if !expired(&e) {
                 // A flow lives while either direction does.
-                waiting.remove(&tuple(&pk));
-            } else if waiting.remove(&tuple(&pk)).is_some() {
-                doomed.extend([*k, pk]);
+                waiting.remove(&pk);
+            } else if waiting.remove(&pk).is_some() {
+                doomed.extend([*k, T::key_of(&pk)]);
             } else {
-                waiting.insert(tuple(k), (*k, *v));
+                waiting.insert(e.key, *k);
             }
         }
-        match dp.delete_conntrack(&doomed, Removal::Aged) {
+        match dp.delete_in::<T>(&doomed, Removal::Aged) {
             Ok(n) => report.aged += n,
             Err(e) => {
                 failed = Some(e);
@@ -171,26 +194,24 @@ pub fn sweep(
     // alive) or is gone. Look again at both: they may have moved meanwhile.
     doomed.clear();
     let mut orphans = Vec::new();
-    for (k, _) in waiting.into_values() {
-        let Some(v) = dp.conntrack_entry(&k)? else {
+    for k in waiting.into_values() {
+        let Some(v) = dp.entry_in::<T>(&k)? else {
             continue;
         };
-        if !timeouts.expired(now, &k, &v) {
+        let e = T::view(&k, &v);
+        if !expired(&e) {
             continue;
         }
-        let pk = partner(&k, &v);
-        match dp.conntrack_entry(&pk)? {
+        let pk = T::key_of(&e.partner());
+        match dp.entry_in::<T>(&pk)? {
             None => orphans.push(k),
-            Some(pv) if timeouts.expired(now, &pk, &pv) => doomed.extend([k, pk]),
+            Some(pv) if expired(&T::view(&pk, &pv)) => doomed.extend([k, pk]),
             Some(_) => {}
         }
     }
-    report.aged += dp.delete_conntrack(&doomed, Removal::Aged)?;
-    report.orphans = dp.delete_conntrack(&orphans, Removal::Orphan)?;
+    report.aged += dp.delete_in::<T>(&doomed, Removal::Aged)?;
+    report.orphans = dp.delete_in::<T>(&orphans, Removal::Orphan)?;
     report.busy += started.elapsed();
-    let after = dp.conntrack_counters()?;
-    let present = report.entries.saturating_sub(report.aged + report.orphans);
-    report.evicted = dp.note_conntrack_census(&before, &after, present);
     Ok(report)
 }
 
@@ -321,19 +342,15 @@ mod tests {
     #[test]
     fn expiry_is_strictly_after_the_timeout() {
         let t = Timeouts::default();
-        let k = ll_ct_key {
-            proto: UDP,
-            ..Default::default()
-        };
         let v = ll_ct {
             state: ll_ct_state::LL_CT_UNREPLIED,
             last_seen_ns: 1_000,
             ..Default::default()
         };
         let timeout = t.udp.as_nanos() as u64;
-        assert!(!t.expired(1_000 + timeout, &k, &v));
-        assert!(t.expired(1_001 + timeout, &k, &v));
+        assert!(!t.expired(1_000 + timeout, UDP, &v));
+        assert!(t.expired(1_001 + timeout, UDP, &v));
         // A clock behind the stamp (another CPU's) is not expiry.
-        assert!(!t.expired(0, &k, &v));
+        assert!(!t.expired(0, UDP, &v));
     }
 }

@@ -1,7 +1,8 @@
 //! State and protocol names, and the filter that selects entries by them.
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use crate::datapath::types::{ll_ct, ll_ct_state};
+use super::table::View;
+use crate::datapath::types::ll_ct_state;
 use crate::rules::{Error, Result};
 
 const TCP: u8 = 6;
@@ -69,7 +70,7 @@ pub fn state_name(proto: u8, st: ll_ct_state) -> &'static str {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
     /// The source, destination or translated address.
-    pub ip: Option<Ipv4Addr>,
+    pub ip: Option<IpAddr>,
     /// The source, destination or translated port.
     pub port: Option<u16>,
     pub proto: Option<u8>,
@@ -81,12 +82,13 @@ impl Filter {
     /// under `prefix`, e.g. "filter.port".
     pub fn parse(prefix: &str, ip: &str, port: u32, protocol: &str, state: &str) -> Result<Filter> {
         let field = |f: &str| format!("{prefix}.{f}");
-        let ip = match ip.trim() {
-            "" => None,
-            s => Some(s.parse().map_err(|_| {
-                Error::invalid(field("ip"), format!("{s:?} is not an IPv4 address"))
-            })?),
-        };
+        let ip =
+            match ip.trim() {
+                "" => None,
+                s => Some(s.parse().map_err(|_| {
+                    Error::invalid(field("ip"), format!("{s:?} is not an IP address"))
+                })?),
+            };
         let port = match port {
             0 => None,
             p => Some(u16::try_from(p).map_err(|_| {
@@ -136,24 +138,25 @@ impl Filter {
         *self == Filter::default()
     }
 
-    pub fn matches(&self, k: &crate::datapath::types::ll_ct_key, v: &ll_ct) -> bool {
+    pub(crate) fn matches(&self, e: &View) -> bool {
+        let (k, n) = (&e.key, &e.nat);
         if self.proto.is_some_and(|p| p != k.proto) {
             return false;
         }
-        if self.state.is_some_and(|s| s != v.state) {
+        if self.state.is_some_and(|s| s != e.ct.state) {
             return false;
         }
-        if let Some(ip) = self.ip {
-            let ip = u32::from(ip).to_be();
-            if ![k.saddr, k.daddr, v.nat.saddr, v.nat.daddr].contains(&ip) {
-                return false;
-            }
+        if self
+            .ip
+            .is_some_and(|ip| ![k.src, k.dst, n.src, n.dst].contains(&ip))
+        {
+            return false;
         }
-        if let Some(port) = self.port {
-            let port = port.to_be();
-            if ![k.sport, k.dport, v.nat.sport, v.nat.dport].contains(&port) {
-                return false;
-            }
+        if self
+            .port
+            .is_some_and(|p| ![k.sport, k.dport, n.sport, n.dport].contains(&p))
+        {
+            return false;
         }
         true
     }
@@ -161,8 +164,12 @@ impl Filter {
 
 #[cfg(test)]
 mod tests {
+    use super::super::table::Table;
     use super::*;
-    use crate::datapath::types::{ll_ct_dir, ll_ct_key, ll_tuple, ll_xlate};
+    use crate::datapath::types::{ll_addrs6, ll_xlate};
+    use crate::datapath::types::{ll_ct, ll_ct6, ll_ct6_key, ll_ct_dir, ll_ct_key, ll_tuple};
+    use crate::datapath::{Ct4, Ct6};
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn parse(ip: &str, port: u32, proto: &str, state: &str) -> Result<Filter> {
         Filter::parse("filter", ip, port, proto, state)
@@ -217,7 +224,7 @@ mod tests {
     fn bad_fields_are_named() {
         assert_eq!(
             err(parse("1.2.3", 0, "", "")),
-            r#"filter.ip: "1.2.3" is not an IPv4 address"#
+            r#"filter.ip: "1.2.3" is not an IP address"#
         );
         assert_eq!(
             err(parse("", 70000, "", "")),
@@ -257,20 +264,58 @@ mod tests {
             state: ll_ct_state::LL_CT_ESTABLISHED,
             ..Default::default()
         };
+        let e = Ct4::view(&k, &v);
         for ip in ["10.0.0.1", "20.20.20.1", "31.31.31.1"] {
-            assert!(parse(ip, 0, "", "").unwrap().matches(&k, &v), "{ip}");
+            assert!(parse(ip, 0, "", "").unwrap().matches(&e), "{ip}");
         }
         for port in [40000, 2020, 8080] {
-            assert!(parse("", port, "", "").unwrap().matches(&k, &v), "{port}");
+            assert!(parse("", port, "", "").unwrap().matches(&e), "{port}");
         }
-        assert!(!parse("10.0.0.2", 0, "", "").unwrap().matches(&k, &v));
-        assert!(!parse("", 8081, "", "").unwrap().matches(&k, &v));
-        assert!(!parse("", 0, "udp", "").unwrap().matches(&k, &v));
-        assert!(parse("10.0.0.1", 2020, "tcp", "est")
-            .unwrap()
-            .matches(&k, &v));
-        assert!(!parse("", 0, "", "time-wait").unwrap().matches(&k, &v));
-        assert!(Filter::default().matches(&k, &v));
+        assert!(!parse("10.0.0.2", 0, "", "").unwrap().matches(&e));
+        assert!(!parse("", 8081, "", "").unwrap().matches(&e));
+        assert!(!parse("", 0, "udp", "").unwrap().matches(&e));
+        assert!(parse("10.0.0.1", 2020, "tcp", "est").unwrap().matches(&e));
+        assert!(!parse("", 0, "", "time-wait").unwrap().matches(&e));
+        assert!(Filter::default().matches(&e));
         assert!(Filter::default().is_empty());
+    }
+
+    #[test]
+    fn ipv6_entries_match_their_addresses() {
+        let (client, vip, ep): (Ipv6Addr, Ipv6Addr, Ipv6Addr) = (
+            "fd00:c::7".parse().unwrap(),
+            "fd00::100".parse().unwrap(),
+            "fd00::2:1".parse().unwrap(),
+        );
+        let k = ll_ct6_key {
+            saddr: client.octets(),
+            daddr: vip.octets(),
+            sport: 40000u16.to_be(),
+            dport: 80u16.to_be(),
+            proto: TCP,
+            pad: [0; 3],
+        };
+        let v = ll_ct6 {
+            ct: ll_ct {
+                nat: ll_tuple {
+                    sport: k.sport,
+                    dport: 8080u16.to_be(),
+                    ..Default::default()
+                },
+                xlate: ll_xlate::LL_XLATE_DST,
+                ..Default::default()
+            },
+            nat6: ll_addrs6 {
+                saddr: client.octets(),
+                daddr: ep.octets(),
+            },
+        };
+        let e = Ct6::view(&k, &v);
+        for ip in ["fd00:c::7", "fd00::100", "fd00::2:1"] {
+            assert!(parse(ip, 0, "", "").unwrap().matches(&e), "{ip}");
+        }
+        assert!(parse("", 8080, "", "").unwrap().matches(&e));
+        assert!(!parse("fd00::3:1", 0, "", "").unwrap().matches(&e));
+        assert_eq!(Ct6::key_of(&e.key).saddr, k.saddr, "the key converts back");
     }
 }

@@ -2,17 +2,20 @@
 //! they belong to, filtered, counted and deleted; and their ageing.
 mod ageing;
 mod filter;
+mod table;
 
 pub use ageing::{sweep, Ageing, AgeingConfig, SweepReport, Timeouts};
 pub use filter::{proto_name, state_name, Filter};
 
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::ops::ControlFlow;
 
-use crate::datapath::types::{ll_ct, ll_ct_dir, ll_ct_key, ll_ct_state, ll_reason, ll_xlate};
-use crate::datapath::{self, monotonic_ns, Datapath, Removal, CT_BATCH};
+use crate::datapath::types::{ll_ct_dir, ll_ct_state, ll_reason, ll_xlate};
+use crate::datapath::{self, monotonic_ns, Ct4, Ct6, Datapath, Removal, CT_BATCH};
 use crate::rules::RuleStore;
+pub(crate) use table::View;
+use table::{Table, Tuple};
 
 /// Entries a listing returns when the request does not say.
 pub const DEFAULT_LIMIT: usize = 1000;
@@ -24,8 +27,8 @@ pub const MAX_LIMIT: usize = 10_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CtEntry {
     pub service: String,
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub sport: u16,
     pub dport: u16,
     pub proto: &'static str,
@@ -74,33 +77,11 @@ pub struct Deleted {
 }
 
 /// A flow's identity: its original direction's tuple, whichever entry we hold.
-fn flow_id(k: &ll_ct_key, v: &ll_ct) -> u128 {
-    if v.dir == ll_ct_dir::LL_CT_ORIGINAL {
-        tuple(k)
+fn flow_id(e: &View) -> Tuple {
+    if e.ct.dir == ll_ct_dir::LL_CT_ORIGINAL {
+        e.key
     } else {
-        tuple(&partner(k, v))
-    }
-}
-
-/// The 5-tuple as one integer, to hash and compare.
-pub(crate) fn tuple(k: &ll_ct_key) -> u128 {
-    u128::from(k.saddr)
-        | u128::from(k.daddr) << 32
-        | u128::from(k.sport) << 64
-        | u128::from(k.dport) << 80
-        | u128::from(k.proto) << 96
-}
-
-/// The key of the other direction of the flow (k, v) belongs to: its
-/// translated tuple turned around (as ll_ct_partner in bpf/lib/ct.h).
-pub(crate) fn partner(k: &ll_ct_key, v: &ll_ct) -> ll_ct_key {
-    ll_ct_key {
-        saddr: v.nat.daddr,
-        daddr: v.nat.saddr,
-        sport: v.nat.dport,
-        dport: v.nat.sport,
-        proto: k.proto,
-        pad: [0; 3],
+        e.partner()
     }
 }
 
@@ -109,31 +90,28 @@ pub(crate) fn partner(k: &ll_ct_key, v: &ll_ct) -> ll_ct_key {
 /// replies. A direction that translates both sides shows both, source first
 /// ("snat-…,dnat-…"); the reply direction's names say which translation of
 /// the original it undoes.
-fn action(v: &ll_ct) -> String {
-    let orig = v.dir == ll_ct_dir::LL_CT_ORIGINAL;
+fn action(e: &View) -> String {
+    let orig = e.ct.dir == ll_ct_dir::LL_CT_ORIGINAL;
     let sides = [
         (
             ll_xlate::LL_XLATE_SRC,
             if orig { "snat" } else { "rdnat" },
-            v.nat.saddr,
-            v.nat.sport,
+            e.nat.src,
+            e.nat.sport,
         ),
         (
             ll_xlate::LL_XLATE_DST,
             if orig { "dnat" } else { "rsnat" },
-            v.nat.daddr,
-            v.nat.dport,
+            e.nat.dst,
+            e.nat.dport,
         ),
     ];
     let parts: Vec<String> = sides
         .iter()
-        .filter(|(bit, ..)| v.xlate.0 & bit.0 != 0)
-        .map(|(_, name, addr, port)| {
-            format!(
-                "{name}-{}:{}",
-                Ipv4Addr::from(u32::from_be(*addr)),
-                u16::from_be(*port)
-            )
+        .filter(|(bit, ..)| e.ct.xlate.0 & bit.0 != 0)
+        .map(|(_, name, addr, port)| match addr {
+            IpAddr::V4(a) => format!("{name}-{a}:{port}"),
+            IpAddr::V6(a) => format!("{name}-[{a}]:{port}"),
         })
         .collect();
     if parts.is_empty() {
@@ -143,27 +121,44 @@ fn action(v: &ll_ct) -> String {
     }
 }
 
-fn entry(names: &HashMap<u32, String>, now: u64, k: &ll_ct_key, v: &ll_ct) -> CtEntry {
+fn entry(names: &HashMap<u32, String>, now: u64, e: &View) -> CtEntry {
+    let (k, v) = (&e.key, &e.ct);
     CtEntry {
         service: names.get(&v.svc_id).cloned().unwrap_or_else(|| "-".into()),
-        src: Ipv4Addr::from(u32::from_be(k.saddr)),
-        dst: Ipv4Addr::from(u32::from_be(k.daddr)),
-        sport: u16::from_be(k.sport),
-        dport: u16::from_be(k.dport),
+        src: k.src,
+        dst: k.dst,
+        sport: k.sport,
+        dport: k.dport,
         proto: proto_name(k.proto),
         state: state_name(k.proto, v.state),
-        action: action(v),
+        action: action(e),
         packets: v.packets,
         bytes: v.bytes,
         idle_secs: now.saturating_sub(v.last_seen_ns) / 1_000_000_000,
     }
 }
 
-/// An entry in display order: by service name, then addresses and ports.
+/// Walks both tables (IPv4 flows, then IPv6 flows), handing `f` each entry.
+pub(crate) fn walk_all(dp: &Datapath, mut f: impl FnMut(&View)) -> datapath::Result<()> {
+    dp.walk_table::<Ct4>(CT_BATCH, |keys, values| {
+        keys.iter()
+            .zip(values)
+            .for_each(|(k, v)| f(&Ct4::view(k, v)));
+        ControlFlow::Continue(())
+    })?;
+    dp.walk_table::<Ct6>(CT_BATCH, |keys, values| {
+        keys.iter()
+            .zip(values)
+            .for_each(|(k, v)| f(&Ct6::view(k, v)));
+        ControlFlow::Continue(())
+    })
+}
+
+/// An entry in display order: by service name, then addresses and ports
+/// (IPv4 before IPv6).
 struct Ranked {
-    order: (u32, u32, u32, u16, u16, u8),
-    k: ll_ct_key,
-    v: ll_ct,
+    order: (u32, Tuple),
+    e: View,
 }
 
 impl PartialEq for Ranked {
@@ -202,52 +197,42 @@ pub fn list(
         .collect();
 
     let before = dp.conntrack_counters()?;
-    let (mut walked, mut matched) = (0u64, 0u64);
+    let (mut walked, mut walked6, mut matched) = (0u64, 0u64, 0u64);
     let mut counts: BTreeMap<(u8, u8), u64> = BTreeMap::new();
     let mut best: BinaryHeap<Ranked> = BinaryHeap::with_capacity(limit + 1);
-    dp.walk_conntrack(CT_BATCH, |keys, values| {
-        walked += keys.len() as u64;
-        for (k, v) in keys.iter().zip(values) {
-            if !filter.matches(k, v) {
-                continue;
-            }
-            matched += 1;
-            if v.dir == ll_ct_dir::LL_CT_ORIGINAL {
-                *counts.entry((k.proto, v.state.0)).or_default() += 1;
-            }
-            if limit == 0 {
-                continue;
-            }
-            let order = (
-                rank.get(&v.svc_id).copied().unwrap_or(u32::MAX),
-                u32::from_be(k.saddr),
-                u32::from_be(k.daddr),
-                u16::from_be(k.sport),
-                u16::from_be(k.dport),
-                k.proto,
-            );
-            if best.len() == limit && best.peek().is_some_and(|worst| worst.order <= order) {
-                continue;
-            }
-            best.push(Ranked {
-                order,
-                k: *k,
-                v: *v,
-            });
-            if best.len() > limit {
-                best.pop();
-            }
+    walk_all(dp, |e| {
+        match e.key.src {
+            IpAddr::V4(_) => walked += 1,
+            IpAddr::V6(_) => walked6 += 1,
         }
-        ControlFlow::Continue(())
+        if !filter.matches(e) {
+            return;
+        }
+        matched += 1;
+        if e.ct.dir == ll_ct_dir::LL_CT_ORIGINAL {
+            *counts.entry((e.key.proto, e.ct.state.0)).or_default() += 1;
+        }
+        if limit == 0 {
+            return;
+        }
+        let order = (rank.get(&e.ct.svc_id).copied().unwrap_or(u32::MAX), e.key);
+        if best.len() == limit && best.peek().is_some_and(|worst| worst.order <= order) {
+            return;
+        }
+        best.push(Ranked { order, e: *e });
+        if best.len() > limit {
+            best.pop();
+        }
     })?;
     let after = dp.conntrack_counters()?;
+    // The census counts the IPv4 table, whose counters these are.
     let evicted = dp.note_conntrack_census(&before, &after, walked);
     let now = monotonic_ns();
     Ok(Listing {
         entries: best
             .into_sorted_vec()
             .iter()
-            .map(|r| entry(&names, now, &r.k, &r.v))
+            .map(|r| entry(&names, now, &r.e))
             .collect(),
         matched,
         counts: counts
@@ -258,7 +243,7 @@ pub fn list(
                 flows,
             })
             .collect(),
-        table: table_stats(dp, walked, evicted, &after)?,
+        table: table_stats(dp, walked + walked6, evicted, &after)?,
     })
 }
 
@@ -290,21 +275,34 @@ fn table_stats(
 /// Deletes the flows that match `filter`, both directions of each.
 pub fn delete(dp: &Datapath, filter: &Filter) -> datapath::Result<Deleted> {
     let mut flows = HashSet::new();
+    let mut deleted = delete_in::<Ct4>(dp, filter, &mut flows)?;
+    deleted.entries += delete_in::<Ct6>(dp, filter, &mut flows)?.entries;
+    deleted.flows = flows.len() as u64;
+    Ok(deleted)
+}
+
+/// `delete` in one table; adds the flows it deletes to `flows`.
+fn delete_in<T: Table>(
+    dp: &Datapath,
+    filter: &Filter,
+    flows: &mut HashSet<Tuple>,
+) -> datapath::Result<Deleted> {
     let mut doomed = Vec::new();
     let mut deleted = Deleted::default();
     let mut failed = None;
-    dp.walk_conntrack(CT_BATCH, |keys, values| {
+    dp.walk_table::<T>(CT_BATCH, |keys, values| {
         doomed.clear();
         for (k, v) in keys.iter().zip(values) {
-            if filter.matches(k, v) {
-                flows.insert(flow_id(k, v));
+            let e = T::view(k, v);
+            if filter.matches(&e) {
+                flows.insert(flow_id(&e));
                 // A filter matches both halves alike; the partner may be in
                 // a later batch, or gone already (then it is skipped).
                 doomed.push(*k);
-                doomed.push(partner(k, v));
+                doomed.push(T::key_of(&e.partner()));
             }
         }
-        match dp.delete_conntrack(&doomed, Removal::Requested) {
+        match dp.delete_in::<T>(&doomed, Removal::Requested) {
             Ok(n) => {
                 deleted.entries += n;
                 ControlFlow::Continue(())
@@ -315,11 +313,7 @@ pub fn delete(dp: &Datapath, filter: &Filter) -> datapath::Result<Deleted> {
             }
         }
     })?;
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    deleted.flows = flows.len() as u64;
-    Ok(deleted)
+    failed.map_or(Ok(deleted), Err)
 }
 
 /// Recounts the live flows per endpoint of the least-connections rules and
@@ -336,13 +330,11 @@ pub fn refresh_active_flows(dp: &Datapath, store: &RuleStore) -> datapath::Resul
         return Ok(());
     }
     let mut counts = HashMap::new();
-    dp.walk_conntrack(CT_BATCH, |_, values| {
-        for v in values {
-            if v.dir == ll_ct_dir::LL_CT_ORIGINAL && is_open(v.state) {
-                *counts.entry((v.svc_id, v.ep_idx)).or_insert(0u32) += 1;
-            }
+    walk_all(dp, |e| {
+        let v = &e.ct;
+        if v.dir == ll_ct_dir::LL_CT_ORIGINAL && is_open(v.state) {
+            *counts.entry((v.svc_id, v.ep_idx)).or_insert(0u32) += 1;
         }
-        ControlFlow::Continue(())
     })?;
     dp.set_active_flows(&ids, &counts)
 }
@@ -362,7 +354,8 @@ fn is_open(st: ll_ct_state) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::types::ll_tuple;
+    use crate::datapath::types::{ll_ct, ll_ct6, ll_ct6_key, ll_ct_key, ll_tuple};
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn key(s: [u8; 4], sp: u16, d: [u8; 4], dp: u16) -> ll_ct_key {
         ll_ct_key {
@@ -381,7 +374,7 @@ mod tests {
 
     /// The original entry of a flow from 10.0.0.1:40000 to 20.20.20.1:2020
     /// translated to `nat`, and its reply entry as the datapath makes it.
-    fn flow(nat: ll_tuple, xlate: ll_xlate) -> [(ll_ct_key, ll_ct); 2] {
+    fn flow(nat: ll_tuple, xlate: ll_xlate) -> [View; 2] {
         let k = key([10, 0, 0, 1], 40000, [20, 20, 20, 1], 2020);
         let v = ll_ct {
             nat,
@@ -400,7 +393,8 @@ mod tests {
             dir: ll_ct_dir::LL_CT_REPLY,
             ..Default::default()
         };
-        [(k, v), (partner(&k, &v), rv)]
+        let e = Ct4::view(&k, &v);
+        [e, Ct4::view(&Ct4::key_of(&e.partner()), &rv)]
     }
 
     #[test]
@@ -411,15 +405,13 @@ mod tests {
             sport: 40000u16.to_be(),
             dport: 8080u16.to_be(),
         };
-        let [(k, v), (r, rv)] = flow(dnat, ll_xlate::LL_XLATE_DST);
-        assert_eq!(
-            tuple(&r),
-            tuple(&key([31, 31, 31, 1], 8080, [10, 0, 0, 1], 40000))
-        );
-        assert_eq!(tuple(&partner(&r, &rv)), tuple(&k));
-        assert_eq!(flow_id(&r, &rv), flow_id(&k, &v));
-        assert_eq!(action(&v), "dnat-31.31.31.1:8080");
-        assert_eq!(action(&rv), "rdnat-20.20.20.1:2020");
+        let [e, r] = flow(dnat, ll_xlate::LL_XLATE_DST);
+        let want = key([31, 31, 31, 1], 8080, [10, 0, 0, 1], 40000);
+        assert_eq!(r.key, Ct4::view(&want, &ll_ct::default()).key);
+        assert_eq!(r.partner(), e.key);
+        assert_eq!(flow_id(&r), flow_id(&e));
+        assert_eq!(action(&e), "dnat-31.31.31.1:8080");
+        assert_eq!(action(&r), "rdnat-20.20.20.1:2020");
     }
 
     #[test]
@@ -430,14 +422,34 @@ mod tests {
             sport: 61000u16.to_be(),
             dport: 8080u16.to_be(),
         };
-        let [(k, v), (r, rv)] = flow(full, ll_xlate::LL_XLATE_BOTH);
-        assert_eq!(
-            tuple(&r),
-            tuple(&key([31, 31, 31, 1], 8080, [31, 31, 31, 254], 61000))
-        );
-        assert_eq!(tuple(&partner(&r, &rv)), tuple(&k));
-        assert_eq!(flow_id(&r, &rv), flow_id(&k, &v));
-        assert_eq!(action(&v), "snat-31.31.31.254:61000,dnat-31.31.31.1:8080");
-        assert_eq!(action(&rv), "rdnat-20.20.20.1:2020,rsnat-10.0.0.1:40000");
+        let [e, r] = flow(full, ll_xlate::LL_XLATE_BOTH);
+        let want = key([31, 31, 31, 1], 8080, [31, 31, 31, 254], 61000);
+        assert_eq!(r.key, Ct4::view(&want, &ll_ct::default()).key);
+        assert_eq!(r.partner(), e.key);
+        assert_eq!(flow_id(&r), flow_id(&e));
+        assert_eq!(action(&e), "snat-31.31.31.254:61000,dnat-31.31.31.1:8080");
+        assert_eq!(action(&r), "rdnat-20.20.20.1:2020,rsnat-10.0.0.1:40000");
+    }
+
+    #[test]
+    fn ipv6_actions_bracket_the_address() {
+        let ep: Ipv6Addr = "fd00::2:1".parse().unwrap();
+        let k = ll_ct6_key {
+            saddr: "fd00:c::7".parse::<Ipv6Addr>().unwrap().octets(),
+            daddr: "fd00::100".parse::<Ipv6Addr>().unwrap().octets(),
+            sport: 40000u16.to_be(),
+            dport: 80u16.to_be(),
+            proto: 6,
+            pad: [0; 3],
+        };
+        let mut v = ll_ct6::default();
+        v.ct.nat.sport = k.sport;
+        v.ct.nat.dport = 8080u16.to_be();
+        v.ct.xlate = ll_xlate::LL_XLATE_DST;
+        v.nat6.saddr = k.saddr;
+        v.nat6.daddr = ep.octets();
+        let e = Ct6::view(&k, &v);
+        assert_eq!(action(&e), "dnat-[fd00::2:1]:8080");
+        assert_eq!(Ct6::key_of(&e.partner()).saddr, ep.octets());
     }
 }

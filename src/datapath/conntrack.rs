@@ -175,9 +175,13 @@ impl Datapath {
 
     /// One entry, if present.
     pub fn conntrack_entry(&self, key: &ll_ct_key) -> Result<Option<ll_ct>> {
-        let v = self
-            .maps
-            .conntrack
+        self.entry_in::<Ct4>(key)
+    }
+
+    /// As [`Datapath::conntrack_entry`], in either table.
+    pub fn entry_in<T: CtTable>(&self, key: &T::Key) -> Result<Option<T::Value>> {
+        let v = T::maps(self)
+            .0
             .lookup(pod::bytes(key), MapFlags::ANY)
             .map_err(Error::bpf("reading a conntrack entry"))?;
         Ok(v.and_then(|b| pod::read(&b)))

@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, ProgramHandle};
 
-pub use conntrack::{monotonic_ns, CtCounters, Removal, CT_BATCH};
+pub use conntrack::{monotonic_ns, Ct4, Ct6, CtCounters, CtTable, Removal, CT_BATCH};
 pub use hooks::{Hook, HookKind};
 use names::EnumLabels;
 pub use skel::types;

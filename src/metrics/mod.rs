@@ -4,12 +4,11 @@ mod http;
 mod text;
 
 use std::collections::{BTreeMap, HashMap};
-use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use crate::datapath::types::{ll_ct_dir, ll_reason};
-use crate::datapath::{self, Datapath, CT_BATCH};
+use crate::datapath::{self, Datapath};
 use crate::kernel::MirrorStats;
 use crate::rules::{Protocol, RuleStore};
 use text::{Kind, Writer};
@@ -71,16 +70,17 @@ fn render_rules(w: &mut Writer, src: &Sources) -> datapath::Result<()> {
     let mut entries: BTreeMap<(String, &str), u64> = BTreeMap::new();
     let before = src.dp.conntrack_counters()?;
     let mut walked = 0;
-    src.dp.walk_conntrack(CT_BATCH, |keys, values| {
-        walked += keys.len() as u64;
-        for (k, v) in keys.iter().zip(values) {
-            if v.dir == ll_ct_dir::LL_CT_ORIGINAL {
-                *flows.entry(v.svc_id).or_default() += 1;
-            }
-            let state = src.dp.ct_state_label(v.state).unwrap_or("unknown");
-            *entries.entry((proto_label(k.proto), state)).or_default() += 1;
+    crate::conntrack::walk_all(&src.dp, |e| {
+        let v = &e.ct;
+        // The census counts the IPv4 table, whose counters these are.
+        walked += u64::from(e.key.src.is_ipv4());
+        if v.dir == ll_ct_dir::LL_CT_ORIGINAL {
+            *flows.entry(v.svc_id).or_default() += 1;
         }
-        ControlFlow::Continue(())
+        let state = src.dp.ct_state_label(v.state).unwrap_or("unknown");
+        *entries
+            .entry((proto_label(e.key.proto), state))
+            .or_default() += 1;
     })?;
     let after = src.dp.conntrack_counters()?;
     let evicted = src.dp.note_conntrack_census(&before, &after, walked);
