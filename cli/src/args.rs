@@ -164,6 +164,14 @@ pub fn parse_endpoints(
             if ip.is_empty() {
                 return fail(flag, value, "missing IP");
             }
+            // "fd00::2" reads as fd00: with weight 2: say what was meant.
+            if ip.contains(':') && ip.parse::<std::net::Ipv6Addr>().is_err() {
+                return fail(
+                    flag,
+                    value,
+                    "an IPv6 endpoint takes its weight after the last ':' (fd00::2:1)",
+                );
+            }
             Ok(EndpointArg {
                 ip: ip.to_owned(),
                 weight,
@@ -229,6 +237,11 @@ mod tests {
 
     #[test]
     fn endpoint_without_ip_is_rejected() {
+        let err = parse_endpoints("--endpoints", &strings(&["fd00::2"])).unwrap_err();
+        assert!(
+            err.to_string().contains("weight after the last ':'"),
+            "{err}"
+        );
         let err = parse_endpoints("--endpoints", &strings(&[":3"])).unwrap_err();
         assert_eq!(err.to_string(), r#"--endpoints: ":3": missing IP"#);
         assert!(parse_endpoints("--endpoints", &strings(&[""])).is_err());

@@ -1,4 +1,3 @@
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -52,7 +51,7 @@ fn probe_from_proto(p: Option<&pb::EndpointProbe>) -> crate::rules::Result<Endpo
         )
     })?;
     EndpointProbe {
-        ip: IpAddr::V4(parse_ip(&format!("{f}.ip"), &p.ip)?),
+        ip: parse_ip(&format!("{f}.ip"), &p.ip)?,
         probe: ProbeType::parse(&format!("{f}.probe_type"), &p.probe_type)?,
         port,
         request: p.request.clone(),
@@ -88,7 +87,7 @@ impl EndpointService for Api {
         &self,
         req: Request<pb::DeleteEndpointProbeRequest>,
     ) -> Result<Response<pb::DeleteEndpointProbeResponse>, Status> {
-        let ip = IpAddr::V4(parse_ip("ip", &req.get_ref().ip)?);
+        let ip = parse_ip("ip", &req.get_ref().ip)?;
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.delete_probe(ip))
             .await

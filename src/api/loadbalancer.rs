@@ -1,4 +1,3 @@
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -90,7 +89,7 @@ fn rule_from_proto(f: &str, lb: Option<&pb::LoadBalancer>) -> crate::rules::Resu
         .map(|(i, e)| {
             let f = format!("{f}.endpoints[{i}]");
             Ok(Endpoint {
-                ip: IpAddr::V4(parse_ip(&format!("{f}.ip"), &e.ip)?),
+                ip: parse_ip(&format!("{f}.ip"), &e.ip)?,
                 port: parse_target_port(&format!("{f}.target_port"), key.proto, e.target_port)?,
                 weight: parse_weight(&format!("{f}.weight"), e.weight)?,
             })

@@ -114,7 +114,10 @@ fn render_rules(w: &mut Writer, src: &Sources) -> datapath::Result<()> {
         for (idx, e) in s.slots.iter().enumerate() {
             let c = src.dp.endpoint_counters(s.id, idx)?;
             let mut labels = labels.clone();
-            labels.push(("endpoint", format!("{}:{}", e.ip, e.port)));
+            labels.push((
+                "endpoint",
+                std::net::SocketAddr::new(e.ip, e.port).to_string(),
+            ));
             if s.rule.monitor && s.rule.endpoint(e.ip, e.port).is_some() {
                 let up = !src.store.is_down((e.ip, e.port));
                 ep_up.push((labels.clone(), u64::from(up)));

@@ -146,25 +146,40 @@ impl Mode {
     }
 }
 
-/// A unicast IPv4 address that traffic can be sent to or translated to.
-pub fn parse_ip(field: &str, s: &str) -> Result<Ipv4Addr> {
+/// A unicast IPv4 or IPv6 address that traffic can be sent to or
+/// translated to. IPv6 link-local addresses are refused: they are never
+/// routed, and the datapath leaves them to Linux.
+pub fn parse_ip(field: &str, s: &str) -> Result<IpAddr> {
     if s.is_empty() {
         return Err(Error::invalid(field, "is required"));
     }
-    let ip: Ipv4Addr = s.trim().parse().map_err(|_| {
-        if s.contains(':') {
-            Error::invalid(field, format!("{s:?}: IPv6 is not supported yet"))
-        } else {
-            Error::invalid(field, format!("{s:?} is not an IPv4 address"))
+    let ip: IpAddr = s
+        .trim()
+        .parse()
+        .map_err(|_| Error::invalid(field, format!("{s:?} is not an IP address")))?;
+    let unicast = match ip {
+        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast()),
+        IpAddr::V6(v6) => {
+            !(v6.is_unspecified() || v6.is_multicast() || v6.is_unicast_link_local())
+                && v6.to_ipv4_mapped().is_none()
         }
-    })?;
-    if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+    };
+    if !unicast || ip.is_loopback() {
         return Err(Error::invalid(
             field,
             format!("{ip} is not a unicast address"),
         ));
     }
     Ok(ip)
+}
+
+/// The name of an address's family, for messages.
+fn family(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
 }
 
 pub fn parse_port(field: &str, p: u32) -> Result<u16> {
@@ -240,7 +255,7 @@ impl ServiceKey {
     /// From the API's fields, naming `{field}.port` or `{field}.port_max` at
     /// fault. A range whose ends are equal is that single port.
     pub fn parse(field: &str, ip: &str, port: u32, port_max: u32, proto: &str) -> Result<Self> {
-        let ip = IpAddr::V4(parse_ip(&format!("{field}.external_ip"), ip)?);
+        let ip = parse_ip(&format!("{field}.external_ip"), ip)?;
         let proto = Protocol::parse(&format!("{field}.protocol"), proto)?;
         if !proto.has_ports() {
             if port != 0 || port_max != 0 {
@@ -283,11 +298,16 @@ impl ServiceKey {
     }
 }
 
+/// `ip:ports/proto` (ICMP: `ip/icmp`), IPv6 addresses in brackets.
 impl fmt::Display for ServiceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ip {
+            IpAddr::V4(ip) => write!(f, "{ip}")?,
+            IpAddr::V6(ip) => write!(f, "[{ip}]")?,
+        }
         match self.proto.has_ports() {
-            true => write!(f, "{}:{}/{}", self.ip, self.ports(), self.proto.as_str()),
-            false => write!(f, "{}/{}", self.ip, self.proto.as_str()),
+            true => write!(f, ":{}/{}", self.ports(), self.proto.as_str()),
+            false => write!(f, "/{}", self.proto.as_str()),
         }
     }
 }
@@ -466,6 +486,12 @@ impl EndpointProbe {
         self.period_s = count("period", self.period_s, DEFAULT_PROBE_PERIOD, 3600)?;
         self.retries = count("retries", self.retries, DEFAULT_PROBE_RETRIES, 100)?;
         self.rise = count("rise", self.rise, DEFAULT_PROBE_RISE, 100)?;
+        if self.probe == ProbeType::Ping && self.ip.is_ipv6() {
+            return Err(Error::invalid(
+                format!("{field}.probe_type"),
+                "ping probes are ICMPv4: probe an IPv6 endpoint with tcp, udp, http or https",
+            ));
+        }
         self.port = match (self.probe, self.port) {
             (ProbeType::Ping, 0) => 0,
             (ProbeType::Ping, _) => {
@@ -573,6 +599,7 @@ impl LbRule {
         if self.key.proto == Protocol::Sctp {
             self.validate_sctp(field)?;
         }
+        self.validate_families(field)?;
         if self.sources.len() > MAX_SOURCES {
             return Err(Error::invalid(
                 format!("{field}.sources"),
@@ -591,6 +618,49 @@ impl LbRule {
             return Err(Error::invalid(
                 format!("{field}.name"),
                 "must be at most 63 characters, without spaces or control characters",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Endpoints are of the VIP's family. An IPv6 VIP has no port ranges, no
+    /// allowed sources (IPv4 prefixes) and no ICMP (ICMPv6 is left to Linux).
+    fn validate_families(&self, field: &str) -> Result<()> {
+        let vip = family(self.key.ip);
+        if let Some(i) = self
+            .endpoints
+            .iter()
+            .position(|e| e.ip.is_ipv4() != self.key.ip.is_ipv4())
+        {
+            let e = self.endpoints[i].ip;
+            return Err(Error::invalid(
+                format!("{field}.endpoints[{i}].ip"),
+                format!(
+                    "{e} is an {} endpoint of an {vip} VIP: a rule's endpoints \
+                     are of its VIP's family (NAT64 and NAT46 are not supported)",
+                    family(e)
+                ),
+            ));
+        }
+        if self.key.ip.is_ipv4() {
+            return Ok(());
+        }
+        if self.key.port_max != 0 {
+            return Err(Error::invalid(
+                format!("{field}.service.port_max"),
+                "IPv6 VIPs take single ports, no port ranges",
+            ));
+        }
+        if self.key.proto == Protocol::Icmp {
+            return Err(Error::invalid(
+                format!("{field}.service.protocol"),
+                "ICMPv6 is left to Linux: an IPv6 VIP takes tcp, udp or sctp",
+            ));
+        }
+        if !self.sources.is_empty() {
+            return Err(Error::invalid(
+                format!("{field}.sources"),
+                "allowed sources are IPv4 prefixes: an IPv6 VIP takes none",
             ));
         }
         Ok(())
@@ -669,10 +739,14 @@ mod tests {
     }
 
     #[test]
-    fn addresses_must_be_unicast_ipv4() {
+    fn addresses_must_be_unicast() {
         assert_eq!(
             parse_ip("ip", "20.20.20.1").unwrap(),
             Ipv4Addr::new(20, 20, 20, 1)
+        );
+        assert_eq!(
+            parse_ip("ip", "fd00::2").unwrap(),
+            "fd00::2".parse::<IpAddr>().unwrap()
         );
         for bad in [
             "",
@@ -682,7 +756,12 @@ mod tests {
             "255.255.255.255",
             "224.0.0.1",
             "127.0.0.1",
-            "fd00::1",
+            "::",
+            "::1",
+            "ff02::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+            "fd00:",
         ] {
             let e = parse_ip("x.ip", bad).unwrap_err().to_string();
             assert!(e.starts_with("x.ip: "), "{bad}: {e}");

@@ -1,0 +1,157 @@
+//! End-to-end IPv6 load balancing (NAT66): loxilight and loxicmd in a
+//! namespace lab with Linux forwarding off, real TCP and UDP over IPv6 from
+//! the client to two IPv6 backends, at TC and at XDP. Needs root.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{stderr_line, Lab, HTTP_PORT, UDP_PORT};
+use serde_json::Value;
+
+/// Routed to the LB by the client's default IPv6 route.
+const VIP6: &str = "fd00::100";
+const PORT: u16 = 2020;
+
+fn lab_with_v6_rules(tag: &str, hook: &str) -> Lab {
+    let mut lab = Lab::new(tag);
+    lab.set_linux_forwarding(false);
+    if hook == "xdp" {
+        lab.prepare_for_xdp();
+    }
+    lab.start_daemon(&["--hook", hook]);
+    // LoxiLB's syntax: the weight follows the last ':'.
+    let eps: Vec<String> = lab
+        .backends
+        .iter()
+        .map(|b| format!("{}:1", b.ip6))
+        .collect();
+    let eps = format!("--endpoints={}", eps.join(","));
+    lab.loxicmd_ok(&[
+        "create",
+        "lb",
+        VIP6,
+        &format!("--tcp={PORT}:{HTTP_PORT}"),
+        &format!("--udp={PORT}:{UDP_PORT}"),
+        &eps,
+    ]);
+    lab
+}
+
+/// Answers to `n` requests; a first packet may wait for the next hop to be
+/// resolved (Linux forwards nothing here), so each gets three tries.
+fn answers(n: usize, mut ask: impl FnMut() -> std::io::Result<String>) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            (0..3)
+                .find_map(|_| ask().ok())
+                .unwrap_or_else(|| panic!("request {i} to [{VIP6}]:{PORT} got no answer"))
+        })
+        .collect()
+}
+
+fn tally(answers: &[String]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for a in answers {
+        *counts.entry(a.clone()).or_default() += 1;
+    }
+    counts
+}
+
+fn ct_json(lab: &Lab, args: &[&str]) -> Value {
+    let mut all = vec!["get", "ct", "-o", "json"];
+    all.extend_from_slice(args);
+    let text = lab.loxicmd_ok(&all);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}:\n{text}"))
+}
+
+fn entries(v: &Value) -> Vec<Value> {
+    v["entries"].as_array().cloned().unwrap_or_default()
+}
+
+fn nat66(hook: &str) {
+    let lab = lab_with_v6_rules(&format!("v6{hook}"), hook);
+    let http = answers(10, || lab.http_get(VIP6, PORT));
+    let want = BTreeMap::from([("b1".to_string(), 5), ("b2".to_string(), 5)]);
+    assert_eq!(tally(&http), want, "TCP round robin over IPv6: {http:?}");
+    let udp = answers(10, || lab.udp_request(VIP6, PORT, None));
+    assert_eq!(tally(&udp), want, "UDP round robin over IPv6: {udp:?}");
+
+    // Conntrack lists the IPv6 flows with their translation, filters them
+    // by an IPv6 address, and they go with their rule.
+    let b1 = &lab.backends[0].ip6;
+    let to_b1 = entries(&ct_json(&lab, &["--ip", b1]));
+    assert!(!to_b1.is_empty(), "no flow to {b1}");
+    let dnat = format!("dnat-[{b1}]:{HTTP_PORT}");
+    assert!(
+        to_b1.iter().any(|e| e["action"] == dnat.as_str()),
+        "{dnat} not in {to_b1:#?}"
+    );
+    assert!(
+        to_b1
+            .iter()
+            .all(|e| e["srcIp"].as_str().is_some_and(|s| s.contains(':'))),
+        "{to_b1:#?}"
+    );
+    lab.loxicmd_ok(&["delete", "lb", VIP6, &format!("--tcp={PORT}")]);
+    let left = entries(&ct_json(&lab, &[]));
+    assert!(
+        left.iter().all(|e| e["protocol"] != "tcp"),
+        "the TCP rule's flows stay: {left:#?}"
+    );
+    assert!(
+        left.iter().any(|e| e["protocol"] == "udp"),
+        "the UDP rule's flows went too: {left:#?}"
+    );
+}
+
+#[test]
+fn nat66_tcp_and_udp_at_tc() {
+    nat66("tc");
+}
+
+#[test]
+fn nat66_tcp_and_udp_at_xdp() {
+    nat66("xdp");
+}
+
+/// A rule's endpoints are of its VIP's family; the error names the field.
+#[test]
+fn mixed_families_are_refused() {
+    let mut lab = Lab::new("v6bad");
+    lab.start_daemon(&[]);
+    for (vip, ep, want) in [
+        ("20.20.20.1", "fd77:2::2:1", "endpoints[0].ip"),
+        (VIP6, "10.77.2.2:1", "endpoints[0].ip"),
+        (VIP6, "10.77.2.2:1,fd77:3::2:1", "endpoints[0].ip"),
+        (VIP6, "fd77:2::2:1,10.77.3.2:1", "endpoints[1].ip"),
+    ] {
+        let out = lab.loxicmd(&[
+            "create",
+            "lb",
+            vip,
+            "--tcp=80:8080",
+            &format!("--endpoints={ep}"),
+        ]);
+        assert!(!out.status.success(), "{vip} with {ep} was accepted");
+        let err = stderr_line(&out);
+        assert!(
+            err.contains(want) && err.contains("family"),
+            "{vip} with {ep}: {err}"
+        );
+    }
+    let out = lab.loxicmd(&[
+        "create",
+        "lb",
+        VIP6,
+        "--tcp=80-81:8080",
+        "--endpoints=fd77:2::2:1",
+    ]);
+    assert!(
+        stderr_line(&out).contains("port_max"),
+        "{}",
+        stderr_line(&out)
+    );
+    let rules = lab.loxicmd_ok(&["get", "lb", "-o", "json"]);
+    assert!(!rules.contains("fd"), "a refused rule was stored: {rules}");
+}
