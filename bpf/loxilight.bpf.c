@@ -38,7 +38,7 @@ int ll_tc_ingress(struct __sk_buff *skb)
 		return bpf_redirect(v.fwd.ifindex, 0);
 	}
 	ll_count(&ll_reasons, v.reason, skb->len);
-	return TC_ACT_OK;
+	return v.reason == LL_R_DROP_NAT_PORTS ? TC_ACT_SHOT : TC_ACT_OK;
 corrupt:
 	ll_count(&ll_reasons, LL_R_DROP_REWRITE, skb->len);
 	return TC_ACT_SHOT;
@@ -71,7 +71,7 @@ int ll_xdp(struct xdp_md *ctx)
 		return bpf_redirect(v.fwd.ifindex, 0);
 	}
 	ll_count(&ll_reasons, v.reason, len);
-	return XDP_PASS;
+	return v.reason == LL_R_DROP_NAT_PORTS ? XDP_DROP : XDP_PASS;
 corrupt:
 	ll_count(&ll_reasons, LL_R_DROP_REWRITE, len);
 	return XDP_DROP;

@@ -42,7 +42,7 @@ static __always_inline void ll_pipeline(const struct ll_pkt *p, __u32 ingress, _
 	int r = LL_LB_NONE;
 
 	if (p->family == LL_AF_INET && p->has_ports)
-		r = ll_lb_decide(p, &v->nat);
+		r = ll_lb_decide(p, ingress, &v->nat);
 	if (r == LL_R_NAT_NEW || r == LL_R_NAT_EST) {
 		v->nat_reason = r;
 		d4 = v->nat.to.daddr;
