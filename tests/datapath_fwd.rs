@@ -867,6 +867,41 @@ impl Net {
         net
     }
 
+    /// A source-translated handshake: the SYN from `client` to `vip` must
+    /// leave as `lb`:port -> `ep` with MACs `out` (dst, src), and the SYN-ACK
+    /// to `lb`:port come back as `vip` -> `client` with MACs `back`. Returns
+    /// the translated source.
+    fn snat_handshake(
+        &self,
+        (client, vip, ep, lb): (SocketAddrV4, SocketAddrV4, SocketAddrV4, Ipv4Addr),
+        out: (Mac, Mac),
+        back: (Mac, Mac),
+    ) -> SocketAddrV4 {
+        let hook = self.hook;
+        let syn = Packet::new(client, vip, L4::Tcp { flags: SYN });
+        let sent = self.send("SYN", &syn.build(), self.redirect(), &NEW);
+        assert_checksums(&sent);
+        let src = parse(&sent).src;
+        assert_eq!(*src.ip(), lb, "{hook:?}: source address");
+        let want = Packet {
+            src,
+            dst: ep,
+            ..syn
+        };
+        assert_eq!(sent, forwarded(&want, out.0, out.1), "{hook:?}: SYN");
+
+        let synack = Packet::new(ep, src, L4::Tcp { flags: SYN | ACK });
+        let sent = self.send("SYN-ACK", &synack.build(), self.redirect(), &EST);
+        assert_checksums(&sent);
+        let want = Packet {
+            src: vip,
+            dst: client,
+            ..synack
+        };
+        assert_eq!(sent, forwarded(&want, back.0, back.1), "{hook:?}: SYN-ACK");
+        src
+    }
+
     fn drop_verdict(&self) -> u32 {
         match self.hook {
             HookKind::Tc => TC_ACT_SHOT,
@@ -891,37 +926,14 @@ fn fullnat_translates_the_source_to_the_lb_address_towards_the_endpoint() {
         let mut seen = Vec::new();
         for host in 1..=2 {
             let c = client_n(host);
-            let syn = Packet::new(c, VIP, L4::Tcp { flags: SYN });
-            let out = net.send("SYN", &syn.build(), net.redirect(), &NEW);
-            assert_checksums(&out);
             // The address of A in GW_A's subnet, the client's port if free.
-            let src = parse(&out).src;
-            assert_eq!(*src.ip(), LB_A, "{hook:?}: source address");
+            let src =
+                net.snat_handshake((c, VIP, ep, LB_A), (GW_A_MAC, A_MAC), (CLIENT_MAC, B_MAC));
             if host == 1 {
                 assert_eq!(src.port(), c.port(), "{hook:?}: a free port is kept");
             }
             assert!(!seen.contains(&src), "{hook:?}: {src} given twice");
             seen.push(src);
-            let want = Packet {
-                src,
-                dst: ep,
-                ..syn
-            };
-            assert_eq!(out, forwarded(&want, GW_A_MAC, A_MAC), "{hook:?}: SYN");
-
-            let synack = Packet::new(ep, src, L4::Tcp { flags: SYN | ACK });
-            let out = net.send("SYN-ACK", &synack.build(), net.redirect(), &EST);
-            assert_checksums(&out);
-            let want = Packet {
-                src: VIP,
-                dst: c,
-                ..synack
-            };
-            assert_eq!(
-                out,
-                forwarded(&want, CLIENT_MAC, B_MAC),
-                "{hook:?}: SYN-ACK"
-            );
 
             let ack = Packet::new(c, VIP, L4::Tcp { flags: ACK });
             let out = net.send("ACK", &ack.build(), net.redirect(), &EST);
@@ -1018,30 +1030,12 @@ fn onearm_leaves_by_the_ingress_interface_from_its_address() {
         net.neigh(ingress, *ep.ip(), EP_MAC);
         net.neigh(ingress, *client.ip(), CLIENT_MAC);
 
-        let syn = Packet::new(client, VIP, L4::Tcp { flags: SYN });
-        let out = net.send("SYN", &syn.build(), net.redirect(), &NEW);
-        assert_checksums(&out);
-        let src = SocketAddrV4::new(lb, client.port());
-        let want = Packet {
-            src,
-            dst: ep,
-            ..syn
-        };
-        assert_eq!(out, forwarded(&want, EP_MAC, IN_MAC), "{hook:?}: SYN");
-
-        let synack = Packet::new(ep, src, L4::Tcp { flags: SYN | ACK });
-        let out = net.send("SYN-ACK", &synack.build(), net.redirect(), &EST);
-        assert_checksums(&out);
-        let want = Packet {
-            src: VIP,
-            dst: client,
-            ..synack
-        };
-        assert_eq!(
-            out,
-            forwarded(&want, CLIENT_MAC, IN_MAC),
-            "{hook:?}: SYN-ACK"
+        let src = net.snat_handshake(
+            (client, VIP, ep, lb),
+            (EP_MAC, IN_MAC),
+            (CLIENT_MAC, IN_MAC),
         );
+        assert_eq!(src.port(), client.port(), "{hook:?}: a free port is kept");
 
         // An endpoint behind another interface is not onearm's to reach.
         let far = SocketAddrV4::new(DST, 8080);
@@ -1102,5 +1096,40 @@ fn dsr_rewrites_only_the_destination_mac_and_tracks_one_direction() {
             "{hook:?}: the client's ACK establishes"
         );
         assert_eq!(v.packets, 3);
+    }
+}
+
+#[test]
+fn fullnat_without_an_address_in_the_next_hops_subnet_takes_the_interfaces_lowest() {
+    let far = SocketAddrV4::new(Ipv4Addr::new(100, 64, 0, 9), 8080);
+    let gw = Ipv4Addr::new(198, 18, 0, 1);
+    let unaddressed = SocketAddrV4::new(Ipv4Addr::new(10, 8, 0, 9), 8080);
+    for hook in HOOKS {
+        let net = Net::lb(
+            hook,
+            &lb_rule(VIP, far, Selection::RoundRobin, Mode::FullNat),
+        );
+        // The gateway is in no subnet of B's: B's lowest address serves.
+        net.route("100.64.0.0/24", vec![via(gw, B)]);
+        net.neigh(B, gw, GW_B_MAC);
+        let syn = Packet::new(client_n(1), VIP, L4::Tcp { flags: SYN });
+        let out = net.send("SYN", &syn.build(), net.redirect(), &NEW);
+        assert_checksums(&out);
+        assert_eq!(
+            parse(&out).src,
+            SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 254), 40000)
+        );
+
+        // The ingress interface has no address at all: Linux gets the flow.
+        let vip2 = SocketAddrV4::new(*VIP.ip(), 81);
+        net.dp
+            .program_service(
+                2,
+                &lb_rule(vip2, unaddressed, Selection::RoundRobin, Mode::FullNat),
+            )
+            .expect("programming a service");
+        net.route("10.8.0.0/24", vec![onlink(ingress_ifindex(hook))]);
+        let syn = Packet::new(client_n(1), vip2, L4::Tcp { flags: SYN }).build();
+        net.untouched("SYN", &syn, ll_reason::LL_R_PASS_NO_NAT_ADDR);
     }
 }

@@ -131,6 +131,17 @@ fn shared_segment(lab: &Lab) -> Netns {
     x
 }
 
+/// A lab with a backend namespace `x` on the client's segment serving on
+/// PORT, Linux forwarding off in the LB and the daemon running.
+fn segment_lab(tag: &str) -> (Lab, Netns, PeerServer) {
+    let mut lab = Lab::with_backends(tag, 1);
+    let x = shared_segment(&lab);
+    lab.set_linux_forwarding(false);
+    lab.start_daemon(&[]);
+    let server = PeerServer::start(&lab, &x.0, "x");
+    (lab, x, server)
+}
+
 /// The MODE column of `get lb`'s one rule.
 fn mode_shown(lab: &Lab) -> String {
     let rows = parse_table(&lab.loxicmd_ok(&["get", "lb"]));
@@ -171,7 +182,7 @@ fn fullnat_backends_see_the_lb_and_need_no_route_to_clients() {
     let mut lab = Lab::new("fullnat");
     lab.set_linux_forwarding(false);
     lab.start_daemon(&[]);
-    let servers: Vec<PeerServer> = lab
+    let _servers: Vec<PeerServer> = lab
         .backends
         .iter()
         .map(|b| PeerServer::start(&lab, &b.ns, &b.name))
@@ -227,16 +238,11 @@ fn fullnat_backends_see_the_lb_and_need_no_route_to_clients() {
             .any(|a| a.starts_with("rdnat-20.20.20.1:7070,rsnat-10.77.1.2:")),
         "{actions:?}"
     );
-    drop(servers);
 }
 
 #[test]
 fn onearm_serves_clients_and_backends_on_one_interface() {
-    let mut lab = Lab::with_backends("onearm", 1);
-    let x = shared_segment(&lab);
-    lab.set_linux_forwarding(false);
-    lab.start_daemon(&[]);
-    let server = PeerServer::start(&lab, &x.0, "x");
+    let (mut lab, _x, _server) = segment_lab("onearm");
     lab.loxicmd_ok(&[
         "create",
         "lb",
@@ -246,13 +252,16 @@ fn onearm_serves_clients_and_backends_on_one_interface() {
         "--mode=onearm",
     ]);
     assert_eq!(mode_shown(&lab), "onearm");
-    for _ in 0..3 {
-        let (name, peer) = ask(&lab);
-        assert_eq!(name, "x");
-        // The LB's address on the interface the client's packets came in by,
-        // so x answers the LB, not the client next to it.
-        assert_eq!(peer.ip().to_string(), LB_CLIENT_SIDE);
-    }
+    let check = |lab: &Lab| {
+        for _ in 0..3 {
+            let (name, peer) = ask(lab);
+            assert_eq!(name, "x");
+            // The LB's address on the interface the client's packets came in
+            // by, so x answers the LB, not the client next to it.
+            assert_eq!(peer.ip().to_string(), LB_CLIENT_SIDE);
+        }
+    };
+    check(&lab);
     let actions = ct_actions(&lab);
     assert!(
         actions
@@ -260,18 +269,18 @@ fn onearm_serves_clients_and_backends_on_one_interface() {
             .any(|a| a.starts_with("snat-10.77.1.1:") && a.ends_with(",dnat-10.77.1.3:7070")),
         "{actions:?}"
     );
-    drop(server);
+    // The mode is kept across a restart.
+    lab.stop_daemon();
+    lab.start_daemon(&[]);
+    assert_eq!(mode_shown(&lab), "onearm");
+    check(&lab);
 }
 
 #[test]
 fn dsr_backends_answer_clients_directly() {
-    let mut lab = Lab::with_backends("dsr", 1);
-    let x = shared_segment(&lab);
+    let (lab, x, _server) = segment_lab("dsr");
     // x holds the VIP itself, on its loopback.
     ip(&format!("-n {} addr add {VIP}/32 dev lo", x.0));
-    lab.set_linux_forwarding(false);
-    lab.start_daemon(&[]);
-    let server = PeerServer::start(&lab, &x.0, "x");
 
     let rule = [
         "create",
@@ -315,5 +324,4 @@ fn dsr_backends_answer_clients_directly() {
     let actions = ct_actions(&lab);
     assert_eq!(actions.len(), 3, "{actions:?}");
     assert!(actions.iter().all(|a| a == "dsr-10.77.1.3"), "{actions:?}");
-    drop(server);
 }
