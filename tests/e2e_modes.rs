@@ -179,9 +179,21 @@ fn forwarded_and_translated(lab: &Lab) -> (f64, f64) {
 
 #[test]
 fn fullnat_backends_see_the_lb_and_need_no_route_to_clients() {
-    let mut lab = Lab::new("fullnat");
+    fullnat_at("tc");
+}
+
+#[test]
+fn fullnat_works_at_xdp_too() {
+    fullnat_at("xdp");
+}
+
+fn fullnat_at(hook: &str) {
+    let mut lab = Lab::new(&format!("fullnat{hook}"));
     lab.set_linux_forwarding(false);
-    lab.start_daemon(&[]);
+    if hook == "xdp" {
+        lab.prepare_for_xdp();
+    }
+    lab.start_daemon(&["--hook", hook]);
     let _servers: Vec<PeerServer> = lab
         .backends
         .iter()
