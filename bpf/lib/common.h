@@ -274,7 +274,8 @@ enum __attribute__((packed)) ll_ct_state {
  * per-entry memory of a 1,000,000-entry table is sensitive to. */
 struct ll_ct {
 	/* The packet's tuple after translation: fields the entry does not
-	 * rewrite hold the key's. Turned around, it is the partner's key. */
+	 * rewrite hold the key's (but see LL_XLATE_DSR). Turned around, it is
+	 * the partner's key. */
 	struct ll_tuple nat;
 	enum ll_xlate xlate;
 	enum ll_ct_dir dir;

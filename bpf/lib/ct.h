@@ -13,7 +13,7 @@
 #define LL_CT_RACED (-3)
 
 /* The translation of one packet: its tuple after translation (fields not
- * rewritten hold the packet's) and which sides change. */
+ * rewritten hold the packet's, but see LL_XLATE_DSR) and which sides change. */
 struct ll_nat {
 	struct ll_tuple to;
 	enum ll_xlate xlate;

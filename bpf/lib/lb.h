@@ -144,9 +144,6 @@ static __noinline int ll_select(const struct ll_svc *svc, const struct ll_ct_key
 	return 0;
 }
 
-/* Not load-balancer traffic: not a VIP and not in conntrack. */
-#define LL_LB_NONE (-2)
-
 /* How service svc's flows reach endpoint ep, for the first packet p of a
  * flow that came in on interface ingress: fills *nat, or returns the reason
  * to hand p to Linux. */
