@@ -1119,6 +1119,16 @@ fn fullnat_without_an_address_in_the_next_hops_subnet_takes_the_interfaces_lowes
             parse(&out).src,
             SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 254), 40000)
         );
+        // B's address removed: a new flow has no source there any more.
+        net.dp
+            .set_source_addrs(&[addr(LB_A.octets(), 24, A)])
+            .expect("writing addresses");
+        let syn = Packet::new(client_n(2), VIP, L4::Tcp { flags: SYN }).build();
+        net.untouched(
+            "SYN after B lost its address",
+            &syn,
+            ll_reason::LL_R_PASS_NO_NAT_ADDR,
+        );
 
         // The ingress interface has no address at all: Linux gets the flow.
         let vip2 = SocketAddrV4::new(*VIP.ip(), 81);

@@ -186,7 +186,8 @@ impl Datapath {
             );
         }
         let map = &self.maps.ifaddrs;
-        for key in map.keys().filter(|k| !want.contains_key(k)) {
+        let stale: Vec<Vec<u8>> = map.keys().filter(|k| !want.contains_key(k)).collect();
+        for key in stale {
             ignore_missing(map.delete(&key), "deleting a source address")?;
         }
         for (key, ip) in &want {
