@@ -250,6 +250,24 @@ fn fullnat_at(hook: &str) {
             .any(|a| a.starts_with("rdnat-20.20.20.1:7070,rsnat-10.77.1.2:")),
         "{actions:?}"
     );
+
+    // The LB's address towards b1 changes: new flows follow the mirror.
+    ip(&format!("-n {} addr del 10.77.2.1/24 dev veth-b1", lab.lb));
+    ip(&format!("-n {} addr add 10.77.2.50/24 dev veth-b1", lab.lb));
+    let mirrored = (0..100).any(|_| {
+        let shown = lab.loxicmd_ok(&["get", "ip"]).contains("10.77.2.50");
+        if !shown {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        shown
+    });
+    assert!(mirrored, "the new address never reached the datapath");
+    let peers: Vec<(String, SocketAddr)> = (0..2).map(|_| ask(&lab)).collect();
+    let (_, peer) = peers
+        .iter()
+        .find(|(name, _)| name == "b1")
+        .expect("b1 answered one of two (rr)");
+    assert_eq!(peer.ip().to_string(), "10.77.2.50");
 }
 
 #[test]
