@@ -131,13 +131,28 @@ fn shared_segment(lab: &Lab) -> Netns {
     x
 }
 
+/// Runs a command in namespace `ns`; it must succeed.
+fn ip_netns_exec(ns: &str, cmd: &[&str]) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(cmd)
+        .output()
+        .expect("running ip netns exec");
+    assert!(out.status.success(), "{cmd:?} in {ns}: {out:?}");
+}
+
 /// A lab with a backend namespace `x` on the client's segment serving on
-/// PORT, Linux forwarding off in the LB and the daemon running.
-fn segment_lab(tag: &str) -> (Lab, Netns, PeerServer) {
+/// PORT, Linux forwarding off in the LB and the daemon running on `hook`.
+fn segment_lab(tag: &str, hook: &str) -> (Lab, Netns, PeerServer) {
     let mut lab = Lab::with_backends(tag, 1);
     let x = shared_segment(&lab);
     lab.set_linux_forwarding(false);
-    lab.start_daemon(&[]);
+    if hook == "xdp" {
+        lab.prepare_for_xdp();
+        // x sends to the LB too (see Lab::prepare_for_xdp).
+        ip_netns_exec(&x.0, &["ethtool", "-K", "eth0", "tx", "off"]);
+    }
+    lab.start_daemon(&["--hook", hook]);
     let server = PeerServer::start(&lab, &x.0, "x");
     (lab, x, server)
 }
@@ -272,7 +287,16 @@ fn fullnat_at(hook: &str) {
 
 #[test]
 fn onearm_serves_clients_and_backends_on_one_interface() {
-    let (mut lab, _x, _server) = segment_lab("onearm");
+    onearm_at("tc");
+}
+
+#[test]
+fn onearm_works_at_xdp_too() {
+    onearm_at("xdp");
+}
+
+fn onearm_at(hook: &str) {
+    let (mut lab, _x, _server) = segment_lab(&format!("onearm{hook}"), hook);
     lab.loxicmd_ok(&[
         "create",
         "lb",
@@ -301,14 +325,23 @@ fn onearm_serves_clients_and_backends_on_one_interface() {
     );
     // The mode is kept across a restart.
     lab.stop_daemon();
-    lab.start_daemon(&[]);
+    lab.start_daemon(&["--hook", hook]);
     assert_eq!(mode_shown(&lab), "onearm");
     check(&lab);
 }
 
 #[test]
 fn dsr_backends_answer_clients_directly() {
-    let (lab, x, _server) = segment_lab("dsr");
+    dsr_at("tc");
+}
+
+#[test]
+fn dsr_works_at_xdp_too() {
+    dsr_at("xdp");
+}
+
+fn dsr_at(hook: &str) {
+    let (lab, x, _server) = segment_lab(&format!("dsr{hook}"), hook);
     // x holds the VIP itself, on its loopback.
     ip(&format!("-n {} addr add {VIP}/32 dev lo", x.0));
 
