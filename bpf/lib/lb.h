@@ -34,7 +34,7 @@ static __noinline int ll_source_allowed(__u32 svc_id, __be32 saddr)
  * ICMP echo has no ports and its checksum covers no address; SCTP's CRC32c
  * covers no address either, and its ports never change (the daemon refuses
  * SCTP services that translate ports). */
-static __always_inline int ll_nat_ports(__u8 proto)
+static __always_inline int ll_l4_rewritable(__u8 proto)
 {
 	return proto == IPPROTO_TCP || proto == IPPROTO_UDP;
 }
@@ -200,14 +200,44 @@ static __noinline __u32 ll_range_start(__be32 vip, __u32 proto, __u32 dport)
 	return 0;
 }
 
+/* How service svc's flows reach endpoint ep, for the first packet p of a
+ * flow that came in on interface ingress: fills *nat, or returns the reason
+ * to hand p to Linux. */
+static __always_inline int ll_lb_translation(const struct ll_svc *svc,
+					     const struct ll_endpoint *ep,
+					     const struct ll_pkt *p, __u32 ingress,
+					     struct ll_nat *nat)
+{
+	nat->to.saddr = p->saddr;
+	nat->to.daddr = ep->addr;
+	nat->to.sport = p->sport;
+	nat->to.dport = ep->port;
+	nat->xlate = LL_XLATE_DST;
+	switch (svc->mode) {
+	case LL_MODE_DSR:
+		/* Routed to the endpoint, which holds the VIP: ports stay. */
+		nat->to.dport = p->dport;
+		nat->xlate = LL_XLATE_DSR;
+		return 0;
+	case LL_MODE_ONEARM:
+	case LL_MODE_FULLNAT:
+		/* The source port is claimed with the flow's entries. */
+		nat->xlate = LL_XLATE_BOTH;
+		return ll_nat_source(ep->addr, svc->mode == LL_MODE_ONEARM, ingress,
+				     &nat->to.saddr);
+	default:
+		return 0;
+	}
+}
+
 /* Not load-balancer traffic: not a VIP and not in conntrack. */
 #define LL_LB_NONE (-2)
 
 /* A packet that found no flow: picks the service's endpoint and creates the
  * flow. Returns LL_R_NAT_NEW with *nat filled in, LL_LB_NONE, LL_CT_RACED,
  * or the reason to hand the VIP's packet to Linux as it is. */
-static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct ll_ct_key *key,
-					  struct ll_nat *nat)
+static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, __u32 ingress,
+					  const struct ll_ct_key *key, struct ll_nat *nat)
 {
 	struct ll_svc_key skey = {.vip = p->daddr, .port = p->dport, .proto = p->proto};
 	struct ll_endpoint *ep;
@@ -237,11 +267,9 @@ static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct l
 	if (ep_idx >= LL_MAX_ENDPOINTS || ep_idx >= svc->n_endpoints)
 		return LL_R_PASS_NO_ENDPOINT;
 	ep = &svc->endpoints[ep_idx];
-	nat->to.saddr = p->saddr;
-	nat->to.daddr = ep->addr;
-	nat->to.sport = p->sport;
-	nat->to.dport = ep->port;
-	nat->xlate = LL_XLATE_DST;
+	r = ll_lb_translation(svc, ep, p, ingress, nat);
+	if (r)
+		return r;
 
 	r = ll_ct_create(p, key, nat, svc->id, ep_idx);
 	if (r)
@@ -256,10 +284,10 @@ static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct l
 	return LL_R_NAT_NEW;
 }
 
-/* For an IPv4 TCP, UDP, SCTP or ICMP echo packet: LL_R_NAT_NEW or
- * LL_R_NAT_EST with *nat filled in, LL_LB_NONE, or the reason to hand the
- * VIP's packet to Linux as it is. */
-static __noinline int ll_lb_decide(const struct ll_pkt *p, struct ll_nat *nat)
+/* For an IPv4 TCP, UDP, SCTP or ICMP echo packet that came in on interface
+ * ingress: LL_R_NAT_NEW or LL_R_NAT_EST with *nat filled in, LL_LB_NONE, or
+ * the reason to hand the VIP's packet to Linux as it is (or drop it). */
+static __noinline int ll_lb_decide(const struct ll_pkt *p, __u32 ingress, struct ll_nat *nat)
 {
 	struct ll_ct_key key = {
 		.saddr = p->saddr,
@@ -273,7 +301,7 @@ static __noinline int ll_lb_decide(const struct ll_pkt *p, struct ll_nat *nat)
 
 	hit = bpf_map_lookup_elem(&ll_conntrack, &key);
 	if (!hit) {
-		r = ll_lb_new_flow(p, &key, nat);
+		r = ll_lb_new_flow(p, ingress, &key, nat);
 		if (r != LL_CT_RACED)
 			return r;
 		/* Another CPU created this flow first: follow its choice. */

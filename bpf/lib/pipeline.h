@@ -14,6 +14,12 @@ struct ll_verdict {
 	struct ll_fwd fwd;
 };
 
+/* The verdicts that drop the packet rather than hand it to Linux. */
+static __always_inline int ll_reason_drops(int r)
+{
+	return r == LL_R_DROP_SOURCE || r == LL_R_DROP_NAT_PORTS;
+}
+
 static __always_inline __u32 ll_fwd_hash(const struct ll_pkt *p, __be32 daddr4)
 {
 	struct ll_ct_key k = {.proto = p->proto};
@@ -42,7 +48,7 @@ static __always_inline void ll_pipeline(const struct ll_pkt *p, __u32 ingress, _
 	int r = LL_LB_NONE;
 
 	if (p->family == LL_AF_INET && p->has_ports)
-		r = ll_lb_decide(p, &v->nat);
+		r = ll_lb_decide(p, ingress, &v->nat);
 	if (r == LL_R_NAT_NEW || r == LL_R_NAT_EST) {
 		v->nat_reason = r;
 		d4 = v->nat.to.daddr;

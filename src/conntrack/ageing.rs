@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{partner, tuple};
+use super::{one_way, partner, tuple};
 use crate::datapath::types::{ll_ct, ll_ct_key, ll_ct_state};
 use crate::datapath::{self, monotonic_ns, Datapath, Removal, CT_BATCH};
 
@@ -145,6 +145,8 @@ pub fn sweep(
             if !timeouts.expired(now, k, v) {
                 // A flow lives while either direction does.
                 waiting.remove(&tuple(&pk));
+            } else if one_way(v) {
+                doomed.push(*k);
             } else if waiting.remove(&tuple(&pk)).is_some() {
                 doomed.extend([*k, pk]);
             } else {

@@ -104,12 +104,22 @@ pub(crate) fn partner(k: &ll_ct_key, v: &ll_ct) -> ll_ct_key {
     }
 }
 
+/// A DSR flow's only entry: the endpoint answers the client directly, so
+/// there is no reply entry.
+pub(crate) fn one_way(v: &ll_ct) -> bool {
+    v.xlate.0 & ll_xlate::LL_XLATE_DSR.0 != 0
+}
+
 /// What an entry does to its packets, e.g. "dnat-31.31.31.1:8080" for a
 /// client's packets to a service, "rdnat-20.20.20.1:2020" for the endpoint's
 /// replies. A direction that translates both sides shows both, source first
 /// ("snat-…,dnat-…"); the reply direction's names say which translation of
-/// the original it undoes.
+/// the original it undoes. A DSR entry shows the endpoint it routes to
+/// ("dsr-31.31.31.1"): only the MAC changes.
 fn action(v: &ll_ct) -> String {
+    if one_way(v) {
+        return format!("dsr-{}", Ipv4Addr::from(u32::from_be(v.nat.daddr)));
+    }
     let orig = v.dir == ll_ct_dir::LL_CT_ORIGINAL;
     let sides = [
         (
@@ -301,7 +311,9 @@ pub fn delete(dp: &Datapath, filter: &Filter) -> datapath::Result<Deleted> {
                 // A filter matches both halves alike; the partner may be in
                 // a later batch, or gone already (then it is skipped).
                 doomed.push(*k);
-                doomed.push(partner(k, v));
+                if !one_way(v) {
+                    doomed.push(partner(k, v));
+                }
             }
         }
         match dp.delete_conntrack(&doomed, Removal::Requested) {
@@ -404,40 +416,37 @@ mod tests {
     }
 
     #[test]
-    fn partner_of_partner_is_the_entry_itself() {
-        let dnat = ll_tuple {
-            saddr: addr([10, 0, 0, 1]),
-            daddr: addr([31, 31, 31, 1]),
-            sport: 40000u16.to_be(),
-            dport: 8080u16.to_be(),
-        };
-        let [(k, v), (r, rv)] = flow(dnat, ll_xlate::LL_XLATE_DST);
-        assert_eq!(
-            tuple(&r),
-            tuple(&key([31, 31, 31, 1], 8080, [10, 0, 0, 1], 40000))
-        );
-        assert_eq!(tuple(&partner(&r, &rv)), tuple(&k));
-        assert_eq!(flow_id(&r, &rv), flow_id(&k, &v));
-        assert_eq!(action(&v), "dnat-31.31.31.1:8080");
-        assert_eq!(action(&rv), "rdnat-20.20.20.1:2020");
-    }
-
-    #[test]
-    fn both_sides_translated_turn_around_too() {
-        let full = ll_tuple {
-            saddr: addr([31, 31, 31, 254]),
-            daddr: addr([31, 31, 31, 1]),
-            sport: 61000u16.to_be(),
-            dport: 8080u16.to_be(),
-        };
-        let [(k, v), (r, rv)] = flow(full, ll_xlate::LL_XLATE_BOTH);
-        assert_eq!(
-            tuple(&r),
-            tuple(&key([31, 31, 31, 1], 8080, [31, 31, 31, 254], 61000))
-        );
-        assert_eq!(tuple(&partner(&r, &rv)), tuple(&k));
-        assert_eq!(flow_id(&r, &rv), flow_id(&k, &v));
-        assert_eq!(action(&v), "snat-31.31.31.254:61000,dnat-31.31.31.1:8080");
-        assert_eq!(action(&rv), "rdnat-20.20.20.1:2020,rsnat-10.0.0.1:40000");
+    fn partners_turn_around_whatever_is_translated() {
+        // (source after, destination after, sides, the actions of both entries)
+        let cases = [
+            (
+                ([10, 0, 0, 1], 40000),
+                ([31, 31, 31, 1], 8080),
+                ll_xlate::LL_XLATE_DST,
+                ["dnat-31.31.31.1:8080", "rdnat-20.20.20.1:2020"],
+            ),
+            (
+                ([31, 31, 31, 254], 61000),
+                ([31, 31, 31, 1], 8080),
+                ll_xlate::LL_XLATE_BOTH,
+                [
+                    "snat-31.31.31.254:61000,dnat-31.31.31.1:8080",
+                    "rdnat-20.20.20.1:2020,rsnat-10.0.0.1:40000",
+                ],
+            ),
+        ];
+        for ((s, sp), (d, dp), xlate, actions) in cases {
+            let nat = ll_tuple {
+                saddr: addr(s),
+                daddr: addr(d),
+                sport: u16::to_be(sp),
+                dport: u16::to_be(dp),
+            };
+            let [(k, v), (r, rv)] = flow(nat, xlate);
+            assert_eq!(tuple(&r), tuple(&key(d, dp, s, sp)), "{actions:?}");
+            assert_eq!(tuple(&partner(&r, &rv)), tuple(&k));
+            assert_eq!(flow_id(&r, &rv), flow_id(&k, &v));
+            assert_eq!([action(&v), action(&rv)], actions);
+        }
     }
 }
