@@ -40,7 +40,7 @@ int ll_tc_ingress(struct __sk_buff *skb)
 		return bpf_redirect(v.fwd.ifindex, 0);
 	}
 	ll_count(&ll_reasons, v.reason, skb->len);
-	return v.reason == LL_R_DROP_SOURCE ? TC_ACT_SHOT : TC_ACT_OK;
+	return ll_reason_drops(v.reason) ? TC_ACT_SHOT : TC_ACT_OK;
 corrupt:
 	ll_count(&ll_reasons, LL_R_DROP_REWRITE, skb->len);
 	return TC_ACT_SHOT;
@@ -73,7 +73,7 @@ int ll_xdp(struct xdp_md *ctx)
 		return bpf_redirect(v.fwd.ifindex, 0);
 	}
 	ll_count(&ll_reasons, v.reason, len);
-	return v.reason == LL_R_DROP_SOURCE ? XDP_DROP : XDP_PASS;
+	return ll_reason_drops(v.reason) ? XDP_DROP : XDP_PASS;
 corrupt:
 	ll_count(&ll_reasons, LL_R_DROP_REWRITE, len);
 	return XDP_DROP;

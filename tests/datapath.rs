@@ -8,9 +8,11 @@ mod pkt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use loxilight::datapath::types::{ll_counters, ll_ct_dir, ll_ct_state, ll_reason, ll_xlate};
-use loxilight::datapath::{Datapath, Error, HookKind, Limits};
+use loxilight::datapath::{Datapath, Error, HookKind};
 use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, Selection, ServiceKey, SourcePrefix};
-use pkt::{assert_checksums, parse, Packet, ACK, ETH_HLEN, ICMP, IP_DF, L4, SYN, TCP, UDP};
+use pkt::{
+    assert_checksums, load, parse, reasons, Packet, ACK, ETH_HLEN, ICMP, IP_DF, L4, SYN, TCP, UDP,
+};
 
 const TC_ACT_OK: u32 = 0;
 const VIP: Ipv4Addr = Ipv4Addr::new(20, 20, 20, 1);
@@ -23,17 +25,6 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 
 fn client(port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(CLIENT, port)
-}
-
-fn load() -> Datapath {
-    let limits = Limits {
-        services: 64,
-        conntrack: 1024,
-        routes: 64,
-        neighbours: 64,
-    };
-    Datapath::load(limits, None)
-        .unwrap_or_else(|e| panic!("datapath tests need root with CAP_BPF: {e}"))
 }
 
 fn key(proto: Protocol) -> ServiceKey {
@@ -102,12 +93,6 @@ fn endpoint_of(dp: &Datapath, src: SocketAddrV4) -> SocketAddrV4 {
     );
     assert_checksums(&out);
     parse(&out).dst
-}
-
-/// Packets per reason, indexed by ll_reason.
-fn reasons(dp: &Datapath) -> Vec<u64> {
-    let r = dp.reason_counters().expect("reading reason counters");
-    r.iter().map(|(_, c)| c.packets).collect()
 }
 
 /// Asserts that `frame` comes back byte for byte with TC_ACT_OK and is

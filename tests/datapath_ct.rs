@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use loxilight::api::Listener;
 use loxilight::conntrack::{self, state_name, sweep, Filter, Timeouts};
-use loxilight::datapath::types::{ll_ct, ll_reason};
+use loxilight::datapath::types::{ll_ct, ll_ct_key, ll_reason};
 use loxilight::datapath::{Datapath, HookKind, Limits, Removal};
 use loxilight::metrics::ApiStats;
 use loxilight::proto::v1::conntrack_service_client::ConntrackServiceClient;
@@ -765,4 +765,78 @@ fn api_and_cli_at_scale(dp: &Arc<Datapath>, store: &Arc<RuleStore>, syn_sent: u6
     rt.block_on(server)
         .expect("the API task")
         .expect("serving the API");
+}
+
+/// A bpffs pin directory of this test's own, removed on drop.
+struct PinDir(std::path::PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn pinned_maps_are_reused_when_they_fit_and_replaced_when_not() {
+    let pins = PinDir(format!("/sys/fs/bpf/loxilight-test-{}-pins", std::process::id()).into());
+    let load_pinned = |conntrack| {
+        let limits = Limits {
+            services: 64,
+            conntrack,
+            routes: 64,
+            neighbours: 64,
+        };
+        Datapath::load(limits, Some(&pins.0))
+            .unwrap_or_else(|e| panic!("loading with pins in {}: {e}", pins.0.display()))
+    };
+    use libbpf_rs::MapCore;
+    let pinned_ct = || {
+        libbpf_rs::MapHandle::from_pinned_path(pins.0.join("ll_conntrack"))
+            .expect("the pinned conntrack map")
+    };
+    let syn = Packet::new(client(40000), SERVICE, L4::Tcp { flags: SYN });
+
+    let dp = load_pinned(1024);
+    dp.program_service(1, &rule(Protocol::Tcp, &[EP1]))
+        .expect("programming a service");
+    run(&dp, HookKind::Tc, &syn);
+    assert_eq!(dp.conntrack().unwrap().len(), 2);
+    drop(dp);
+
+    // The same layout and sizes: the flow is still there.
+    let dp = load_pinned(1024);
+    assert_eq!(dp.conntrack().unwrap().len(), 2, "reused");
+    drop(dp);
+
+    // Another conntrack size: a new, empty table; the services stay.
+    let dp = load_pinned(2048);
+    assert!(dp.conntrack().unwrap().is_empty(), "replaced");
+    assert_eq!(pinned_ct().max_entries(), 2048);
+    assert_eq!(parse(&run(&dp, HookKind::Tc, &syn)).dst, EP1);
+    drop(dp);
+
+    // An older layout of the entries (48-byte values): replaced too.
+    std::fs::remove_file(pins.0.join("ll_conntrack")).unwrap();
+    let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+        sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+        ..Default::default()
+    };
+    let mut old = libbpf_rs::MapHandle::create(
+        libbpf_rs::MapType::LruHash,
+        Some("ll_conntrack"),
+        std::mem::size_of::<ll_ct_key>() as u32,
+        48,
+        2048,
+        &opts,
+    )
+    .expect("creating an old-layout map");
+    old.pin(pins.0.join("ll_conntrack")).expect("pinning it");
+    drop(old);
+    let dp = load_pinned(2048);
+    assert_eq!(
+        pinned_ct().value_size() as usize,
+        std::mem::size_of::<ll_ct>()
+    );
+    assert_eq!(parse(&run(&dp, HookKind::Tc, &syn)).dst, EP1);
+    assert_eq!(dp.conntrack().unwrap().len(), 2);
 }

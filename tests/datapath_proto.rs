@@ -14,7 +14,7 @@ use loxilight::datapath::types::{ll_ct_key, ll_reason};
 use loxilight::datapath::{Datapath, HookKind, Limits};
 use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, RuleStore, Selection, ServiceKey};
 use pkt::{
-    ct_key, run, Packet, ACK, ICMP, ICMP_ECHO, ICMP_ECHOREPLY, L4, SCTP, SCTP_ABORT,
+    ct_key, reasons, run, Packet, ACK, ICMP, ICMP_ECHO, ICMP_ECHOREPLY, L4, SCTP, SCTP_ABORT,
     SCTP_COOKIE_ACK, SCTP_COOKIE_ECHO, SCTP_DATA, SCTP_INIT, SCTP_INIT_ACK, SCTP_SHUTDOWN,
     SCTP_SHUTDOWN_ACK, SCTP_SHUTDOWN_COMPLETE, SYN, TCP,
 };
@@ -92,11 +92,6 @@ fn assert_translated(
         ..p.clone()
     };
     assert_eq!(run(dp, hook, p), want.build(), "{hook:?}: {p:?}");
-}
-
-fn reasons(dp: &Datapath) -> Vec<u64> {
-    let r = dp.reason_counters().expect("reading reason counters");
-    r.iter().map(|(_, c)| c.packets).collect()
 }
 
 /// Asserts that `p` comes back unchanged, counted under `reason`.

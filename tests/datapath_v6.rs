@@ -6,9 +6,9 @@ mod pkt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddrV6};
 
 use loxilight::datapath::types::ll_reason;
-use loxilight::datapath::{Datapath, HookKind, Limits};
+use loxilight::datapath::{Datapath, HookKind};
 use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, Selection, ServiceKey};
-use pkt::{fold, sum16, ACK, DST_MAC, ETH_HLEN, SRC_MAC, SYN, TCP};
+use pkt::{fold, load, reasons, sum16, ACK, DST_MAC, ETH_HLEN, SRC_MAC, SYN, TCP};
 
 const VIP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
 const EP1: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 2, 1);
@@ -20,17 +20,6 @@ const ICMPV6: u8 = 58;
 
 fn sa(ip: Ipv6Addr, port: u16) -> SocketAddrV6 {
     SocketAddrV6::new(ip, port, 0, 0)
-}
-
-fn load() -> Datapath {
-    let limits = Limits {
-        services: 64,
-        conntrack: 1024,
-        routes: 64,
-        neighbours: 64,
-    };
-    Datapath::load(limits, None)
-        .unwrap_or_else(|e| panic!("datapath tests need root with CAP_BPF: {e}"))
 }
 
 fn service(dp: &Datapath, proto: Protocol, selection: Selection, eps: &[(Ipv6Addr, u16)]) {
@@ -128,11 +117,6 @@ fn run(dp: &Datapath, hook: HookKind, f: &[u8]) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("test run: {e}"));
     assert_eq!(r.retval, pass, "verdict for {f:02x?}");
     r.data
-}
-
-fn reasons(dp: &Datapath) -> Vec<u64> {
-    let r = dp.reason_counters().expect("reading reason counters");
-    r.iter().map(|(_, c)| c.packets).collect()
 }
 
 const HOOKS: [HookKind; 2] = [HookKind::Tc, HookKind::Xdp];

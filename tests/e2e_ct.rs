@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{Lab, CLIENT_IP, UDP_PORT, VIP};
+use common::{ct_entries, ct_json, Lab, CLIENT_IP, UDP_PORT, VIP};
 use serde_json::Value;
 
 /// The VIP's port for the echo service, and the echo servers' port.
@@ -106,18 +106,6 @@ fn local_port(conn: &TcpStream) -> u16 {
     conn.local_addr().expect("local address").port()
 }
 
-/// `loxicmd get ct ARGS -o json`.
-fn ct(lab: &Lab, args: &[&str]) -> Value {
-    let mut all = vec!["get", "ct", "-o", "json"];
-    all.extend_from_slice(args);
-    let text = lab.loxicmd_ok(&all);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}:\n{text}"))
-}
-
-fn entries(v: &Value) -> Vec<Value> {
-    v["entries"].as_array().cloned().unwrap_or_default()
-}
-
 fn field(e: &Value, f: &str) -> String {
     match &e[f] {
         Value::String(s) => s.clone(),
@@ -127,8 +115,8 @@ fn field(e: &Value, f: &str) -> String {
 
 /// The states of the entries of the flow from the client's `port`.
 fn states(lab: &Lab, port: u16) -> Vec<String> {
-    let v = ct(lab, &["--ctport", &port.to_string()]);
-    entries(&v).iter().map(|e| field(e, "state")).collect()
+    let v = ct_json(lab, &["--ctport", &port.to_string()]);
+    ct_entries(&v).iter().map(|e| field(e, "state")).collect()
 }
 
 /// Polls `probe` until `ok` holds for what it returns (bounded).
@@ -248,7 +236,7 @@ fn ageing_removes_an_idle_udp_flow_and_keeps_a_live_one() {
     );
     assert_eq!(states(&lab, tcp_port), ["est", "est"]);
     ping(&mut conn).expect("the TCP flow still works");
-    let v = ct(&lab, &[]);
+    let v = ct_json(&lab, &[]);
     assert!(v["table"]["aged"].as_u64().unwrap_or(0) >= 2, "{v}");
 }
 
@@ -262,7 +250,7 @@ fn delete_ct_removes_only_the_matching_flows() {
     ping(&mut to_b2).expect("echo through the VIP");
     let b1 = lab.backend("b1").ip.clone();
     let b2 = lab.backend("b2").ip.clone();
-    let flows_via = |ip: &str| entries(&ct(&lab, &["--ip", ip])).len();
+    let flows_via = |ip: &str| ct_entries(&ct_json(&lab, &["--ip", ip])).len();
     assert_eq!((flows_via(&b1), flows_via(&b2)), (2, 2));
 
     // A bare `delete ct` is refused, naming what is missing.
@@ -282,7 +270,7 @@ fn delete_ct_removes_only_the_matching_flows() {
 
     let out = lab.loxicmd_ok(&["delete", "ct", "--all"]);
     assert!(out.trim().starts_with("Deleted "), "{out}");
-    let v = ct(&lab, &[]);
+    let v = ct_json(&lab, &[]);
     assert_eq!(v["matched"].as_u64(), Some(0), "{v}");
 }
 
@@ -296,7 +284,7 @@ fn get_ct_filters_counts_and_refuses_bad_filters() {
         .expect("UDP through the VIP");
 
     let protos = |args: &[&str]| -> Vec<String> {
-        let mut p: Vec<String> = entries(&ct(&lab, args))
+        let mut p: Vec<String> = ct_entries(&ct_json(&lab, args))
             .iter()
             .map(|e| field(e, "protocol"))
             .collect();

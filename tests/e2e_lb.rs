@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{cell, parse_table, Lab, CLIENT_IP, HTTP_PORT, UDP_PORT, VIP};
+use common::{cell, parse_table, tally, Lab, CLIENT_IP, HTTP_PORT, UDP_PORT, VIP};
 use serde_json::Value;
 
 /// The load balancer's external port for both protocols.
@@ -31,15 +31,6 @@ fn lab_with_rule(tag: &str, args: &[&str]) -> Lab {
     cmd.push(&endpoints);
     lab.loxicmd_ok(&cmd);
     lab
-}
-
-/// How many answers each backend name got.
-fn tally(answers: &[String]) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for answer in answers {
-        *counts.entry(answer.clone()).or_default() += 1;
-    }
-    counts
 }
 
 fn stderr_of(out: &std::process::Output) -> String {

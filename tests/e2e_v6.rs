@@ -6,8 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{stderr_line, Lab, HTTP_PORT, UDP_PORT};
-use serde_json::Value;
+use common::{ct_entries, ct_json, stderr_line, tally, Lab, HTTP_PORT, UDP_PORT};
 
 /// Routed to the LB by the client's default IPv6 route.
 const VIP6: &str = "fd00::100";
@@ -50,25 +49,6 @@ fn answers(n: usize, mut ask: impl FnMut() -> std::io::Result<String>) -> Vec<St
         .collect()
 }
 
-fn tally(answers: &[String]) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for a in answers {
-        *counts.entry(a.clone()).or_default() += 1;
-    }
-    counts
-}
-
-fn ct_json(lab: &Lab, args: &[&str]) -> Value {
-    let mut all = vec!["get", "ct", "-o", "json"];
-    all.extend_from_slice(args);
-    let text = lab.loxicmd_ok(&all);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}:\n{text}"))
-}
-
-fn entries(v: &Value) -> Vec<Value> {
-    v["entries"].as_array().cloned().unwrap_or_default()
-}
-
 fn nat66(hook: &str) {
     let lab = lab_with_v6_rules(&format!("v6{hook}"), hook);
     let http = answers(10, || lab.http_get(VIP6, PORT));
@@ -80,7 +60,7 @@ fn nat66(hook: &str) {
     // Conntrack lists the IPv6 flows with their translation, filters them
     // by an IPv6 address, and they go with their rule.
     let b1 = &lab.backends[0].ip6;
-    let to_b1 = entries(&ct_json(&lab, &["--ip", b1]));
+    let to_b1 = ct_entries(&ct_json(&lab, &["--ip", b1]));
     assert!(!to_b1.is_empty(), "no flow to {b1}");
     let dnat = format!("dnat-[{b1}]:{HTTP_PORT}");
     assert!(
@@ -94,7 +74,7 @@ fn nat66(hook: &str) {
         "{to_b1:#?}"
     );
     lab.loxicmd_ok(&["delete", "lb", VIP6, &format!("--tcp={PORT}")]);
-    let left = entries(&ct_json(&lab, &[]));
+    let left = ct_entries(&ct_json(&lab, &[]));
     assert!(
         left.iter().all(|e| e["protocol"] != "tcp"),
         "the TCP rule's flows stay: {left:#?}"

@@ -7,16 +7,13 @@
 #ifndef LL_CT_H
 #define LL_CT_H
 
-#include "maps.h"
-#include "parse.h"
-
-#define LL_EEXIST 17
+#include "nat.h"
 
 /* ll_ct_create: another CPU created the flow first. */
 #define LL_CT_RACED (-3)
 
 /* The translation of one packet: its tuple after translation (fields not
- * rewritten hold the packet's) and which sides change. */
+ * rewritten hold the packet's, but see LL_XLATE_DSR) and which sides change. */
 struct ll_nat {
 	struct ll_tuple to;
 	enum ll_xlate xlate;
@@ -144,8 +141,11 @@ static __always_inline __u32 ll_ct_events(const struct ll_pkt *p, const struct l
 	if (f & LL_TCP_RST)
 		return LL_CT_SEEN_RST;
 	if (orig) {
-		/* The client's first ACK after the SYN-ACK completes the handshake. */
-		if (!(f & LL_TCP_SYN) && (seen & (LL_CT_SEEN_SYNACK | LL_CT_SEEN_SYN)) != LL_CT_SEEN_SYN)
+		/* The client's first ACK after the SYN-ACK completes the handshake;
+		 * a DSR flow never sees the SYN-ACK, so its first ACK does. */
+		if (!(f & LL_TCP_SYN) &&
+		    ((seen & (LL_CT_SEEN_SYNACK | LL_CT_SEEN_SYN)) != LL_CT_SEEN_SYN ||
+		     (ct->xlate & LL_XLATE_DSR)))
 			ev |= LL_CT_SEEN_EST;
 		if (f & LL_TCP_FIN)
 			ev |= LL_CT_SEEN_FIN_ORIG;
@@ -222,7 +222,8 @@ static __always_inline void ll_ct_touch(int v6, const struct ll_pkt *p, const vo
 		pk = &k6->partner;
 	}
 	ll_ct_partner(v6, p->proto, ct, pk);
-	partner = bpf_map_lookup_elem(LL_CT_MAP(v6), pk);
+	/* A DSR flow has no other direction. */
+	partner = ct->xlate & LL_XLATE_DSR ? NULL : bpf_map_lookup_elem(LL_CT_MAP(v6), pk);
 	if (reopen) {
 		ll_ct_restart(ct);
 		if (partner)
@@ -244,17 +245,37 @@ static __always_inline void ll_ct_undo(int v6, const void *k)
 		ll_ct_stat(v6, LL_CT_STAT_DELETED);
 }
 
-/* Creates both entries of a new flow from its first packet p (with key),
- * translated by nat (an IPv6 flow's translated addresses: ll_nat6), to
- * endpoint ep_idx of service svc_id. Returns 0, LL_CT_RACED when another
- * CPU created the flow first, or the reason to hand p to Linux
- * untranslated. */
-static __always_inline int ll_ct_create(int v6, const struct ll_pkt *p, const void *key,
-					const struct ll_nat *nat, __u32 svc_id, __u32 ep_idx)
+/* Makes ct the entry of one direction of a flow whose first packet is p:
+ * translated to *to, as xlate says. */
+static __always_inline void ll_ct_set_dir(struct ll_ct *ct, const struct ll_pkt *p,
+					  const struct ll_tuple *to, __u8 xlate,
+					  enum ll_ct_dir dir)
 {
+	ct->nat = *to;
+	ct->xlate = xlate;
+	ct->dir = dir;
+	ct->packets = dir == LL_CT_ORIGINAL;
+	ct->bytes = dir == LL_CT_ORIGINAL ? p->len : 0;
+}
+
+/* Creates the entries of a new flow from its first packet p (with key),
+ * translated by nat (an IPv6 flow's translated addresses: ll_nat6), to
+ * endpoint ep_idx of service svc_id: both directions, or the client's only
+ * for DSR. A source-translated (IPv4) flow gets its source port here
+ * (nat->to.sport). Returns 0, LL_CT_RACED when another CPU created the flow
+ * first, or the reason not to translate p. */
+static __always_inline int ll_ct_create(int v6, const struct ll_pkt *p, const void *key,
+					struct ll_nat *nat, __u32 svc_id, __u32 ep_idx)
+{
+	/* The reply direction rewrites on the destination what the original
+	 * rewrites on the source, and vice versa, back to the key turned around. */
+	__u8 rxlate = (nat->xlate & LL_XLATE_SRC ? LL_XLATE_DST : 0) |
+		      (nat->xlate & LL_XLATE_DST ? LL_XLATE_SRC : 0);
+	struct ll_tuple back = {.sport = p->dport, .dport = p->sport};
 	struct ll_ct_key rkey4 = {}, other4 = {};
 	void *rkey = &rkey4, *other = &other4;
 	void *map = LL_CT_MAP(v6);
+	struct ll_addrs6 *to6 = 0;
 	struct ll_ct *ct, *hit;
 	struct ll_ct6_keys *k6;
 	struct ll_ct6 *ct6;
@@ -267,54 +288,71 @@ static __always_inline int ll_ct_create(int v6, const struct ll_pkt *p, const vo
 		return LL_R_PASS_CT_FULL;
 	ct6 = (struct ll_ct6 *)ct;
 	if (v6) {
-		struct ll_addrs6 *to6 = bpf_map_lookup_elem(&ll_nat6, &zero);
-
+		to6 = bpf_map_lookup_elem(&ll_nat6, &zero);
 		k6 = bpf_map_lookup_elem(&ll_ct6_keys, &zero);
 		if (!to6 || !k6)
 			return LL_R_PASS_CT_FULL;
-		ct6->nat6 = *to6;
 		/* Zeroed: compared whole in ll_ct_key_eq. */
 		__builtin_memset(k6, 0, sizeof(*k6));
 		rkey = &k6->partner;
 		other = &k6->other;
+	} else {
+		const struct ll_ct_key *k4 = key;
+
+		back.saddr = k4->daddr;
+		back.daddr = k4->saddr;
 	}
-	ct->nat = nat->to;
-	ct->xlate = nat->xlate;
-	ct->dir = LL_CT_ORIGINAL;
 	ct->seen = ll_ct_first_events(p);
 	ct->state = ll_ct_state_of(p->proto, ct->seen);
 	ct->fin_ack = 0;
 	ct->svc_id = svc_id;
 	ct->ep_idx = ep_idx;
-	ct->packets = 1;
-	ct->bytes = p->len;
 	ct->last_seen_ns = bpf_ktime_get_ns();
+
+	/* IPv6 services translate destinations only (the daemon refuses other
+	 * modes for them). */
+	if (!v6 && (nat->xlate & LL_XLATE_SRC)) {
+		/* The reply entry first: claiming it claims the source port. */
+		ll_ct_set_dir(ct, p, &back, rxlate, LL_CT_REPLY);
+		rkey4.proto = p->proto;
+		rkey4.saddr = nat->to.daddr;
+		rkey4.daddr = nat->to.saddr;
+		rkey4.sport = nat->to.dport;
+		rkey4.dport = nat->to.sport;
+		err = ll_nat_claim_port(&rkey4, ct);
+		if (err)
+			return err;
+		ll_ct_stat(0, LL_CT_STAT_CREATED);
+		nat->to.sport = rkey4.dport;
+		ll_ct_set_dir(ct, p, &nat->to, nat->xlate, LL_CT_ORIGINAL);
+		err = bpf_map_update_elem(&ll_conntrack, key, ct, BPF_NOEXIST);
+		if (!err) {
+			ll_ct_stat(0, LL_CT_STAT_CREATED);
+			return 0;
+		}
+		/* The port is ours alone: nobody else uses that reply entry. */
+		ll_ct_undo(0, &rkey4);
+		return err == -LL_EEXIST ? LL_CT_RACED : LL_R_PASS_CT_FULL;
+	}
+
+	ll_ct_set_dir(ct, p, &nat->to, nat->xlate, LL_CT_ORIGINAL);
+	if (v6)
+		ct6->nat6 = *to6;
 	err = bpf_map_update_elem(map, key, ct, BPF_NOEXIST);
 	if (err)
 		return err == -LL_EEXIST ? LL_CT_RACED : LL_R_PASS_CT_FULL;
 	ll_ct_stat(v6, LL_CT_STAT_CREATED);
+	if (nat->xlate & LL_XLATE_DSR)
+		return 0;
 
-	/* The reply entry is the original turned around: it undoes on the
-	 * destination what the original did on the source, and vice versa. */
 	ll_ct_partner(v6, p->proto, ct, rkey);
+	ll_ct_set_dir(ct, p, &back, rxlate, LL_CT_REPLY);
 	if (v6) {
-		const struct ll_ct6_key *k6 = key;
+		const struct ll_ct6_key *k = key;
 
-		__builtin_memcpy(ct6->nat6.saddr, k6->daddr, 16);
-		__builtin_memcpy(ct6->nat6.daddr, k6->saddr, 16);
-	} else {
-		const struct ll_ct_key *k4 = key;
-
-		ct->nat.saddr = k4->daddr;
-		ct->nat.daddr = k4->saddr;
+		__builtin_memcpy(ct6->nat6.saddr, k->daddr, 16);
+		__builtin_memcpy(ct6->nat6.daddr, k->saddr, 16);
 	}
-	ct->nat.sport = p->dport;
-	ct->nat.dport = p->sport;
-	ct->xlate = (nat->xlate & LL_XLATE_SRC ? LL_XLATE_DST : 0) |
-		    (nat->xlate & LL_XLATE_DST ? LL_XLATE_SRC : 0);
-	ct->dir = LL_CT_REPLY;
-	ct->packets = 0;
-	ct->bytes = 0;
 	err = bpf_map_update_elem(map, rkey, ct, BPF_NOEXIST);
 	if (!err) {
 		ll_ct_stat(v6, LL_CT_STAT_CREATED);

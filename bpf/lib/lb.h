@@ -34,7 +34,7 @@ static __noinline int ll_source_allowed(__u32 svc_id, __be32 saddr)
  * ICMP echo has no ports and its checksum covers no address; SCTP's CRC32c
  * covers no address either, and its ports never change (the daemon refuses
  * SCTP services that translate ports). */
-static __always_inline int ll_nat_ports(__u8 proto)
+static __always_inline int ll_l4_rewritable(__u8 proto)
 {
 	return proto == IPPROTO_TCP || proto == IPPROTO_UDP;
 }
@@ -201,6 +201,36 @@ static __noinline __u32 ll_range_start(__be32 vip, __u32 proto, __u32 dport)
 	return 0;
 }
 
+/* How service svc's flows reach endpoint ep, for the first packet p of a
+ * flow that came in on interface ingress: fills *nat, or returns the reason
+ * to hand p to Linux. */
+static __always_inline int ll_lb_translation(const struct ll_svc *svc,
+					     const struct ll_endpoint *ep,
+					     const struct ll_pkt *p, __u32 ingress,
+					     struct ll_nat *nat)
+{
+	nat->to.saddr = p->saddr;
+	nat->to.daddr = ep->addr;
+	nat->to.sport = p->sport;
+	nat->to.dport = ep->port;
+	nat->xlate = LL_XLATE_DST;
+	switch (svc->mode) {
+	case LL_MODE_DSR:
+		/* Routed to the endpoint, which holds the VIP: ports stay. */
+		nat->to.dport = p->dport;
+		nat->xlate = LL_XLATE_DSR;
+		return 0;
+	case LL_MODE_ONEARM:
+	case LL_MODE_FULLNAT:
+		/* The source port is claimed with the flow's entries. */
+		nat->xlate = LL_XLATE_BOTH;
+		return ll_nat_source(ep->addr, svc->mode == LL_MODE_ONEARM, ingress,
+				     &nat->to.saddr);
+	default:
+		return 0;
+	}
+}
+
 /* Not load-balancer traffic: not a VIP and not in conntrack. */
 #define LL_LB_NONE (-2)
 
@@ -251,8 +281,8 @@ static __always_inline struct ll_svc *ll_svc_lookup(int v6, const struct ll_pkt 
  * flow. Returns LL_R_NAT_NEW with *nat (and for IPv6 ll_nat6) filled in,
  * LL_LB_NONE, LL_CT_RACED, or the reason to hand the VIP's packet to Linux
  * as it is. */
-static __always_inline int ll_lb_new_flow(int v6, const struct ll_pkt *p, const void *key,
-					  struct ll_nat *nat)
+static __always_inline int ll_lb_new_flow(int v6, const struct ll_pkt *p, __u32 ingress,
+					  const void *key, struct ll_nat *nat)
 {
 	struct ll_svc6 *svc6 = 0;
 	struct ll_endpoint *ep;
@@ -278,11 +308,9 @@ static __always_inline int ll_lb_new_flow(int v6, const struct ll_pkt *p, const 
 	if (ep_idx >= LL_MAX_ENDPOINTS || ep_idx >= svc->n_endpoints)
 		return LL_R_PASS_NO_ENDPOINT;
 	ep = &svc->endpoints[ep_idx];
-	nat->to.saddr = p->saddr;
-	nat->to.daddr = v6 ? 0 : ep->addr;
-	nat->to.sport = p->sport;
-	nat->to.dport = ep->port;
-	nat->xlate = LL_XLATE_DST;
+	r = ll_lb_translation(svc, ep, p, ingress, nat);
+	if (r)
+		return r;
 	if (v6) {
 		struct ll_addrs6 *to6 = bpf_map_lookup_elem(&ll_nat6, &zero);
 
@@ -290,6 +318,8 @@ static __always_inline int ll_lb_new_flow(int v6, const struct ll_pkt *p, const 
 			return LL_R_PASS_CT_FULL;
 		__builtin_memcpy(to6->saddr, p->saddr6, 16);
 		__builtin_memcpy(to6->daddr, svc6->addr[ep_idx], 16);
+		/* ll_ct6's nat holds the ports only. */
+		nat->to.daddr = 0;
 	}
 
 	r = ll_ct_create(v6, p, key, nat, svc->id, ep_idx);
@@ -308,7 +338,8 @@ static __always_inline int ll_lb_new_flow(int v6, const struct ll_pkt *p, const 
 /* For a TCP, UDP, SCTP or (IPv4) ICMP echo packet: LL_R_NAT_NEW or
  * LL_R_NAT_EST with *nat (and for IPv6 ll_nat6) filled in, LL_LB_NONE, or
  * the reason to hand the VIP's packet to Linux as it is. */
-static __always_inline int ll_lb_decide(int v6, const struct ll_pkt *p, struct ll_nat *nat)
+static __always_inline int ll_lb_decide(int v6, const struct ll_pkt *p, __u32 ingress,
+					struct ll_nat *nat)
 {
 	struct ll_ct_key key4 = {
 		.saddr = p->saddr,
@@ -328,7 +359,7 @@ static __always_inline int ll_lb_decide(int v6, const struct ll_pkt *p, struct l
 		ll_ct6_key_of(p, &key6);
 	hit = bpf_map_lookup_elem(map, key);
 	if (!hit) {
-		r = ll_lb_new_flow(v6, p, key, nat);
+		r = ll_lb_new_flow(v6, p, ingress, key, nat);
 		if (r != LL_CT_RACED)
 			return r;
 		/* Another CPU created this flow first: follow its choice. */
@@ -352,14 +383,14 @@ static __always_inline int ll_lb_decide(int v6, const struct ll_pkt *p, struct l
 }
 
 /* One subprogram per family, each with only its own code. */
-static __noinline int ll_lb_decide4(const struct ll_pkt *p, struct ll_nat *nat)
+static __noinline int ll_lb_decide4(const struct ll_pkt *p, __u32 ingress, struct ll_nat *nat)
 {
-	return ll_lb_decide(0, p, nat);
+	return ll_lb_decide(0, p, ingress, nat);
 }
 
-static __noinline int ll_lb_decide6(const struct ll_pkt *p, struct ll_nat *nat)
+static __noinline int ll_lb_decide6(const struct ll_pkt *p, __u32 ingress, struct ll_nat *nat)
 {
-	return ll_lb_decide(1, p, nat);
+	return ll_lb_decide(1, p, ingress, nat);
 }
 
 #endif

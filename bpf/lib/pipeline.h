@@ -14,18 +14,23 @@ struct ll_verdict {
 	struct ll_fwd fwd;
 };
 
+/* The verdicts that drop the packet rather than hand it to Linux. */
+static __always_inline int ll_reason_drops(int r)
+{
+	return r == LL_R_DROP_SOURCE || r == LL_R_DROP_NAT_PORTS;
+}
+
 static __always_inline void ll_pipeline(const struct ll_pkt *p, __u32 ingress, __u32 mtu_len,
 					struct ll_verdict *v)
 {
 	__u8 daddr[16] = {};
+	int v6 = p->family == LL_AF_INET6;
 	__be32 d4 = p->daddr;
 	int r = LL_LB_NONE;
-
-	int v6 = p->family == LL_AF_INET6;
 	__u32 zero = 0;
 
 	if (p->has_ports)
-		r = v6 ? ll_lb_decide6(p, &v->nat) : ll_lb_decide4(p, &v->nat);
+		r = v6 ? ll_lb_decide6(p, ingress, &v->nat) : ll_lb_decide4(p, ingress, &v->nat);
 	if (r == LL_R_NAT_NEW || r == LL_R_NAT_EST) {
 		v->nat_reason = r;
 		d4 = v->nat.to.daddr;

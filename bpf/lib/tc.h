@@ -36,7 +36,7 @@ static __noinline int ll_tc_rewrite(struct __sk_buff *skb, const struct ll_pkt *
 							       : offsetof(struct udphdr, check));
 	/* UDP checksum 0 means "none": leave it so. */
 	__u64 l4flags = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
-	int ports = ll_nat_ports(p->proto);
+	int ports = ll_l4_rewritable(p->proto);
 	struct ll_addrs6 *to6 = 0;
 	__u32 zero = 0;
 

@@ -58,7 +58,7 @@ static __noinline int ll_xdp_rewrite(struct xdp_md *ctx, const struct ll_pkt *p,
 	} else if ((void *)(iph + 1) > end) {
 		return -1;
 	}
-	if (!ll_nat_ports(p->proto)) {
+	if (!ll_l4_rewritable(p->proto)) {
 		/* the addresses only */
 	} else if (udp) {
 		struct udphdr *uh = LL_XDP_PTR(data, p->l4_off);

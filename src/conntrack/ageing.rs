@@ -168,6 +168,8 @@ fn sweep_in<T: Table>(
             if !expired(&e) {
                 // A flow lives while either direction does.
                 waiting.remove(&pk);
+            } else if e.one_way() {
+                doomed.push(*k);
             } else if waiting.remove(&pk).is_some() {
                 doomed.extend([*k, T::key_of(&pk)]);
             } else {

@@ -89,8 +89,12 @@ fn flow_id(e: &View) -> Tuple {
 /// client's packets to a service, "rdnat-20.20.20.1:2020" for the endpoint's
 /// replies. A direction that translates both sides shows both, source first
 /// ("snat-…,dnat-…"); the reply direction's names say which translation of
-/// the original it undoes.
+/// the original it undoes. A DSR entry shows the endpoint it routes to
+/// ("dsr-31.31.31.1"): only the MAC changes.
 fn action(e: &View) -> String {
+    if e.one_way() {
+        return format!("dsr-{}", e.nat.dst);
+    }
     let orig = e.ct.dir == ll_ct_dir::LL_CT_ORIGINAL;
     let sides = [
         (
@@ -299,7 +303,9 @@ fn delete_in<T: Table>(
                 // A filter matches both halves alike; the partner may be in
                 // a later batch, or gone already (then it is skipped).
                 doomed.push(*k);
-                doomed.push(T::key_of(&e.partner()));
+                if !e.one_way() {
+                    doomed.push(T::key_of(&e.partner()));
+                }
             }
         }
         match dp.delete_in::<T>(&doomed, Removal::Requested) {
@@ -398,37 +404,39 @@ mod tests {
     }
 
     #[test]
-    fn partner_of_partner_is_the_entry_itself() {
-        let dnat = ll_tuple {
-            saddr: addr([10, 0, 0, 1]),
-            daddr: addr([31, 31, 31, 1]),
-            sport: 40000u16.to_be(),
-            dport: 8080u16.to_be(),
-        };
-        let [e, r] = flow(dnat, ll_xlate::LL_XLATE_DST);
-        let want = key([31, 31, 31, 1], 8080, [10, 0, 0, 1], 40000);
-        assert_eq!(r.key, Ct4::view(&want, &ll_ct::default()).key);
-        assert_eq!(r.partner(), e.key);
-        assert_eq!(flow_id(&r), flow_id(&e));
-        assert_eq!(action(&e), "dnat-31.31.31.1:8080");
-        assert_eq!(action(&r), "rdnat-20.20.20.1:2020");
-    }
-
-    #[test]
-    fn both_sides_translated_turn_around_too() {
-        let full = ll_tuple {
-            saddr: addr([31, 31, 31, 254]),
-            daddr: addr([31, 31, 31, 1]),
-            sport: 61000u16.to_be(),
-            dport: 8080u16.to_be(),
-        };
-        let [e, r] = flow(full, ll_xlate::LL_XLATE_BOTH);
-        let want = key([31, 31, 31, 1], 8080, [31, 31, 31, 254], 61000);
-        assert_eq!(r.key, Ct4::view(&want, &ll_ct::default()).key);
-        assert_eq!(r.partner(), e.key);
-        assert_eq!(flow_id(&r), flow_id(&e));
-        assert_eq!(action(&e), "snat-31.31.31.254:61000,dnat-31.31.31.1:8080");
-        assert_eq!(action(&r), "rdnat-20.20.20.1:2020,rsnat-10.0.0.1:40000");
+    fn partners_turn_around_whatever_is_translated() {
+        // (source after, destination after, sides, the actions of both entries)
+        let cases = [
+            (
+                ([10, 0, 0, 1], 40000),
+                ([31, 31, 31, 1], 8080),
+                ll_xlate::LL_XLATE_DST,
+                ["dnat-31.31.31.1:8080", "rdnat-20.20.20.1:2020"],
+            ),
+            (
+                ([31, 31, 31, 254], 61000),
+                ([31, 31, 31, 1], 8080),
+                ll_xlate::LL_XLATE_BOTH,
+                [
+                    "snat-31.31.31.254:61000,dnat-31.31.31.1:8080",
+                    "rdnat-20.20.20.1:2020,rsnat-10.0.0.1:40000",
+                ],
+            ),
+        ];
+        for ((s, sp), (d, dp), xlate, actions) in cases {
+            let nat = ll_tuple {
+                saddr: addr(s),
+                daddr: addr(d),
+                sport: u16::to_be(sp),
+                dport: u16::to_be(dp),
+            };
+            let [e, r] = flow(nat, xlate);
+            let want = Ct4::view(&key(d, dp, s, sp), &ll_ct::default()).key;
+            assert_eq!(r.key, want, "{actions:?}");
+            assert_eq!(r.partner(), e.key);
+            assert_eq!(flow_id(&r), flow_id(&e));
+            assert_eq!([action(&e), action(&r)], actions);
+        }
     }
 
     #[test]

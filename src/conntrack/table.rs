@@ -2,7 +2,7 @@
 //! its key's tuple, its translated tuple and its state.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::datapath::types::{ll_ct, ll_ct6, ll_ct6_key, ll_ct_key, ll_tuple};
+use crate::datapath::types::{ll_ct, ll_ct6, ll_ct6_key, ll_ct_key, ll_tuple, ll_xlate};
 use crate::datapath::{Ct4, Ct6, CtTable};
 
 /// Addresses, ports (host order) and protocol of one direction.
@@ -41,6 +41,12 @@ impl View {
     /// (as ll_ct_partner in bpf/lib/ct.h).
     pub fn partner(&self) -> Tuple {
         self.nat.reversed()
+    }
+
+    /// A DSR flow's only entry: the endpoint answers the client directly,
+    /// so there is no reply entry.
+    pub fn one_way(&self) -> bool {
+        self.ct.xlate.0 & ll_xlate::LL_XLATE_DSR.0 != 0
     }
 }
 

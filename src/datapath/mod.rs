@@ -103,6 +103,8 @@ struct Maps {
     svc_sources: MapHandle,
     ifaces: MapHandle,
     locals: MapHandle,
+    ifaddrs: MapHandle,
+    nat_ports: MapHandle,
     routes4: MapHandle,
     routes6: MapHandle,
     neighs: MapHandle,
@@ -136,8 +138,8 @@ pub struct TestRun {
 
 impl Datapath {
     /// Loads the program, sizing its maps from `limits`. With `pin_dir`, maps
-    /// are pinned there; maps already pinned there are reused (libbpf checks
-    /// that type, sizes and flags match).
+    /// are pinned there; maps already pinned there are reused when their type,
+    /// sizes and flags match, and replaced by new empty ones when not.
     pub fn load(limits: Limits, pin_dir: Option<&Path>) -> Result<Datapath> {
         let mut storage = MaybeUninit::uninit();
         let mut open = LoxilightSkelBuilder::default()
@@ -179,6 +181,7 @@ impl Datapath {
                     continue;
                 }
                 let path = dir.join(map.name());
+                replace_if_incompatible(&map, &path)?;
                 map.set_pin_path(&path)
                     .map_err(Error::bpf(format!("pinning at {}", path.display())))?;
             }
@@ -207,6 +210,8 @@ impl Datapath {
             svc_sources: handle(&skel.maps.ll_svc_sources)?,
             ifaces: handle(&skel.maps.ll_ifaces)?,
             locals: handle(&skel.maps.ll_locals)?,
+            ifaddrs: handle(&skel.maps.ll_ifaddrs)?,
+            nat_ports: handle(&skel.maps.ll_nat_ports)?,
             routes4: handle(&skel.maps.ll_routes4)?,
             routes6: handle(&skel.maps.ll_routes6)?,
             neighs: handle(&skel.maps.ll_neighs)?,
@@ -248,6 +253,18 @@ impl Datapath {
         let (map, name) = self.services_of(key);
         map.update(key.bytes(), svc, MapFlags::ANY)
             .map_err(|e| full_or(e, name, "writing a service"))
+    }
+
+    /// The source ports that source-translated flows (fullnat, onearm) get.
+    pub fn set_nat_ports(&self, ports: std::ops::RangeInclusive<u16>) -> Result<()> {
+        let v = types::ll_nat_ports {
+            min: *ports.start(),
+            max: *ports.end(),
+        };
+        self.maps
+            .nat_ports
+            .update(&0u32.to_ne_bytes(), pod::bytes(&v), MapFlags::ANY)
+            .map_err(Error::bpf("writing the NAT port range"))
     }
 
     /// Removes services (keys in map layout, with their ids); their flows
@@ -458,6 +475,53 @@ pub fn route_libbpf_logs() {
 }
 
 /// Default pin directory.
+/// What libbpf compares before it reuses a pinned map.
+#[derive(Debug, PartialEq, Eq)]
+struct MapShape {
+    map_type: libbpf_rs::MapType,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
+}
+
+/// Removes the map pinned at `path` if this object's `map` could not reuse
+/// it: a new version's layout or a new table size. libbpf then pins a new,
+/// empty map there. Programs still attached keep the old map until they are
+/// replaced. A pin that cannot be read is left for libbpf to report.
+fn replace_if_incompatible(map: &libbpf_rs::OpenMapMut<'_>, path: &Path) -> Result<()> {
+    let Ok(old) = MapHandle::from_pinned_path(path) else {
+        return Ok(());
+    };
+    let Ok(info) = old.info() else {
+        return Ok(());
+    };
+    let was = MapShape {
+        map_type: old.map_type(),
+        key_size: old.key_size(),
+        value_size: old.value_size(),
+        max_entries: old.max_entries(),
+        flags: info.info.map_flags,
+    };
+    let now = MapShape {
+        map_type: map.map_type(),
+        key_size: map.key_size(),
+        value_size: map.value_size(),
+        max_entries: map.max_entries(),
+        flags: map.map_flags(),
+    };
+    if was == now {
+        return Ok(());
+    }
+    tracing::warn!(
+        map = %map.name().to_string_lossy(),
+        was = ?was,
+        now = ?now,
+        "the pinned map does not fit this version or configuration: replacing it, its entries are lost"
+    );
+    fs::remove_file(path).map_err(Error::io(format!("removing {}", path.display())))
+}
+
 pub fn default_pin_dir() -> PathBuf {
     PathBuf::from("/sys/fs/bpf/loxilight")
 }

@@ -3,12 +3,12 @@ use super::pod;
 use libbpf_rs::{MapCore, MapFlags};
 
 use super::types::{
-    ll_endpoint, ll_maglev, ll_range_key, ll_range_vips, ll_ranges, ll_selection, ll_src_key,
-    ll_svc, ll_svc6, ll_svc6_key, ll_svc_key, ll_svc_opts,
+    ll_endpoint, ll_maglev, ll_mode, ll_range_key, ll_range_vips, ll_ranges, ll_selection,
+    ll_src_key, ll_svc, ll_svc6, ll_svc6_key, ll_svc_key, ll_svc_opts,
 };
 use super::{full_or, Datapath, Error, Result, MAX_ENDPOINTS, MAX_SLOTS};
 use crate::rules::{
-    Endpoint, LbRule, Selection, ServiceKey, SourcePrefix, DEFAULT_INACTIVITY_TIMEOUT,
+    Endpoint, LbRule, Mode, Selection, ServiceKey, SourcePrefix, DEFAULT_INACTIVITY_TIMEOUT,
 };
 use std::net::IpAddr;
 
@@ -152,6 +152,12 @@ impl Datapath {
                 Selection::Maglev => ll_selection::LL_SEL_MAGLEV,
             },
             n_endpoints: endpoints.len() as u8,
+            mode: match rule.mode {
+                Mode::Default => ll_mode::LL_MODE_DEFAULT,
+                Mode::OneArm => ll_mode::LL_MODE_ONEARM,
+                Mode::FullNat => ll_mode::LL_MODE_FULLNAT,
+                Mode::Dsr => ll_mode::LL_MODE_DSR,
+            },
             persist_s: match rule.inactivity_timeout {
                 0 => DEFAULT_INACTIVITY_TIMEOUT,
                 t => t,

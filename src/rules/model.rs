@@ -126,15 +126,27 @@ pub enum Mode {
     /// DNAT to the endpoint, reverse translation on replies.
     #[default]
     Default,
+    /// Out the interface the packet came in, with its source translated to
+    /// the LB's address there, so that replies come back through the LB.
+    OneArm,
+    /// Source translated to the LB's address towards the endpoint, so that
+    /// endpoints need no route back to clients.
+    FullNat,
+    /// L2 direct server return: only the destination MAC changes; endpoints
+    /// hold the VIP themselves and answer clients directly.
+    Dsr,
 }
 
 impl Mode {
     pub fn parse(field: &str, s: &str) -> Result<Mode> {
         match s.to_ascii_lowercase().as_str() {
             "" | "default" => Ok(Mode::Default),
+            "onearm" => Ok(Mode::OneArm),
+            "fullnat" => Ok(Mode::FullNat),
+            "dsr" => Ok(Mode::Dsr),
             other => Err(Error::invalid(
                 field,
-                format!("unknown mode {other:?} (default)"),
+                format!("unknown mode {other:?} (default, onearm, fullnat, dsr)"),
             )),
         }
     }
@@ -142,6 +154,9 @@ impl Mode {
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Default => "default",
+            Mode::OneArm => "onearm",
+            Mode::FullNat => "fullnat",
+            Mode::Dsr => "dsr",
         }
     }
 }
@@ -609,6 +624,9 @@ impl LbRule {
                 ),
             ));
         }
+        if self.mode == Mode::Dsr {
+            self.validate_dsr(field)?;
+        }
         if self.name.len() > 63
             || self
                 .name
@@ -623,8 +641,9 @@ impl LbRule {
         Ok(())
     }
 
-    /// Endpoints are of the VIP's family. An IPv6 VIP has no port ranges, no
-    /// allowed sources (IPv4 prefixes) and no ICMP (ICMPv6 is left to Linux).
+    /// Endpoints are of the VIP's family. An IPv6 VIP has the default mode
+    /// only, no port ranges, no allowed sources (IPv4 prefixes) and no ICMP
+    /// (ICMPv6 is left to Linux).
     fn validate_families(&self, field: &str) -> Result<()> {
         let vip = family(self.key.ip);
         if let Some(i) = self
@@ -644,6 +663,15 @@ impl LbRule {
         }
         if self.key.ip.is_ipv4() {
             return Ok(());
+        }
+        if self.mode != Mode::Default {
+            return Err(Error::invalid(
+                format!("{field}.mode"),
+                format!(
+                    "{} is IPv4 only: an IPv6 VIP takes the default mode",
+                    self.mode.as_str()
+                ),
+            ));
         }
         if self.key.port_max != 0 {
             return Err(Error::invalid(
@@ -678,13 +706,35 @@ impl LbRule {
                  which SCTP's CRC32c checksum does not allow",
             ));
         }
+        self.require_service_port(
+            field,
+            "SCTP ports are not translated (its CRC32c checksum covers them)",
+        )
+    }
+
+    /// DSR keeps no reply state: every packet of a flow must find the same
+    /// endpoint by its hash, and the endpoint receives the packet unchanged.
+    fn validate_dsr(&self, field: &str) -> Result<()> {
+        if self.selection != Selection::Hash {
+            return Err(Error::invalid(
+                format!("{field}.selection"),
+                format!(
+                    "mode dsr needs selection hash, not {}",
+                    self.selection.as_str()
+                ),
+            ));
+        }
+        self.require_service_port(field, "mode dsr does not change ports")
+    }
+
+    /// Every endpoint's target port must be the service's own port.
+    fn require_service_port(&self, field: &str, why: &str) -> Result<()> {
         match self.endpoints.iter().position(|e| e.port != self.key.port) {
             Some(i) => Err(Error::invalid(
                 format!("{field}.endpoints[{i}].target_port"),
                 format!(
-                    "SCTP ports are not translated (its CRC32c checksum covers them): \
-                     use target port {}",
-                    self.key.port
+                    "{why}: use the service port {}, not {}",
+                    self.key.port, self.endpoints[i].port
                 ),
             )),
             None => Ok(()),
@@ -789,7 +839,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("maglev"));
-        assert!(Mode::parse("m", "dsr").is_err());
+        assert_eq!(Mode::parse("m", "DSR").unwrap(), Mode::Dsr);
+        assert_eq!(Mode::parse("m", "onearm").unwrap(), Mode::OneArm);
+        assert_eq!(Mode::parse("m", "fullnat").unwrap(), Mode::FullNat);
+        assert!(Mode::parse("m", "l3dsr")
+            .unwrap_err()
+            .to_string()
+            .contains("onearm, fullnat, dsr"));
         assert_eq!(parse_weight("w", 0).unwrap(), 1);
         assert!(parse_weight("w", 256).is_err());
     }
@@ -889,7 +945,7 @@ mod tests {
         assert_eq!(
             r.validate("lb").unwrap_err().to_string(),
             "lb.endpoints[0].target_port: SCTP ports are not translated \
-             (its CRC32c checksum covers them): use target port 38412"
+             (its CRC32c checksum covers them): use the service port 38412, not 8080"
         );
         r.endpoints[0].port = 38412;
         assert!(r.validate("lb").is_ok());
@@ -899,5 +955,29 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("lb.service.port_max: SCTP services take one port"));
+    }
+
+    #[test]
+    fn dsr_needs_hash_and_unchanged_ports() {
+        let same_port = |last| Endpoint {
+            port: 2020,
+            ..ep(last)
+        };
+        let mut r = LbRule {
+            mode: Mode::Dsr,
+            ..rule(vec![same_port(1), same_port(2)])
+        };
+        assert_eq!(
+            r.validate("lb").unwrap_err().to_string(),
+            "lb.selection: mode dsr needs selection hash, not rr"
+        );
+        r.selection = Selection::Hash;
+        assert!(r.validate("lb").is_ok());
+        r.endpoints[1].port = 8080;
+        assert_eq!(
+            r.validate("lb").unwrap_err().to_string(),
+            "lb.endpoints[1].target_port: mode dsr does not change ports: \
+             use the service port 2020, not 8080"
+        );
     }
 }

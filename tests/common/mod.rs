@@ -983,3 +983,25 @@ pub fn cell<'a>(row: &'a [(String, String)], column: &str) -> &'a str {
         .map(|(_, v)| v.as_str())
         .unwrap_or_else(|| panic!("no column {column} in {row:?}"))
 }
+
+/// How many answers each backend name got.
+pub fn tally(answers: &[String]) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for answer in answers {
+        *counts.entry(answer.clone()).or_default() += 1;
+    }
+    counts
+}
+
+/// `loxicmd get ct ARGS -o json`.
+pub fn ct_json(lab: &Lab, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["get", "ct", "-o", "json"];
+    all.extend_from_slice(args);
+    let text = lab.loxicmd_ok(&all);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}:\n{text}"))
+}
+
+/// The entries of a `get ct -o json` answer.
+pub fn ct_entries(v: &serde_json::Value) -> Vec<serde_json::Value> {
+    v["entries"].as_array().cloned().unwrap_or_default()
+}

@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use loxilight::datapath::types::ll_ct_key;
-use loxilight::datapath::{Datapath, HookKind};
+use loxilight::datapath::{Datapath, HookKind, Limits};
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
@@ -316,4 +316,22 @@ pub fn ct_key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> ll_ct_key {
         proto,
         pad: [0; 3],
     }
+}
+
+/// A datapath with small maps, for test runs.
+pub fn load() -> Datapath {
+    let limits = Limits {
+        services: 64,
+        conntrack: 1024,
+        routes: 64,
+        neighbours: 64,
+    };
+    Datapath::load(limits, None)
+        .unwrap_or_else(|e| panic!("datapath tests need root with CAP_BPF: {e}"))
+}
+
+/// Packets per reason, indexed by ll_reason.
+pub fn reasons(dp: &Datapath) -> Vec<u64> {
+    let r = dp.reason_counters().expect("reading reason counters");
+    r.iter().map(|(_, c)| c.packets).collect()
 }

@@ -1,0 +1,390 @@
+//! End-to-end tests of the load-balancer modes: loxilight and loxicmd in a
+//! namespace lab, real TCP traffic, and what the endpoints and the LB saw.
+//! Needs root.
+//!
+//! fullnat runs on the standard lab (the client and each backend on their own
+//! LB interface). onearm and dsr need the client and the backend on one LB
+//! interface: the client's namespace gets a bridge with its link to the LB
+//! and a new backend namespace `x` (10.77.1.3) on it:
+//!
+//! ```text
+//!  client 10.77.1.2 (br0) --+-- 10.77.1.1 [ LB ]
+//!                           +-- x 10.77.1.3
+//! ```
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use common::{cell, ip, parse_table, Lab, CLIENT_IP, VIP};
+
+/// The service and target port of every rule here.
+const PORT: u16 = 7070;
+/// The backend on the client's segment.
+const X_IP: &str = "10.77.1.3";
+/// The LB's address on the client's segment.
+const LB_CLIENT_SIDE: &str = "10.77.1.1";
+
+/// A TCP server in a namespace on PORT that answers each connection with its
+/// name and the address the connection came from, until dropped.
+struct PeerServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl PeerServer {
+    fn start(lab: &Lab, ns: &str, name: &str) -> PeerServer {
+        let listener = lab
+            .in_ns(ns, || TcpListener::bind(("0.0.0.0", PORT)))
+            .unwrap_or_else(|e| panic!("{name}: binding port {PORT}: {e}"));
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, name) = (stop.clone(), name.to_owned());
+        let thread = thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut s, peer)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.write_all(format!("{name} {peer}").as_bytes());
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        PeerServer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for PeerServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Connects from the client to VIP:PORT; returns (server name, the address
+/// the server saw the connection come from).
+fn ask(lab: &Lab) -> (String, SocketAddr) {
+    let addr = SocketAddr::new(VIP.parse().unwrap(), PORT);
+    let answer = lab
+        .in_ns(&lab.client, || -> std::io::Result<String> {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        })
+        .unwrap_or_else(|e| panic!("connecting to {addr} from the client: {e}"));
+    let (name, peer) = answer
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("answer {answer:?}"));
+    (name.to_owned(), peer.parse().expect("a peer address"))
+}
+
+/// A namespace of the test's own, deleted on drop.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Moves the client onto a bridge in its namespace and adds namespace `x`
+/// (X_IP, no route beyond its subnet) to it: see the module doc.
+fn shared_segment(lab: &Lab) -> Netns {
+    let c = &lab.client;
+    // Named like the lab's namespaces, so a killed run's leftovers go too.
+    let x = Netns(format!(
+        "{}-x",
+        c.strip_suffix("-c").expect("the client ns ends in -c")
+    ));
+    ip(&format!("netns add {}", x.0));
+    ip(&format!("-n {} link set lo up", x.0));
+    ip(&format!("-n {c} link add br0 type bridge"));
+    ip(&format!("-n {c} addr flush dev eth0"));
+    ip(&format!("-n {c} link set eth0 master br0"));
+    ip(&format!("-n {c} addr add {CLIENT_IP}/24 dev br0"));
+    ip(&format!("-n {c} link set br0 up"));
+    ip(&format!("-n {c} route add default via {LB_CLIENT_SIDE}"));
+    ip(&format!(
+        "-n {c} link add vx type veth peer name eth0 netns {}",
+        x.0
+    ));
+    ip(&format!("-n {c} link set vx master br0"));
+    ip(&format!("-n {c} link set vx up"));
+    ip(&format!("-n {} addr add {X_IP}/24 dev eth0", x.0));
+    ip(&format!("-n {} link set eth0 up", x.0));
+    x
+}
+
+/// Runs a command in namespace `ns`; it must succeed.
+fn ip_netns_exec(ns: &str, cmd: &[&str]) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(cmd)
+        .output()
+        .expect("running ip netns exec");
+    assert!(out.status.success(), "{cmd:?} in {ns}: {out:?}");
+}
+
+/// A lab with a backend namespace `x` on the client's segment serving on
+/// PORT, Linux forwarding off in the LB and the daemon running on `hook`.
+fn segment_lab(tag: &str, hook: &str) -> (Lab, Netns, PeerServer) {
+    let mut lab = Lab::with_backends(tag, 1);
+    let x = shared_segment(&lab);
+    lab.set_linux_forwarding(false);
+    if hook == "xdp" {
+        lab.prepare_for_xdp();
+        // x sends to the LB too (see Lab::prepare_for_xdp).
+        ip_netns_exec(&x.0, &["ethtool", "-K", "eth0", "tx", "off"]);
+    }
+    lab.start_daemon(&["--hook", hook]);
+    let server = PeerServer::start(&lab, &x.0, "x");
+    (lab, x, server)
+}
+
+/// The MODE column of `get lb`'s one rule.
+fn mode_shown(lab: &Lab) -> String {
+    let rows = parse_table(&lab.loxicmd_ok(&["get", "lb"]));
+    assert_eq!(rows.len(), 1, "one rule");
+    cell(&rows[0], "MODE").to_owned()
+}
+
+/// The ACT (translation) column of every `get ct` row.
+fn ct_actions(lab: &Lab) -> Vec<String> {
+    parse_table(&lab.loxicmd_ok(&["get", "ct"]))
+        .iter()
+        .map(|r| cell(r, "ACT").to_owned())
+        .collect()
+}
+
+/// The sum of the LB's metric samples whose series starts with `series`.
+fn metric(lab: &Lab, series: &str) -> f64 {
+    let addr = "127.0.0.1:11112".parse().unwrap();
+    let text = lab
+        .http_get_in(&lab.lb, addr, "/metrics")
+        .unwrap_or_else(|e| panic!("scraping the metrics: {e}"));
+    text.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Packets the LB forwarded, and packets it translated (nat_new, nat_est).
+fn forwarded_and_translated(lab: &Lab) -> (f64, f64) {
+    (
+        metric(lab, r#"loxilight_datapath_packets_total{reason="fwd"}"#),
+        metric(lab, "loxilight_datapath_nat_packets_total{"),
+    )
+}
+
+#[test]
+fn fullnat_backends_see_the_lb_and_need_no_route_to_clients() {
+    fullnat_at("tc");
+}
+
+#[test]
+fn fullnat_works_at_xdp_too() {
+    fullnat_at("xdp");
+}
+
+fn fullnat_at(hook: &str) {
+    let mut lab = Lab::new(&format!("fullnat{hook}"));
+    lab.set_linux_forwarding(false);
+    if hook == "xdp" {
+        lab.prepare_for_xdp();
+    }
+    lab.start_daemon(&["--hook", hook]);
+    let _servers: Vec<PeerServer> = lab
+        .backends
+        .iter()
+        .map(|b| PeerServer::start(&lab, &b.ns, &b.name))
+        .collect();
+    // The backends keep only their own subnet: no way back to the client.
+    for b in &lab.backends {
+        ip(&format!("-n {} route del default", b.ns));
+        let out = Command::new("ip")
+            .args(["-n", &b.ns, "route", "get", CLIENT_IP])
+            .output()
+            .expect("running ip");
+        assert!(
+            !out.status.success(),
+            "{} still routes to the client",
+            b.name
+        );
+    }
+
+    let endpoints: Vec<String> = lab.backends.iter().map(|b| format!("{}:1", b.ip)).collect();
+    lab.loxicmd_ok(&[
+        "create",
+        "lb",
+        VIP,
+        &format!("--tcp={PORT}:{PORT}"),
+        &format!("--endpoints={}", endpoints.join(",")),
+        "--mode=fullnat",
+    ]);
+    assert_eq!(mode_shown(&lab), "fullnat");
+
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (name, peer) = ask(&lab);
+        // The LB's address on that backend's link (10.77.N.1 for 10.77.N.2).
+        let b = lab.backend(&name);
+        let (net, _) = b.ip.rsplit_once('.').expect("an IPv4 address");
+        let lb_side = format!("{net}.1");
+        assert_eq!(peer.ip().to_string(), lb_side, "{name} saw {peer}");
+        seen.push(name);
+    }
+    seen.sort();
+    assert_eq!(seen, ["b1", "b1", "b2", "b2"], "round robin over both");
+
+    let actions = ct_actions(&lab);
+    assert!(
+        actions
+            .iter()
+            .any(|a| a.starts_with("snat-10.77.2.1:") && a.contains(",dnat-10.77.2.2:7070")),
+        "{actions:?}"
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|a| a.starts_with("rdnat-20.20.20.1:7070,rsnat-10.77.1.2:")),
+        "{actions:?}"
+    );
+
+    // The LB's address towards b1 changes: new flows follow the mirror.
+    ip(&format!("-n {} addr del 10.77.2.1/24 dev veth-b1", lab.lb));
+    ip(&format!("-n {} addr add 10.77.2.50/24 dev veth-b1", lab.lb));
+    let mirrored = (0..100).any(|_| {
+        let shown = lab.loxicmd_ok(&["get", "ip"]).contains("10.77.2.50");
+        if !shown {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        shown
+    });
+    assert!(mirrored, "the new address never reached the datapath");
+    let peers: Vec<(String, SocketAddr)> = (0..2).map(|_| ask(&lab)).collect();
+    let (_, peer) = peers
+        .iter()
+        .find(|(name, _)| name == "b1")
+        .expect("b1 answered one of two (rr)");
+    assert_eq!(peer.ip().to_string(), "10.77.2.50");
+}
+
+#[test]
+fn onearm_serves_clients_and_backends_on_one_interface() {
+    onearm_at("tc");
+}
+
+#[test]
+fn onearm_works_at_xdp_too() {
+    onearm_at("xdp");
+}
+
+fn onearm_at(hook: &str) {
+    let (mut lab, _x, _server) = segment_lab(&format!("onearm{hook}"), hook);
+    lab.loxicmd_ok(&[
+        "create",
+        "lb",
+        VIP,
+        &format!("--tcp={PORT}:{PORT}"),
+        &format!("--endpoints={X_IP}:1"),
+        "--mode=onearm",
+    ]);
+    assert_eq!(mode_shown(&lab), "onearm");
+    let check = |lab: &Lab| {
+        for _ in 0..3 {
+            let (name, peer) = ask(lab);
+            assert_eq!(name, "x");
+            // The LB's address on the interface the client's packets came in
+            // by, so x answers the LB, not the client next to it.
+            assert_eq!(peer.ip().to_string(), LB_CLIENT_SIDE);
+        }
+    };
+    check(&lab);
+    let actions = ct_actions(&lab);
+    assert!(
+        actions
+            .iter()
+            .any(|a| a.starts_with("snat-10.77.1.1:") && a.ends_with(",dnat-10.77.1.3:7070")),
+        "{actions:?}"
+    );
+    // The mode is kept across a restart.
+    lab.stop_daemon();
+    lab.start_daemon(&["--hook", hook]);
+    assert_eq!(mode_shown(&lab), "onearm");
+    check(&lab);
+}
+
+#[test]
+fn dsr_backends_answer_clients_directly() {
+    dsr_at("tc");
+}
+
+#[test]
+fn dsr_works_at_xdp_too() {
+    dsr_at("xdp");
+}
+
+fn dsr_at(hook: &str) {
+    let (lab, x, _server) = segment_lab(&format!("dsr{hook}"), hook);
+    // x holds the VIP itself, on its loopback.
+    ip(&format!("-n {} addr add {VIP}/32 dev lo", x.0));
+
+    let rule = [
+        "create",
+        "lb",
+        VIP,
+        "--tcp=7070:7070",
+        "--endpoints=10.77.1.3:1",
+        "--mode=dsr",
+    ];
+    let out = lab.loxicmd(&rule);
+    assert!(!out.status.success(), "dsr without hash was accepted");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("load_balancer.selection: mode dsr needs selection hash, not rr"),
+        "{err}"
+    );
+    let mut with_hash = rule.to_vec();
+    with_hash.push("--select=hash");
+    lab.loxicmd_ok(&with_hash);
+    assert_eq!(mode_shown(&lab), "dsr");
+
+    let (fwd0, nat0) = forwarded_and_translated(&lab);
+    for _ in 0..3 {
+        let (name, peer) = ask(&lab);
+        assert_eq!(name, "x");
+        // No translation: x sees the client itself...
+        assert_eq!(peer.ip().to_string(), CLIENT_IP);
+    }
+    // ...and answers it directly: every packet the LB forwarded was one of
+    // the client's (counted nat_new or nat_est); a reply crossing the LB
+    // would have been forwarded untranslated.
+    let (fwd1, nat1) = forwarded_and_translated(&lab);
+    let (forwarded, translated) = (fwd1 - fwd0, nat1 - nat0);
+    println!("the LB forwarded {forwarded} packets and translated {translated}");
+    assert!(forwarded > 0.0, "the LB forwarded the client's packets");
+    assert!(
+        forwarded <= translated,
+        "{forwarded} packets forwarded, only {translated} of them the client's"
+    );
+    // One entry per flow, the client's direction.
+    let actions = ct_actions(&lab);
+    assert_eq!(actions.len(), 3, "{actions:?}");
+    assert!(actions.iter().all(|a| a == "dsr-10.77.1.3"), "{actions:?}");
+}
