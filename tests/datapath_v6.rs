@@ -4,11 +4,14 @@
 mod pkt;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddrV6};
+use std::ops::ControlFlow;
+use std::sync::Arc;
 
+use loxilight::conntrack::{self, sweep, Filter, Timeouts};
 use loxilight::datapath::types::ll_reason;
-use loxilight::datapath::{Datapath, HookKind};
-use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, Selection, ServiceKey};
-use pkt::{fold, load, reasons, sum16, ACK, DST_MAC, ETH_HLEN, SRC_MAC, SYN, TCP};
+use loxilight::datapath::{monotonic_ns, Datapath, HookKind};
+use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, RuleStore, Selection, ServiceKey};
+use pkt::{fold, load, reasons, sum16, ACK, DST_MAC, ETH_HLEN, RST, SRC_MAC, SYN, TCP};
 
 const VIP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
 const EP1: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 2, 1);
@@ -23,7 +26,12 @@ fn sa(ip: Ipv6Addr, port: u16) -> SocketAddrV6 {
 }
 
 fn service(dp: &Datapath, proto: Protocol, selection: Selection, eps: &[(Ipv6Addr, u16)]) {
-    let rule = LbRule {
+    dp.program_service(1, &rule(proto, selection, eps))
+        .expect("programming a service");
+}
+
+fn rule(proto: Protocol, selection: Selection, eps: &[(Ipv6Addr, u16)]) -> LbRule {
+    LbRule {
         key: ServiceKey {
             ip: IpAddr::V6(VIP),
             port: 80,
@@ -46,8 +54,7 @@ fn service(dp: &Datapath, proto: Protocol, selection: Selection, eps: &[(Ipv6Add
         bgp: false,
         sources: vec![],
         mark: 0,
-    };
-    dp.program_service(1, &rule).expect("programming a service");
+    }
 }
 
 /// An Ethernet + IPv6 frame from `src` to `dst` carrying `proto` (TCP with
@@ -252,4 +259,80 @@ fn nat66_to_linux_untouched() {
             "{hook:?}: the cut header counts as truncated"
         );
     }
+}
+
+/// The daemon's conntrack work covers IPv6 flows: listing (with the rule's
+/// name and the translation), least-connections recounts from their states,
+/// deletes by an IPv6 address, and ageing (both entries of each flow).
+#[test]
+fn nat66_conntrack_in_the_daemon() {
+    let dp = Arc::new(load());
+    let store = RuleStore::open(dp.clone(), None).expect("opening a rule store");
+    let eps = [(EP1, 8080), (EP2, 8080)];
+    store
+        .create(rule(Protocol::Tcp, Selection::LeastConnections, &eps))
+        .expect("creating an IPv6 rule");
+    let vip = sa(VIP, 80);
+    let syn = |port: u16| {
+        let out = run(&dp, HookKind::Tc, &frame(sa(CLIENT, port), vip, TCP, SYN));
+        *dst_of(&out).ip()
+    };
+    let (a, b) = (syn(40001), syn(40002));
+    assert_eq!((a, b), (EP1, EP2), "lc spreads the first two flows");
+    run(
+        &dp,
+        HookKind::Tc,
+        &frame(sa(EP1, 8080), sa(CLIENT, 40001), TCP, SYN | ACK),
+    );
+
+    let all = conntrack::list(&dp, &store, &Filter::default(), 10).expect("listing");
+    assert_eq!(
+        all.entries.len(),
+        4,
+        "two flows, two entries each: {:?}",
+        all.entries
+    );
+    let first = all
+        .entries
+        .iter()
+        .find(|e| e.sport == 40001 && e.dst == IpAddr::V6(VIP))
+        .expect("the first flow's original entry");
+    assert_eq!(
+        (first.service.as_str(), first.action.as_str(), first.state),
+        ("v6", "dnat-[fd00::2:1]:8080", "syn-recv")
+    );
+
+    // EP1 gets a third flow; the first and third then reset. Recounted
+    // from the table, EP1 carries none and takes the next flow, where the
+    // datapath's own count (2 against 1) would send it to EP2.
+    assert_eq!(syn(40003), EP1);
+    for port in [40001, 40003] {
+        run(
+            &dp,
+            HookKind::Tc,
+            &frame(sa(CLIENT, port), vip, TCP, RST | ACK),
+        );
+    }
+    conntrack::refresh_active_flows(&dp, &store).expect("recounting");
+    assert_eq!(syn(40004), EP1, "ended IPv6 flows no longer count");
+
+    let client = Filter {
+        ip: Some(IpAddr::V6(EP2)),
+        ..Filter::default()
+    };
+    let gone = conntrack::delete(&dp, &client).expect("deleting");
+    assert_eq!(
+        (gone.flows, gone.entries),
+        (1, 2),
+        "EP2's flow, both entries"
+    );
+
+    let later = monotonic_ns() + 3 * 3600 * 1_000_000_000;
+    let report = sweep(&dp, &Timeouts::default(), later, |_| {
+        ControlFlow::Continue(())
+    })
+    .expect("sweeping");
+    assert_eq!((report.entries, report.aged, report.orphans), (6, 6, 0));
+    let left = conntrack::list(&dp, &store, &Filter::default(), 10).expect("listing");
+    assert!(left.entries.is_empty(), "{:?}", left.entries);
 }
