@@ -7,13 +7,15 @@
 mod pkt;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use std::ops::ControlFlow;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use loxilight::datapath::types::{ll_ct_key, ll_reason};
+use loxilight::conntrack::{sweep, Timeouts};
+use loxilight::datapath::types::{ll_ct6_key, ll_ct_key, ll_reason};
 use loxilight::datapath::{
-    Datapath, Error, FwAction, FwDefault, FwEntry, HookKind, Limits, SVC_NONE,
+    monotonic_ns, Datapath, Error, FwAction, FwDefault, FwEntry, HookKind, Limits, SVC_NONE,
 };
 use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, Selection, ServiceKey};
 use pkt::{parse, Packet, ACK, ICMP, L4, SYN, TCP, UDP};
@@ -391,6 +393,92 @@ fn replies_pass_and_the_other_side_cannot_open_flows() {
     );
     assert_eq!(judge(&dp, HookKind::Tc, &ping), ALLOWED);
     assert_eq!(judge(&dp, HookKind::Tc, &pong), ALLOWED);
+}
+
+fn key6(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, proto: u8) -> ll_ct6_key {
+    ll_ct6_key {
+        saddr: src.octets(),
+        daddr: dst.octets(),
+        sport: sport.to_be(),
+        dport: dport.to_be(),
+        proto,
+        pad: [0; 3],
+    }
+}
+
+#[test]
+fn ipv6_flows_are_tracked_aged_and_flushed() {
+    let dp = load();
+    let (c, s): (Ipv6Addr, Ipv6Addr) = ("fd00:1::1".parse().unwrap(), "fd00:9::1".parse().unwrap());
+    let allow_clients = FwEntry {
+        src: net(Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0), 64),
+        mark: Some(6),
+        ..any(1, 10)
+    };
+    set(&dp, std::slice::from_ref(&allow_clients), FwDefault::Drop);
+    for (hook, port) in [(HookKind::Tc, 5000), (HookKind::Xdp, 5001)] {
+        assert_eq!(judge(&dp, hook, &v6(c, s, port, 53, UDP)), ALLOWED);
+        let e = dp
+            .table_entry(&key6(c, port, s, 53, UDP))
+            .unwrap()
+            .expect("tracked in ll_conntrack6");
+        assert_eq!((e.svc_id, e.ep_idx), (SVC_NONE, 6));
+        assert!(dp
+            .table_entry(&key6(s, 53, c, port, UDP))
+            .unwrap()
+            .is_some());
+        // The reply passes; the server opening flows of its own does not.
+        assert_eq!(judge(&dp, hook, &v6(s, c, 53, port, UDP)), ALLOWED);
+        let e = dp.table_entry(&key6(s, 53, c, port, UDP)).unwrap().unwrap();
+        assert_eq!(dp.ct_state_label(e.state), Some("replied"));
+        assert_eq!(
+            judge(&dp, hook, &v6(s, c, 53, port + 100, UDP)),
+            ll_reason::LL_R_DROP_FW_DEFAULT
+        );
+        assert_eq!(
+            judge(&dp, hook, &v6(s, c, 80, port, TCP)),
+            ll_reason::LL_R_DROP_FW_DEFAULT
+        );
+    }
+    let r = dp
+        .test_run(HookKind::Tc, &v6(s, c, 53, 5000, UDP), 1)
+        .unwrap();
+    assert_eq!(r.mark, 6, "the flow's mark, on replies too");
+
+    // Ageing sweeps IPv6 flows as IPv4 ones.
+    let later = monotonic_ns() + 3600 * 1_000_000_000;
+    let report = sweep(&dp, &Timeouts::default(), later, |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(report.aged, 4);
+    assert!(dp
+        .table_entry(&key6(c, 5000, s, 53, UDP))
+        .unwrap()
+        .is_none());
+
+    // A change that drops the client flushes its flow.
+    assert_eq!(judge(&dp, HookKind::Tc, &v6(c, s, 6000, 53, UDP)), ALLOWED);
+    let drop_c = FwEntry {
+        src: net(c, 128),
+        action: FwAction::Drop,
+        ..any(2, 20)
+    };
+    set(&dp, &[allow_clients, drop_c], FwDefault::Drop);
+    assert!(dp
+        .table_entry(&key6(c, 6000, s, 53, UDP))
+        .unwrap()
+        .is_none());
+    assert!(dp
+        .table_entry(&key6(s, 53, c, 6000, UDP))
+        .unwrap()
+        .is_none());
+    assert_eq!(judge(&dp, HookKind::Tc, &v6(c, s, 6000, 53, UDP)), DROPPED);
+    let counters = dp.table_counters::<ll_ct6_key>().unwrap();
+    assert_eq!(
+        (counters.created, counters.aged, counters.removed),
+        (6, 4, 2)
+    );
 }
 
 #[test]

@@ -186,6 +186,17 @@ struct ll_ct_key {
 	__u8 pad[3];
 };
 
+/* An IPv6 flow's direction (ll_conntrack6): flows the firewall let in,
+ * untranslated, so an entry's partner is its key turned around. */
+struct ll_ct6_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
 /* Packed enums keep these fields one byte wide and still typed in BTF. */
 enum __attribute__((packed)) ll_ct_dir {
 	LL_CT_ORIGINAL = 0, /* client -> VIP: rewrite destination */

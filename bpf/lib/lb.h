@@ -284,4 +284,40 @@ static __noinline int ll_lb_first(const struct ll_pkt *p, struct ll_verdict *v, 
 	return ll_ct_follow(p, &key, hit, v);
 }
 
+/* For an IPv6 packet of a tracked flow: LL_LB_NONE (v->mark set);
+ * otherwise LL_CT_MISS. */
+static __noinline int ll_ct6_decide(const struct ll_pkt *p, struct ll_verdict *v)
+{
+	struct ll_ct6_key key = {};
+	struct ll_ct *hit;
+
+	ll_ct6_key_of(p, &key);
+	hit = bpf_map_lookup_elem(&ll_conntrack6, &key);
+	if (!hit)
+		return LL_CT_MISS;
+	ll_ct6_touch(p, &key, hit);
+	v->mark = hit->ep_idx;
+	return LL_LB_NONE;
+}
+
+/* For the first packet of an IPv6 flow the firewall let in: tracks the
+ * flow. LL_LB_NONE, or the reason to hand the packet to Linux. */
+static __noinline int ll_ct6_first(const struct ll_pkt *p, struct ll_verdict *v)
+{
+	struct ll_ct6_key key = {};
+	struct ll_ct *hit;
+	int r;
+
+	ll_ct6_key_of(p, &key);
+	r = ll_ct6_create(p, &key, v->mark);
+	if (r != LL_CT_RACED)
+		return r ? r : LL_LB_NONE;
+	hit = bpf_map_lookup_elem(&ll_conntrack6, &key);
+	if (!hit)
+		return LL_R_PASS_CT_FULL;
+	ll_ct6_touch(p, &key, hit);
+	v->mark = hit->ep_idx;
+	return LL_LB_NONE;
+}
+
 #endif

@@ -28,6 +28,23 @@ struct {
 	__type(value, struct ll_ct);
 } ll_conntrack SEC(".maps");
 
+/* IPv6 flows let in by the firewall; the daemon sizes it to a quarter of
+ * ll_conntrack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LL_DEFAULT_CT / 4);
+	__type(key, struct ll_ct6_key);
+	__type(value, struct ll_ct);
+} ll_conntrack6 SEC(".maps");
+
+/* Per enum ll_ct_stat, for ll_conntrack6. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LL_CT_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} ll_ct6_stats SEC(".maps");
+
 /* Per-CPU scratch for building a new flow's entries off the stack. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use std::ops::ControlFlow;
 
 use crate::datapath::types::{ll_ct, ll_ct_dir, ll_ct_key, ll_ct_state, ll_reason};
-use crate::datapath::{self, monotonic_ns, Datapath, Removal, CT_BATCH};
+use crate::datapath::{self, monotonic_ns, CtKey, Datapath, Removal, CT_BATCH};
 use crate::rules::RuleStore;
 
 /// Entries a listing returns when the request does not say.
@@ -76,22 +76,11 @@ pub struct Deleted {
 /// A flow's identity: its original direction's tuple, whichever entry we hold.
 fn flow_id(k: &ll_ct_key, v: &ll_ct) -> u128 {
     if v.dir == ll_ct_dir::LL_CT_ORIGINAL {
-        tuple(k)
+        k.id()
     } else {
-        tuple(&partner(k, v))
+        k.partner(v).id()
     }
 }
-
-/// The 5-tuple as one integer, to hash and compare.
-pub(crate) fn tuple(k: &ll_ct_key) -> u128 {
-    u128::from(k.saddr)
-        | u128::from(k.daddr) << 32
-        | u128::from(k.sport) << 64
-        | u128::from(k.dport) << 80
-        | u128::from(k.proto) << 96
-}
-
-pub(crate) use crate::datapath::ct_partner as partner;
 
 fn entry(names: &HashMap<u32, String>, now: u64, k: &ll_ct_key, v: &ll_ct) -> CtEntry {
     let nat = format!(
@@ -266,7 +255,7 @@ pub fn delete(dp: &Datapath, filter: &Filter) -> datapath::Result<Deleted> {
                 // A filter matches both halves alike; the partner may be in
                 // a later batch, or gone already (then it is skipped).
                 doomed.push(*k);
-                doomed.push(partner(k, v));
+                doomed.push(k.partner(v));
             }
         }
         match dp.delete_conntrack(&doomed, Removal::Requested) {
@@ -348,10 +337,10 @@ mod tests {
             dir: ll_ct_dir::LL_CT_ORIGINAL,
             ..Default::default()
         };
-        let r = partner(&k, &v);
+        let r = k.partner(&v);
         assert_eq!(
-            tuple(&r),
-            tuple(&key([31, 31, 31, 1], 8080, [10, 0, 0, 1], 40000))
+            r.id(),
+            key([31, 31, 31, 1], 8080, [10, 0, 0, 1], 40000).id()
         );
         let rv = ll_ct {
             nat_addr: k.daddr,
@@ -359,7 +348,7 @@ mod tests {
             dir: ll_ct_dir::LL_CT_REPLY,
             ..Default::default()
         };
-        assert_eq!(tuple(&partner(&r, &rv)), tuple(&k));
+        assert_eq!(r.partner(&rv).id(), k.id());
         assert_eq!(flow_id(&r, &rv), flow_id(&k, &v));
     }
 }

@@ -22,8 +22,8 @@ use std::net::IpAddr;
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use super::types::{
-    ll_counters, ll_ct, ll_ct_dir, ll_ct_key, ll_fw_action, ll_fw_block, ll_fw_block_key,
-    ll_fw_event, ll_fw_gen, ll_fw_iface_key, ll_fw_lpm_key, ll_fw_rule, ll_fw_set,
+    ll_counters, ll_ct, ll_ct6_key, ll_ct_dir, ll_ct_key, ll_fw_action, ll_fw_block,
+    ll_fw_block_key, ll_fw_event, ll_fw_gen, ll_fw_iface_key, ll_fw_lpm_key, ll_fw_rule, ll_fw_set,
 };
 use super::{percpu_sum, pod, Datapath, Error, Result, SVC_NONE};
 
@@ -348,6 +348,21 @@ struct Tuple {
     proto: u8,
 }
 
+impl Tuple {
+    /// From a conntrack key's fields (ports in network order, meaningful
+    /// for TCP and UDP only).
+    fn new(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -> Tuple {
+        let ports = proto == 6 || proto == 17;
+        Tuple {
+            src,
+            dst,
+            sport: ports.then(|| u16::from_be(sport)),
+            dport: ports.then(|| u16::from_be(dport)),
+            proto,
+        }
+    }
+}
+
 fn rule_value(e: &FwEntry) -> Result<ll_fw_rule> {
     let (action, ifindex) = match e.action {
         FwAction::Allow => (ll_fw_action::LL_FW_ALLOW, 0),
@@ -433,8 +448,18 @@ impl Datapath {
 
         let live: HashSet<u32> = entries.iter().map(|e| e.id).collect();
         delete_where::<u32>(&m.stats, |id| !live.contains(id))?;
-        self.flush_conntrack(|k, v| {
-            v.dir == ll_ct_dir::LL_CT_ORIGINAL && !still_allowed(&c, default, k, v)
+        let judged = |t: Tuple, v: &ll_ct| {
+            v.dir == ll_ct_dir::LL_CT_ORIGINAL && !still_allowed(&c, default, &t, v)
+        };
+        self.flush_table(|k: &ll_ct_key, v| {
+            let (s, d) = (k.saddr.to_ne_bytes(), k.daddr.to_ne_bytes());
+            judged(Tuple::new(s.into(), d.into(), k.sport, k.dport, k.proto), v)
+        })?;
+        self.flush_table(|k: &ll_ct6_key, v| {
+            judged(
+                Tuple::new(k.saddr.into(), k.daddr.into(), k.sport, k.dport, k.proto),
+                v,
+            )
         })
         .map(|_| ())
     }
@@ -608,19 +633,11 @@ fn event(e: &ll_fw_event) -> FwEvent {
     }
 }
 
-/// Whether a tracked flow, seen from its original entry, would be let in as
+/// Whether the flow `t`, whose original entry is `v`, would be let in as
 /// it is by the rule set `c` with policy `default`.
-fn still_allowed(c: &Compiled, default: FwDefault, k: &ll_ct_key, v: &ll_ct) -> bool {
-    let ports = k.proto == 6 || k.proto == 17;
-    let t = Tuple {
-        src: IpAddr::from(u32::from_be(k.saddr).to_be_bytes()),
-        dst: IpAddr::from(u32::from_be(k.daddr).to_be_bytes()),
-        sport: ports.then(|| u16::from_be(k.sport)),
-        dport: ports.then(|| u16::from_be(k.dport)),
-        proto: k.proto,
-    };
+fn still_allowed(c: &Compiled, default: FwDefault, t: &Tuple, v: &ll_ct) -> bool {
     // The mark the flow would get, if it is let in.
-    let mark = match c.first_match(&t) {
+    let mark = match c.first_match(t) {
         None if default == FwDefault::Allow => 0,
         None => return false,
         Some(e) if e.ifindex.is_some() || e.action != FwAction::Allow => return false,
