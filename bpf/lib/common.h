@@ -199,8 +199,26 @@ struct ll_ct6_key {
 
 /* Packed enums keep these fields one byte wide and still typed in BTF. */
 enum __attribute__((packed)) ll_ct_dir {
-	LL_CT_ORIGINAL = 0, /* client -> VIP: rewrite destination */
-	LL_CT_REPLY = 1,    /* endpoint -> client: rewrite source */
+	LL_CT_ORIGINAL = 0, /* client -> service */
+	LL_CT_REPLY = 1,    /* endpoint -> client */
+};
+
+/* Which addresses and ports of a packet its entry rewrites: bits, so that a
+ * direction can translate its source, its destination or both. */
+enum __attribute__((packed)) ll_xlate {
+	LL_XLATE_NONE = 0,
+	LL_XLATE_SRC = 0x1, /* source address and port */
+	LL_XLATE_DST = 0x2, /* destination address and port */
+	LL_XLATE_BOTH = 0x3,
+};
+
+/* An IPv4 address and port pair for each end, laid out as in the IP and
+ * TCP/UDP headers (source before destination). */
+struct ll_tuple {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
 };
 
 /* The state of a flow, the same in both of its entries. TCP follows Linux's
@@ -234,13 +252,16 @@ enum __attribute__((packed)) ll_ct_state {
 #define LL_CT_SEEN_RST             0x080
 #define LL_CT_SEEN_REPLY           0x100 /* not TCP: a packet from the endpoint */
 
-/* One direction of a flow, carrying its own translation. 48 bytes, which the
+/* One direction of a flow, carrying its own translation. 56 bytes, which the
  * per-entry memory of a 1,000,000-entry table is sensitive to. */
 struct ll_ct {
-	__be32 nat_addr;    /* new daddr (original) or new saddr (reply) */
-	__be16 nat_port;
+	/* The packet's tuple after translation: fields the entry does not
+	 * rewrite hold the key's. Turned around, it is the partner's key. */
+	struct ll_tuple nat;
+	enum ll_xlate xlate;
 	enum ll_ct_dir dir;
 	enum ll_ct_state state;
+	__u8 pad;
 	__u32 seen;         /* LL_CT_SEEN_* */
 	__u32 fin_ack;      /* TCP: the ack number from this direction that acks the other's FIN */
 	__u32 svc_id;

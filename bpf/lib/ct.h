@@ -15,6 +15,13 @@
 /* ll_ct_create: another CPU created the flow first. */
 #define LL_CT_RACED (-3)
 
+/* The translation of one packet: its tuple after translation (fields not
+ * rewritten hold the packet's) and which sides change. */
+struct ll_nat {
+	struct ll_tuple to;
+	enum ll_xlate xlate;
+};
+
 #define LL_READ_ONCE(x) (*(volatile typeof(x) *)&(x))
 
 #define LL_CT_SEEN_FINS (LL_CT_SEEN_FIN_ORIG | LL_CT_SEEN_FIN_REPLY)
@@ -39,22 +46,16 @@ static __always_inline int ll_ct_key_eq(const struct ll_ct_key *a, const struct 
 	       a->dport == b->dport && a->proto == b->proto;
 }
 
-/* The key of the other direction of the flow that entry (k, ct) belongs to. */
-static __always_inline void ll_ct_partner(const struct ll_ct_key *k, const struct ll_ct *ct,
+/* The key of the other direction of the flow that entry ct belongs to: its
+ * translated tuple turned around. */
+static __always_inline void ll_ct_partner(__u8 proto, const struct ll_ct *ct,
 					  struct ll_ct_key *out)
 {
-	out->proto = k->proto;
-	if (ct->dir == LL_CT_ORIGINAL) {
-		out->saddr = ct->nat_addr;
-		out->daddr = k->saddr;
-		out->sport = ct->nat_port;
-		out->dport = k->sport;
-	} else {
-		out->saddr = k->daddr;
-		out->daddr = ct->nat_addr;
-		out->sport = k->dport;
-		out->dport = ct->nat_port;
-	}
+	out->proto = proto;
+	out->saddr = ct->nat.daddr;
+	out->daddr = ct->nat.saddr;
+	out->sport = ct->nat.dport;
+	out->dport = ct->nat.sport;
 }
 
 static __always_inline enum ll_ct_state ll_ct_state_of(__u8 proto, __u32 seen)
@@ -198,7 +199,7 @@ static __always_inline void ll_ct_touch(const struct ll_pkt *p, const struct ll_
 
 	if (!ll_ct_count(p, ct, &ev))
 		return;
-	ll_ct_partner(k, ct, &pk);
+	ll_ct_partner(k->proto, ct, &pk);
 	ll_ct_advance(p, ct, bpf_map_lookup_elem(&ll_conntrack, &pk), ev);
 }
 
@@ -208,18 +209,25 @@ static __always_inline void ll_ct_undo(const struct ll_ct_key *k)
 		ll_ct_stat(LL_CT_STAT_DELETED);
 }
 
-/* The original entry of a new flow from its first packet p, built in the
- * per-CPU scratch (the pipeline's frame is near the limit). */
-static __always_inline struct ll_ct *ll_ct_build(const struct ll_pkt *p, __be32 nat_addr,
-						 __be16 nat_port, __u32 svc_id, __u32 ep_idx)
+/* The original entry of a new flow from its first packet p, translated by
+ * nat (none when NULL), built in the per-CPU scratch (the pipeline's frame
+ * is near the limit). */
+static __always_inline struct ll_ct *ll_ct_build(const struct ll_pkt *p,
+						 const struct ll_nat *nat, __u32 svc_id,
+						 __u32 ep_idx)
 {
 	__u32 zero = 0;
 	struct ll_ct *ct = bpf_map_lookup_elem(&ll_ct_scratch, &zero);
 
 	if (!ct)
 		return 0;
-	ct->nat_addr = nat_addr;
-	ct->nat_port = nat_port;
+	if (nat) {
+		ct->nat = nat->to;
+		ct->xlate = nat->xlate;
+	} else {
+		__builtin_memset(&ct->nat, 0, sizeof(ct->nat));
+		ct->xlate = LL_XLATE_NONE;
+	}
 	ct->dir = LL_CT_ORIGINAL;
 	ct->seen = ll_ct_first_events(p);
 	ct->state = ll_ct_state_of(p->proto, ct->seen);
@@ -232,17 +240,18 @@ static __always_inline struct ll_ct *ll_ct_build(const struct ll_pkt *p, __be32 
 	return ct;
 }
 
-/* Creates both entries of a new flow to endpoint ep (index ep_idx of service
- * svc_id) from its first packet p. Returns 0, LL_CT_RACED when another CPU
- * created the flow first, or the reason to hand p to Linux untranslated. */
+/* Creates both entries of a new flow from its first packet p (with key),
+ * translated by nat, to endpoint ep_idx of service svc_id. Returns 0,
+ * LL_CT_RACED when another CPU created the flow first, or the reason to hand
+ * p to Linux untranslated. */
 static __always_inline int ll_ct_create(const struct ll_pkt *p, const struct ll_ct_key *key,
-					const struct ll_endpoint *ep, __u32 svc_id, __u32 ep_idx)
+					const struct ll_nat *nat, __u32 svc_id, __u32 ep_idx)
 {
 	struct ll_ct_key rkey = {}, other = {};
 	struct ll_ct *ct, *hit;
 	long err;
 
-	ct = ll_ct_build(p, ep->addr, ep->port, svc_id, ep_idx);
+	ct = ll_ct_build(p, nat, svc_id, ep_idx);
 	if (!ct)
 		return LL_R_PASS_CT_FULL;
 	err = bpf_map_update_elem(&ll_conntrack, key, ct, BPF_NOEXIST);
@@ -250,10 +259,15 @@ static __always_inline int ll_ct_create(const struct ll_pkt *p, const struct ll_
 		return err == -LL_EEXIST ? LL_CT_RACED : LL_R_PASS_CT_FULL;
 	ll_ct_stat(LL_CT_STAT_CREATED);
 
-	/* The reply entry is the original turned around. */
-	ll_ct_partner(key, ct, &rkey);
-	ct->nat_addr = p->daddr;
-	ct->nat_port = p->dport;
+	/* The reply entry is the original turned around: it undoes on the
+	 * destination what the original did on the source, and vice versa. */
+	ll_ct_partner(key->proto, ct, &rkey);
+	ct->nat.saddr = key->daddr;
+	ct->nat.daddr = key->saddr;
+	ct->nat.sport = key->dport;
+	ct->nat.dport = key->sport;
+	ct->xlate = (nat->xlate & LL_XLATE_SRC ? LL_XLATE_DST : 0) |
+		    (nat->xlate & LL_XLATE_DST ? LL_XLATE_SRC : 0);
 	ct->dir = LL_CT_REPLY;
 	ct->packets = 0;
 	ct->bytes = 0;
@@ -270,7 +284,7 @@ static __always_inline int ll_ct_create(const struct ll_pkt *p, const struct ll_
 		 * replace (no new entry). */
 		hit = bpf_map_lookup_elem(&ll_conntrack, &rkey);
 		if (hit) {
-			ll_ct_partner(&rkey, hit, &other);
+			ll_ct_partner(rkey.proto, hit, &other);
 			if (!ll_ct_key_eq(&other, key) && bpf_map_lookup_elem(&ll_conntrack, &other)) {
 				ll_ct_undo(key);
 				return LL_R_PASS_CT_CLASH;
@@ -320,7 +334,7 @@ static __always_inline int ll_ct6_create(const struct ll_pkt *p, const struct ll
 					 __u32 mark)
 {
 	struct ll_ct6_key rkey = {};
-	struct ll_ct *ct = ll_ct_build(p, 0, 0, LL_SVC_NONE, mark);
+	struct ll_ct *ct = ll_ct_build(p, 0, LL_SVC_NONE, mark);
 	long err;
 
 	if (!ct)

@@ -9,13 +9,6 @@
 #include "fw.h"
 #include "fwd.h"
 
-/* The translation to apply to one packet. */
-struct ll_nat {
-	__be32 addr;
-	__be16 port;
-	__u8 rewrite_dst; /* 1: destination (original direction), 0: source (reply) */
-};
-
 /* The whole decision for one packet; the hook's entry file applies it. */
 struct ll_verdict {
 	int reason;     /* LL_R_FWD, LL_R_FW_REDIRECT, or why the packet goes to Linux or is dropped */
@@ -187,8 +180,13 @@ static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct l
 	if (ep_idx >= LL_MAX_ENDPOINTS || ep_idx >= svc->n_endpoints)
 		return LL_R_PASS_NO_ENDPOINT;
 	ep = &svc->endpoints[ep_idx];
+	nat->to.saddr = p->saddr;
+	nat->to.daddr = ep->addr;
+	nat->to.sport = p->sport;
+	nat->to.dport = ep->port;
+	nat->xlate = LL_XLATE_DST;
 
-	r = ll_ct_create(p, key, ep, svc->id, ep_idx);
+	r = ll_ct_create(p, key, nat, svc->id, ep_idx);
 	if (r)
 		return r;
 	ll_count_flow(svc->id, ep_idx, p->len);
@@ -197,21 +195,23 @@ static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct l
 	active = bpf_map_lookup_elem(&ll_ep_active, &idx);
 	if (active)
 		__sync_fetch_and_add(active, 1);
-	nat->addr = ep->addr;
-	nat->port = ep->port;
-	nat->rewrite_dst = 1;
 	return LL_R_NAT_NEW;
 }
 
 /* A new flow the firewall let in that is not load balanced: both entries,
- * untranslated, with the rule's mark. Returns LL_LB_NONE, LL_CT_RACED or
- * the reason to hand p to Linux. */
+ * untranslated (nat is scratch space), with the rule's mark. Returns
+ * LL_LB_NONE, LL_CT_RACED or the reason to hand p to Linux. */
 static __always_inline int ll_fw_track(const struct ll_pkt *p, const struct ll_ct_key *key,
-				       __u32 mark)
+				       struct ll_nat *nat, __u32 mark)
 {
-	struct ll_endpoint same = {.addr = p->daddr, .port = p->dport};
-	int r = ll_ct_create(p, key, &same, LL_SVC_NONE, mark);
+	int r;
 
+	nat->to.saddr = p->saddr;
+	nat->to.daddr = p->daddr;
+	nat->to.sport = p->sport;
+	nat->to.dport = p->dport;
+	nat->xlate = LL_XLATE_NONE;
+	r = ll_ct_create(p, key, nat, LL_SVC_NONE, mark);
 	return r ? r : LL_LB_NONE;
 }
 
@@ -230,9 +230,8 @@ static __always_inline int ll_ct_follow(const struct ll_pkt *p, const struct ll_
 		return LL_LB_NONE;
 	}
 	ll_count_flow(hit->svc_id, hit->ep_idx, p->len);
-	v->nat.addr = hit->nat_addr;
-	v->nat.port = hit->nat_port;
-	v->nat.rewrite_dst = hit->dir == LL_CT_ORIGINAL;
+	v->nat.to = hit->nat;
+	v->nat.xlate = hit->xlate;
 	return LL_R_NAT_EST;
 }
 
@@ -274,7 +273,7 @@ static __noinline int ll_lb_first(const struct ll_pkt *p, struct ll_verdict *v, 
 	ll_ct_key_of(p, &key);
 	r = p->has_ports ? ll_lb_new_flow(p, &key, &v->nat) : LL_LB_NONE;
 	if (r == LL_LB_NONE && tracked)
-		r = ll_fw_track(p, &key, v->mark);
+		r = ll_fw_track(p, &key, &v->nat, v->mark);
 	if (r != LL_CT_RACED)
 		return r;
 	/* Another CPU created this flow first: follow its choice. */

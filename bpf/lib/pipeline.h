@@ -63,8 +63,7 @@ static __always_inline void ll_pipeline(const struct ll_pkt *p, __u32 ingress, _
 
 	if (r == LL_R_NAT_NEW || r == LL_R_NAT_EST) {
 		v->nat_reason = r;
-		if (v->nat.rewrite_dst)
-			d4 = v->nat.addr;
+		d4 = v->nat.to.daddr;
 	} else if (r != LL_LB_NONE) {
 		v->reason = r;
 		return;

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use libbpf_rs::libbpf_sys;
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
-use super::types::{ll_ct, ll_ct6_key, ll_ct_dir, ll_ct_key, ll_ct_stat};
+use super::types::{ll_ct, ll_ct6_key, ll_ct_key, ll_ct_stat};
 use super::{percpu_values, pod, Datapath, Error, Result};
 
 /// Why the daemon removes entries; each reason has its own counter.
@@ -89,26 +89,15 @@ impl CtKey for ll_ct_key {
             | u128::from(self.proto) << 96
     }
 
-    /// As ll_ct_partner in bpf/lib/ct.h.
+    /// The translated tuple turned around (as ll_ct_partner in bpf/lib/ct.h).
     fn partner(&self, v: &ll_ct) -> ll_ct_key {
-        if v.dir == ll_ct_dir::LL_CT_ORIGINAL {
-            ll_ct_key {
-                saddr: v.nat_addr,
-                daddr: self.saddr,
-                sport: v.nat_port,
-                dport: self.sport,
-                proto: self.proto,
-                pad: [0; 3],
-            }
-        } else {
-            ll_ct_key {
-                saddr: self.daddr,
-                daddr: v.nat_addr,
-                sport: self.dport,
-                dport: v.nat_port,
-                proto: self.proto,
-                pad: [0; 3],
-            }
+        ll_ct_key {
+            saddr: v.nat.daddr,
+            daddr: v.nat.saddr,
+            sport: v.nat.dport,
+            dport: v.nat.sport,
+            proto: self.proto,
+            pad: [0; 3],
         }
     }
 
