@@ -283,6 +283,15 @@ static __noinline int ll_lb_first(const struct ll_pkt *p, struct ll_verdict *v, 
 	return ll_ct_follow(p, &key, hit, v);
 }
 
+/* A packet of a tracked IPv6 flow, whose entry (*key, hit) it matched. */
+static __always_inline int ll_ct6_follow(const struct ll_pkt *p, const struct ll_ct6_key *key,
+					 struct ll_ct *hit, struct ll_verdict *v)
+{
+	ll_ct6_touch(p, key, hit);
+	v->mark = hit->ep_idx;
+	return LL_LB_NONE;
+}
+
 /* For an IPv6 packet of a tracked flow: LL_LB_NONE (v->mark set);
  * otherwise LL_CT_MISS. */
 static __noinline int ll_ct6_decide(const struct ll_pkt *p, struct ll_verdict *v)
@@ -292,11 +301,7 @@ static __noinline int ll_ct6_decide(const struct ll_pkt *p, struct ll_verdict *v
 
 	ll_ct6_key_of(p, &key);
 	hit = bpf_map_lookup_elem(&ll_conntrack6, &key);
-	if (!hit)
-		return LL_CT_MISS;
-	ll_ct6_touch(p, &key, hit);
-	v->mark = hit->ep_idx;
-	return LL_LB_NONE;
+	return hit ? ll_ct6_follow(p, &key, hit, v) : LL_CT_MISS;
 }
 
 /* For the first packet of an IPv6 flow the firewall let in: tracks the
@@ -311,12 +316,9 @@ static __noinline int ll_ct6_first(const struct ll_pkt *p, struct ll_verdict *v)
 	r = ll_ct6_create(p, &key, v->mark);
 	if (r != LL_CT_RACED)
 		return r ? r : LL_LB_NONE;
+	/* Another CPU created this flow first. */
 	hit = bpf_map_lookup_elem(&ll_conntrack6, &key);
-	if (!hit)
-		return LL_R_PASS_CT_FULL;
-	ll_ct6_touch(p, &key, hit);
-	v->mark = hit->ep_idx;
-	return LL_LB_NONE;
+	return hit ? ll_ct6_follow(p, &key, hit, v) : LL_R_PASS_CT_FULL;
 }
 
 #endif
