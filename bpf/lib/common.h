@@ -30,6 +30,14 @@ enum ll_selection {
 	LL_SEL_MAGLEV = 5,   /* consistent hashing: removing 1 of N moves ~1/N */
 };
 
+/* How a service's flows reach their endpoints. */
+enum __attribute__((packed)) ll_mode {
+	LL_MODE_DEFAULT = 0, /* DNAT; replies come back through the LB */
+	LL_MODE_ONEARM = 1,  /* out the ingress interface, source translated to the LB's address there */
+	LL_MODE_FULLNAT = 2, /* source translated to the LB's address towards the endpoint */
+	LL_MODE_DSR = 3,     /* L2 direct server return: destination MAC only */
+};
+
 /* Maglev lookup table size: a prime much larger than LL_MAX_ENDPOINTS. */
 #define LL_MAGLEV_SIZE 1021
 
@@ -82,6 +90,9 @@ enum ll_reason {
 	LL_R_DROP_FW_DEFAULT,    /* no firewall rule matched and the default policy is drop */
 	LL_R_PASS_FW_TRAP,       /* a firewall rule traps the packet to Linux */
 	LL_R_FW_REDIRECT,        /* a firewall rule redirects the packet, unchanged, to an interface */
+	LL_R_DROP_NAT_PORTS,     /* no free source port for a source-translated flow: refused */
+	LL_R_PASS_NO_NAT_ADDR,   /* no LB address on the interface towards the endpoint */
+	LL_R_PASS_ONEARM_EGRESS, /* onearm: the endpoint is not reached through the ingress interface */
 	LL_R_MAX,
 };
 
@@ -139,6 +150,24 @@ struct ll_lpm6_key {
 	__u8 addr[16];
 };
 
+/* The ports translated sources get (ll_nat_ports[0], set by the daemon):
+ * [min, max]; max 0: the default range. */
+struct ll_nat_ports {
+	__u16 min;
+	__u16 max;
+};
+
+/* The LB's IPv4 addresses per interface, for source translation: an entry
+ * per address's subnet (prefixlen 32 + its prefix length, the address in the
+ * subnet's bits) and one per interface (prefixlen 32: the interface's
+ * fallback). A lookup with prefixlen 64 and the next hop finds the address
+ * whose subnet holds it, else the fallback. The value is the address. */
+struct ll_ifaddr_key {
+	__u32 prefixlen;
+	__u32 ifindex;
+	__u8 addr[4];
+};
+
 struct ll_neigh_key {
 	__u32 ifindex;
 	__u32 family;
@@ -171,7 +200,7 @@ struct ll_svc {
 	enum ll_selection sel;
 	__u16 n_slots;      /* 0: no usable endpoint */
 	__u8 n_endpoints;
-	__u8 pad;
+	enum ll_mode mode;
 	__u32 persist_s;    /* LL_SEL_PERSIST: how long an idle client stays stuck */
 	struct ll_endpoint endpoints[LL_MAX_ENDPOINTS];
 	__u8 slots[LL_MAX_SLOTS]; /* slot -> endpoint index */
@@ -210,6 +239,10 @@ enum __attribute__((packed)) ll_xlate {
 	LL_XLATE_SRC = 0x1, /* source address and port */
 	LL_XLATE_DST = 0x2, /* destination address and port */
 	LL_XLATE_BOTH = 0x3,
+	/* Direct server return: nothing is rewritten, the packet is routed to
+	 * nat.daddr (the endpoint) instead of its destination, and the flow
+	 * has no reply entry (replies bypass the LB). */
+	LL_XLATE_DSR = 0x4,
 };
 
 /* An IPv4 address and port pair for each end, laid out as in the IP and

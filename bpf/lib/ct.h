@@ -7,10 +7,7 @@
 #ifndef LL_CT_H
 #define LL_CT_H
 
-#include "maps.h"
-#include "parse.h"
-
-#define LL_EEXIST 17
+#include "nat.h"
 
 /* ll_ct_create: another CPU created the flow first. */
 #define LL_CT_RACED (-3)
@@ -107,8 +104,11 @@ static __always_inline __u32 ll_ct_events(const struct ll_pkt *p, const struct l
 	if (f & LL_TCP_RST)
 		return LL_CT_SEEN_RST;
 	if (orig) {
-		/* The client's first ACK after the SYN-ACK completes the handshake. */
-		if (!(f & LL_TCP_SYN) && (seen & (LL_CT_SEEN_SYNACK | LL_CT_SEEN_SYN)) != LL_CT_SEEN_SYN)
+		/* The client's first ACK after the SYN-ACK completes the handshake;
+		 * a DSR flow never sees the SYN-ACK, so its first ACK does. */
+		if (!(f & LL_TCP_SYN) &&
+		    ((seen & (LL_CT_SEEN_SYNACK | LL_CT_SEEN_SYN)) != LL_CT_SEEN_SYN ||
+		     (ct->xlate & LL_XLATE_DSR)))
 			ev |= LL_CT_SEEN_EST;
 		if (f & LL_TCP_FIN)
 			ev |= LL_CT_SEEN_FIN_ORIG;
@@ -200,7 +200,10 @@ static __always_inline void ll_ct_touch(const struct ll_pkt *p, const struct ll_
 	if (!ll_ct_count(p, ct, &ev))
 		return;
 	ll_ct_partner(k->proto, ct, &pk);
-	ll_ct_advance(p, ct, bpf_map_lookup_elem(&ll_conntrack, &pk), ev);
+	/* A DSR flow has no other direction. */
+	ll_ct_advance(p, ct,
+		      ct->xlate & LL_XLATE_DSR ? NULL : bpf_map_lookup_elem(&ll_conntrack, &pk),
+		      ev);
 }
 
 static __always_inline void ll_ct_undo(const struct ll_ct_key *k)
@@ -209,11 +212,10 @@ static __always_inline void ll_ct_undo(const struct ll_ct_key *k)
 		ll_ct_stat(LL_CT_STAT_DELETED);
 }
 
-/* The original entry of a new flow from its first packet p, translated by
- * nat (none when NULL), built in the per-CPU scratch (the pipeline's frame
- * is near the limit). */
-static __always_inline struct ll_ct *ll_ct_build(const struct ll_pkt *p,
-						 const struct ll_nat *nat, __u32 svc_id,
+/* The flow-wide fields of a new flow's entries, from its first packet p,
+ * built in the per-CPU scratch (the pipeline's frame is near the limit);
+ * ll_ct_set_dir fills in each direction. */
+static __always_inline struct ll_ct *ll_ct_build(const struct ll_pkt *p, __u32 svc_id,
 						 __u32 ep_idx)
 {
 	__u32 zero = 0;
@@ -221,56 +223,87 @@ static __always_inline struct ll_ct *ll_ct_build(const struct ll_pkt *p,
 
 	if (!ct)
 		return 0;
-	if (nat) {
-		ct->nat = nat->to;
-		ct->xlate = nat->xlate;
-	} else {
-		__builtin_memset(&ct->nat, 0, sizeof(ct->nat));
-		ct->xlate = LL_XLATE_NONE;
-	}
-	ct->dir = LL_CT_ORIGINAL;
 	ct->seen = ll_ct_first_events(p);
 	ct->state = ll_ct_state_of(p->proto, ct->seen);
 	ct->fin_ack = 0;
 	ct->svc_id = svc_id;
 	ct->ep_idx = ep_idx;
-	ct->packets = 1;
-	ct->bytes = p->len;
 	ct->last_seen_ns = bpf_ktime_get_ns();
 	return ct;
 }
 
-/* Creates both entries of a new flow from its first packet p (with key),
- * translated by nat, to endpoint ep_idx of service svc_id. Returns 0,
- * LL_CT_RACED when another CPU created the flow first, or the reason to hand
- * p to Linux untranslated. */
-static __always_inline int ll_ct_create(const struct ll_pkt *p, const struct ll_ct_key *key,
-					const struct ll_nat *nat, __u32 svc_id, __u32 ep_idx)
+/* Makes ct the entry of one direction of a flow whose first packet is p:
+ * translated to *to, as xlate says. */
+static __always_inline void ll_ct_set_dir(struct ll_ct *ct, const struct ll_pkt *p,
+					  const struct ll_tuple *to, __u8 xlate,
+					  enum ll_ct_dir dir)
 {
+	ct->nat = *to;
+	ct->xlate = xlate;
+	ct->dir = dir;
+	ct->packets = dir == LL_CT_ORIGINAL;
+	ct->bytes = dir == LL_CT_ORIGINAL ? p->len : 0;
+}
+
+/* Creates the entries of a new flow from its first packet p (with key),
+ * translated by nat, to endpoint ep_idx of service svc_id: both directions,
+ * or the client's only for DSR. A source-translated flow gets its source
+ * port here (nat->to.sport). Returns 0, LL_CT_RACED when another CPU created
+ * the flow first, or the reason not to translate p. */
+static __always_inline int ll_ct_create(const struct ll_pkt *p, const struct ll_ct_key *key,
+					struct ll_nat *nat, __u32 svc_id, __u32 ep_idx)
+{
+	/* The reply direction rewrites on the destination what the original
+	 * rewrites on the source, and vice versa, back to the key turned around. */
+	__u8 rxlate = (nat->xlate & LL_XLATE_SRC ? LL_XLATE_DST : 0) |
+		      (nat->xlate & LL_XLATE_DST ? LL_XLATE_SRC : 0);
+	struct ll_tuple back = {
+		.saddr = key->daddr,
+		.daddr = key->saddr,
+		.sport = key->dport,
+		.dport = key->sport,
+	};
 	struct ll_ct_key rkey = {}, other = {};
 	struct ll_ct *ct, *hit;
 	long err;
 
-	ct = ll_ct_build(p, nat, svc_id, ep_idx);
+	ct = ll_ct_build(p, svc_id, ep_idx);
 	if (!ct)
 		return LL_R_PASS_CT_FULL;
+	if (nat->xlate & LL_XLATE_SRC) {
+		/* The reply entry first: claiming it claims the source port. */
+		ll_ct_set_dir(ct, p, &back, rxlate, LL_CT_REPLY);
+		rkey.proto = key->proto;
+		rkey.saddr = nat->to.daddr;
+		rkey.daddr = nat->to.saddr;
+		rkey.sport = nat->to.dport;
+		rkey.dport = nat->to.sport;
+		err = ll_nat_claim_port(&rkey, ct);
+		if (err)
+			return err;
+		ll_ct_stat(LL_CT_STAT_CREATED);
+		nat->to.sport = rkey.dport;
+		ll_ct_set_dir(ct, p, &nat->to, nat->xlate, LL_CT_ORIGINAL);
+		err = bpf_map_update_elem(&ll_conntrack, key, ct, BPF_NOEXIST);
+		if (!err) {
+			ll_ct_stat(LL_CT_STAT_CREATED);
+			return 0;
+		}
+		/* The port is ours alone: nobody else uses that reply entry. */
+		ll_ct_undo(&rkey);
+		return err == -LL_EEXIST ? LL_CT_RACED : LL_R_PASS_CT_FULL;
+	}
+
+	ll_ct_set_dir(ct, p, &nat->to, nat->xlate, LL_CT_ORIGINAL);
 	err = bpf_map_update_elem(&ll_conntrack, key, ct, BPF_NOEXIST);
 	if (err)
 		return err == -LL_EEXIST ? LL_CT_RACED : LL_R_PASS_CT_FULL;
 	ll_ct_stat(LL_CT_STAT_CREATED);
+	if (nat->xlate & LL_XLATE_DSR)
+		return 0;
 
-	/* The reply entry is the original turned around: it undoes on the
-	 * destination what the original did on the source, and vice versa. */
 	ll_ct_partner(key->proto, ct, &rkey);
-	ct->nat.saddr = key->daddr;
-	ct->nat.daddr = key->saddr;
-	ct->nat.sport = key->dport;
-	ct->nat.dport = key->sport;
-	ct->xlate = (nat->xlate & LL_XLATE_SRC ? LL_XLATE_DST : 0) |
-		    (nat->xlate & LL_XLATE_DST ? LL_XLATE_SRC : 0);
-	ct->dir = LL_CT_REPLY;
-	ct->packets = 0;
-	ct->bytes = 0;
+	ll_ct_set_dir(ct, p, &back, rxlate, LL_CT_REPLY);
 	err = bpf_map_update_elem(&ll_conntrack, &rkey, ct, BPF_NOEXIST);
 	if (!err) {
 		ll_ct_stat(LL_CT_STAT_CREATED);
@@ -334,19 +367,19 @@ static __always_inline int ll_ct6_create(const struct ll_pkt *p, const struct ll
 					 __u32 mark)
 {
 	struct ll_ct6_key rkey = {};
-	struct ll_ct *ct = ll_ct_build(p, 0, LL_SVC_NONE, mark);
+	struct ll_tuple none = {};
+	struct ll_ct *ct = ll_ct_build(p, LL_SVC_NONE, mark);
 	long err;
 
 	if (!ct)
 		return LL_R_PASS_CT_FULL;
+	ll_ct_set_dir(ct, p, &none, LL_XLATE_NONE, LL_CT_ORIGINAL);
 	err = bpf_map_update_elem(&ll_conntrack6, key, ct, BPF_NOEXIST);
 	if (err)
 		return err == -LL_EEXIST ? LL_CT_RACED : LL_R_PASS_CT_FULL;
 	ll_ct_stat_in(&ll_ct6_stats, LL_CT_STAT_CREATED);
 	ll_ct6_reverse(key, &rkey);
-	ct->dir = LL_CT_REPLY;
-	ct->packets = 0;
-	ct->bytes = 0;
+	ll_ct_set_dir(ct, p, &none, LL_XLATE_NONE, LL_CT_REPLY);
 	/* A reply entry already there is a stale half: its partner would be
 	 * key, which did not exist. */
 	err = bpf_map_update_elem(&ll_conntrack6, &rkey, ct, BPF_NOEXIST);

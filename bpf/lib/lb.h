@@ -157,11 +157,41 @@ static __noinline int ll_select(const struct ll_svc *svc, const struct ll_ct_key
 /* Not load-balancer traffic: not a VIP and not in conntrack. */
 #define LL_LB_NONE (-2)
 
+/* How service svc's flows reach endpoint ep, for the first packet p of a
+ * flow that came in on interface ingress: fills *nat, or returns the reason
+ * to hand p to Linux. */
+static __always_inline int ll_lb_translation(const struct ll_svc *svc,
+					     const struct ll_endpoint *ep,
+					     const struct ll_pkt *p, __u32 ingress,
+					     struct ll_nat *nat)
+{
+	nat->to.saddr = p->saddr;
+	nat->to.daddr = ep->addr;
+	nat->to.sport = p->sport;
+	nat->to.dport = ep->port;
+	nat->xlate = LL_XLATE_DST;
+	switch (svc->mode) {
+	case LL_MODE_DSR:
+		/* Routed to the endpoint, which holds the VIP: ports stay. */
+		nat->to.dport = p->dport;
+		nat->xlate = LL_XLATE_DSR;
+		return 0;
+	case LL_MODE_ONEARM:
+	case LL_MODE_FULLNAT:
+		/* The source port is claimed with the flow's entries. */
+		nat->xlate = LL_XLATE_BOTH;
+		return ll_nat_source(ep->addr, svc->mode == LL_MODE_ONEARM, ingress,
+				     &nat->to.saddr);
+	default:
+		return 0;
+	}
+}
+
 /* A packet that found no flow: picks the service's endpoint and creates the
  * flow. Returns LL_R_NAT_NEW with *nat filled in, LL_LB_NONE, LL_CT_RACED,
  * or the reason to hand the VIP's packet to Linux as it is. */
-static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct ll_ct_key *key,
-					  struct ll_nat *nat)
+static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, __u32 ingress,
+					  const struct ll_ct_key *key, struct ll_nat *nat)
 {
 	struct ll_svc_key skey = {.vip = p->daddr, .port = p->dport, .proto = p->proto};
 	struct ll_endpoint *ep;
@@ -180,11 +210,9 @@ static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct l
 	if (ep_idx >= LL_MAX_ENDPOINTS || ep_idx >= svc->n_endpoints)
 		return LL_R_PASS_NO_ENDPOINT;
 	ep = &svc->endpoints[ep_idx];
-	nat->to.saddr = p->saddr;
-	nat->to.daddr = ep->addr;
-	nat->to.sport = p->sport;
-	nat->to.dport = ep->port;
-	nat->xlate = LL_XLATE_DST;
+	r = ll_lb_translation(svc, ep, p, ingress, nat);
+	if (r)
+		return r;
 
 	r = ll_ct_create(p, key, nat, svc->id, ep_idx);
 	if (r)
@@ -259,19 +287,20 @@ static __noinline int ll_lb_decide(const struct ll_pkt *p, struct ll_verdict *v)
 	return ll_ct_follow(p, &key, hit, v);
 }
 
-/* For the first packet of an IPv4 flow, once the firewall (if active,
- * tracked set) has let it in: LL_R_NAT_NEW with v->nat filled in, LL_LB_NONE,
+/* For the first packet of an IPv4 flow that came in on interface ingress,
+ * once the firewall (if active, tracked set) has let it in: LL_R_NAT_NEW with v->nat filled in, LL_LB_NONE,
  * or the reason to hand the packet to Linux as it is. With the firewall
  * active every flow is tracked, so that replies pass without a rule walk
  * and the other side cannot open flows of its own. */
-static __noinline int ll_lb_first(const struct ll_pkt *p, struct ll_verdict *v, int tracked)
+static __noinline int ll_lb_first(const struct ll_pkt *p, __u32 ingress, struct ll_verdict *v,
+				  int tracked)
 {
 	struct ll_ct_key key = {};
 	struct ll_ct *hit;
 	int r;
 
 	ll_ct_key_of(p, &key);
-	r = p->has_ports ? ll_lb_new_flow(p, &key, &v->nat) : LL_LB_NONE;
+	r = p->has_ports ? ll_lb_new_flow(p, ingress, &key, &v->nat) : LL_LB_NONE;
 	if (r == LL_LB_NONE && tracked)
 		r = ll_fw_track(p, &key, &v->nat, v->mark);
 	if (r != LL_CT_RACED)

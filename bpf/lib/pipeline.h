@@ -43,7 +43,7 @@ static __always_inline int ll_decide(const struct ll_pkt *p, __u32 ingress, stru
 	if (fw != LL_FW_OFF && fw != LL_FW_ALLOWED)
 		return fw;
 	if (v4)
-		return ll_lb_first(p, v, fw == LL_FW_ALLOWED);
+		return ll_lb_first(p, ingress, v, fw == LL_FW_ALLOWED);
 	/* IPv6 is not load balanced: only the firewall's flows are tracked. */
 	return fw == LL_FW_ALLOWED ? ll_ct6_first(p, v) : LL_LB_NONE;
 }
@@ -51,7 +51,8 @@ static __always_inline int ll_decide(const struct ll_pkt *p, __u32 ingress, stru
 /* Whether the verdict drops the packet. */
 static __always_inline int ll_dropped(int reason)
 {
-	return reason == LL_R_DROP_FW || reason == LL_R_DROP_FW_DEFAULT;
+	return reason == LL_R_DROP_FW || reason == LL_R_DROP_FW_DEFAULT ||
+	       reason == LL_R_DROP_NAT_PORTS;
 }
 
 static __always_inline void ll_pipeline(const struct ll_pkt *p, __u32 ingress, __u32 mtu_len,

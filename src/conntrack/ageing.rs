@@ -9,6 +9,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::one_way;
 use crate::datapath::types::{ll_ct, ll_ct6_key, ll_ct_key, ll_ct_state};
 use crate::datapath::{self, monotonic_ns, CtKey, Datapath, Removal, CT_BATCH};
 
@@ -164,6 +165,8 @@ fn sweep_table<K: CtKey>(
             if !timeouts.expired(now, k, v) {
                 // A flow lives while either direction does.
                 waiting.remove(&pk.id());
+            } else if one_way(v) {
+                doomed.push(*k);
             } else if waiting.remove(&pk.id()).is_some() {
                 doomed.extend([*k, pk]);
             } else {

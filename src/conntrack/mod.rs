@@ -82,13 +82,24 @@ fn flow_id(k: &ll_ct_key, v: &ll_ct) -> u128 {
     }
 }
 
+/// A DSR flow's only entry: the endpoint answers the client directly, so
+/// there is no reply entry.
+pub(crate) fn one_way(v: &ll_ct) -> bool {
+    v.xlate.0 & ll_xlate::LL_XLATE_DSR.0 != 0
+}
+
 /// What an entry does to its packets, e.g. "dnat-31.31.31.1:8080" for a
 /// client's packets to a service, "rdnat-20.20.20.1:2020" for the endpoint's
 /// replies. A direction that translates both sides shows both, source first
 /// ("snat-…,dnat-…"); the reply direction's names say which translation of
-/// the original it undoes. A flow the firewall let in untranslated shows
-/// "allow", or "allow-mark-N" with the mark it carries (in ep_idx).
+/// the original it undoes. A DSR entry shows the endpoint it routes to
+/// ("dsr-31.31.31.1"): only the MAC changes. A flow the firewall let in
+/// untranslated shows "allow", or "allow-mark-N" with the mark it carries
+/// (in ep_idx).
 fn action(v: &ll_ct) -> String {
+    if one_way(v) {
+        return format!("dsr-{}", Ipv4Addr::from(u32::from_be(v.nat.daddr)));
+    }
     let orig = v.dir == ll_ct_dir::LL_CT_ORIGINAL;
     let sides = [
         (
@@ -284,7 +295,9 @@ pub fn delete(dp: &Datapath, filter: &Filter) -> datapath::Result<Deleted> {
                 // A filter matches both halves alike; the partner may be in
                 // a later batch, or gone already (then it is skipped).
                 doomed.push(*k);
-                doomed.push(k.partner(v));
+                if !one_way(v) {
+                    doomed.push(k.partner(v));
+                }
             }
         }
         match dp.delete_conntrack(&doomed, Removal::Requested) {

@@ -104,6 +104,8 @@ struct Maps {
     ep_active: MapHandle,
     ifaces: MapHandle,
     locals: MapHandle,
+    ifaddrs: MapHandle,
+    nat_ports: MapHandle,
     routes4: MapHandle,
     routes6: MapHandle,
     neighs: MapHandle,
@@ -208,6 +210,8 @@ impl Datapath {
             ep_active: handle(&skel.maps.ll_ep_active)?,
             ifaces: handle(&skel.maps.ll_ifaces)?,
             locals: handle(&skel.maps.ll_locals)?,
+            ifaddrs: handle(&skel.maps.ll_ifaddrs)?,
+            nat_ports: handle(&skel.maps.ll_nat_ports)?,
             routes4: handle(&skel.maps.ll_routes4)?,
             routes6: handle(&skel.maps.ll_routes6)?,
             neighs: handle(&skel.maps.ll_neighs)?,
@@ -246,6 +250,18 @@ impl Datapath {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The source ports that source-translated flows (fullnat, onearm) get.
+    pub fn set_nat_ports(&self, ports: std::ops::RangeInclusive<u16>) -> Result<()> {
+        let v = types::ll_nat_ports {
+            min: *ports.start(),
+            max: *ports.end(),
+        };
+        self.maps
+            .nat_ports
+            .update(&0u32.to_ne_bytes(), pod::bytes(&v), MapFlags::ANY)
+            .map_err(Error::bpf("writing the NAT port range"))
     }
 
     /// Adds or replaces a service in one map update.
