@@ -17,8 +17,9 @@ use loxilight::datapath::types::{ll_ct6_key, ll_ct_key, ll_reason};
 use loxilight::datapath::{
     monotonic_ns, Datapath, Error, FwAction, FwDefault, FwEntry, HookKind, Limits, SVC_NONE,
 };
+use loxilight::kernel::model::{Addr, NextHop, Prefix, Route, RouteKind};
 use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, Selection, ServiceKey};
-use pkt::{parse, Packet, ACK, ICMP, L4, SYN, TCP, UDP};
+use pkt::{assert_checksums, parse, Packet, ACK, ICMP, L4, SYN, TCP, UDP};
 
 const HOOKS: [HookKind; 2] = [HookKind::Tc, HookKind::Xdp];
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -125,13 +126,18 @@ fn judge(dp: &Datapath, hook: HookKind, frame: &[u8]) -> ll_reason {
         .collect();
     assert_eq!(counted.len(), 1, "one verdict per packet: {counted:?}");
     let reason = counted[0];
-    let want = match (hook, reason) {
-        (HookKind::Tc, ll_reason::LL_R_DROP_FW | ll_reason::LL_R_DROP_FW_DEFAULT) => 2,
-        (HookKind::Tc, ll_reason::LL_R_FW_REDIRECT) => 7,
-        (HookKind::Tc, _) => 0,
-        (HookKind::Xdp, ll_reason::LL_R_DROP_FW | ll_reason::LL_R_DROP_FW_DEFAULT) => 1,
-        (HookKind::Xdp, ll_reason::LL_R_FW_REDIRECT) => 4,
-        (HookKind::Xdp, _) => 2,
+    let dropped = matches!(
+        reason,
+        ll_reason::LL_R_DROP_FW | ll_reason::LL_R_DROP_FW_DEFAULT | ll_reason::LL_R_DROP_NAT_PORTS
+    );
+    let redirected = reason == ll_reason::LL_R_FW_REDIRECT;
+    let want = match hook {
+        HookKind::Tc if dropped => 2,
+        HookKind::Tc if redirected => 7,
+        HookKind::Tc => 0,
+        HookKind::Xdp if dropped => 1,
+        HookKind::Xdp if redirected => 4,
+        HookKind::Xdp => 2,
     };
     assert_eq!(r.retval, want, "{hook:?} return value for {reason:?}");
     reason
@@ -869,4 +875,190 @@ fn first_packet_cost_at_10_1000_and_10000_rules() {
         println!("| {n} | distinct | {} | {} | {} |", d[0], d[1], d[2]);
         println!("| {n} | mixed | {} | {} | {} |", m[0], m[1], m[2]);
     }
+}
+
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+
+/// Runs `p` at TC; it must go to Linux translated (no interface is
+/// mirrored, so nothing is forwarded) with valid checksums.
+fn translated(dp: &Datapath, p: &Packet) -> SocketAddrV4Pair {
+    let r = dp.test_run(HookKind::Tc, &p.build(), 1).unwrap();
+    assert_eq!(r.retval, 0, "{p:?}");
+    assert_checksums(&r.data);
+    let out = parse(&r.data);
+    (out.src, out.dst)
+}
+
+type SocketAddrV4Pair = (SocketAddrV4, SocketAddrV4);
+
+#[test]
+fn snat_translates_new_flows_and_their_replies_and_never_reuses_a_tuple() {
+    let dp = load();
+    let public = Ipv4Addr::new(192, 0, 2, 10);
+    set(
+        &dp,
+        &[FwEntry {
+            src: net(Ipv4Addr::new(10, 0, 0, 0), 24),
+            action: FwAction::Snat {
+                addr: public.into(),
+                port: None,
+            },
+            ..any(1, 10)
+        }],
+        FwDefault::Allow,
+    );
+    let server = at(OUTSIDE, 53);
+    let c1 = at(CLIENT, 40000);
+    let (src, dst) = translated(&dp, &udp(c1, server));
+    assert_eq!(
+        (src, dst),
+        (at(public, 40000), server),
+        "the port is kept when free"
+    );
+    let (src2, _) = translated(&dp, &tcp(c1, at(OUTSIDE, 80), SYN));
+    assert_eq!(
+        src2,
+        at(public, 40000),
+        "another destination: the same port is free"
+    );
+    // The same port from another client to the same server: another port.
+    let c2 = at(Ipv4Addr::new(10, 0, 0, 2), 40000);
+    let (src3, _) = translated(&dp, &udp(c2, server));
+    assert_eq!(*src3.ip(), public);
+    assert_ne!(
+        src3.port(),
+        40000,
+        "two flows never share a translated tuple"
+    );
+    // Replies go back to each client.
+    assert_eq!(translated(&dp, &udp(server, src)), (server, c1));
+    assert_eq!(translated(&dp, &udp(server, src3)), (server, c2));
+    // Later packets of the flow: the same translation.
+    assert_eq!(translated(&dp, &udp(c2, server)).0, src3);
+    // Listed as translated; a client outside the rule is not.
+    let e = dp.conntrack_entry(&key(c1, server, UDP)).unwrap().unwrap();
+    assert_eq!(
+        (e.svc_id, e.nat.saddr),
+        (SVC_NONE, u32::from(public).to_be())
+    );
+    let other = at(Ipv4Addr::new(10, 1, 0, 1), 5000);
+    assert_eq!(translated(&dp, &udp(other, server)), (other, server));
+
+    // Other protocols and IPv6 cannot be translated here: Linux gets them.
+    let icmp = Packet::new(at(CLIENT, 0), at(OUTSIDE, 0), L4::Raw(ICMP)).build();
+    assert_eq!(
+        judge(&dp, HookKind::Tc, &icmp),
+        ll_reason::LL_R_PASS_NO_SNAT
+    );
+
+    // Changing the address flushes the translated flows.
+    set(
+        &dp,
+        &[FwEntry {
+            src: net(Ipv4Addr::new(10, 0, 0, 0), 24),
+            action: FwAction::Snat {
+                addr: Ipv4Addr::new(192, 0, 2, 11).into(),
+                port: Some(2000),
+            },
+            ..any(1, 10)
+        }],
+        FwDefault::Allow,
+    );
+    assert!(!tracked(&dp, c1, server, UDP) && !tracked(&dp, c2, server, UDP));
+    assert!(tracked(&dp, other, server, UDP), "untranslated flows stay");
+    let (src, _) = translated(&dp, &udp(c1, server));
+    assert_eq!(
+        src,
+        at(Ipv4Addr::new(192, 0, 2, 11), 2000),
+        "the rule's port first"
+    );
+}
+
+#[test]
+fn exhausted_source_ports_are_counted_and_refused() {
+    let dp = load();
+    dp.set_nat_ports(50000..=50001).unwrap();
+    set(
+        &dp,
+        &[FwEntry {
+            action: FwAction::Snat {
+                addr: Ipv4Addr::new(192, 0, 2, 10).into(),
+                port: None,
+            },
+            ..any(1, 10)
+        }],
+        FwDefault::Allow,
+    );
+    let server = at(OUTSIDE, 53);
+    let mut ports = Vec::new();
+    for host in 1..=2 {
+        let (src, _) = translated(&dp, &udp(at(Ipv4Addr::new(10, 0, 0, host), 7), server));
+        ports.push(src.port());
+    }
+    ports.sort();
+    assert_eq!(ports, [50000, 50001]);
+    let third = udp(at(Ipv4Addr::new(10, 0, 0, 3), 7), server).build();
+    for hook in HOOKS {
+        assert_eq!(judge(&dp, hook, &third), ll_reason::LL_R_DROP_NAT_PORTS);
+    }
+    assert!(!tracked(
+        &dp,
+        at(Ipv4Addr::new(10, 0, 0, 3), 7),
+        server,
+        UDP
+    ));
+}
+
+#[test]
+fn masquerade_uses_the_address_of_the_egress_interface() {
+    let dp = load();
+    let (egress, lb) = (5, Ipv4Addr::new(203, 0, 113, 1));
+    dp.set_route(&Route {
+        dst: Prefix {
+            ip: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 0)),
+            len: 24,
+        },
+        kind: RouteKind::Unicast,
+        metric: 0,
+        nexthops: vec![NextHop {
+            gateway: Some(Ipv4Addr::new(203, 0, 113, 254).into()),
+            ifindex: egress,
+        }],
+    })
+    .unwrap();
+    dp.set_source_addrs(&[
+        Addr {
+            ip: lb.into(),
+            prefix: 24,
+            ifindex: egress,
+        },
+        Addr {
+            ip: Ipv4Addr::new(10, 0, 0, 254).into(),
+            prefix: 24,
+            ifindex: 6,
+        },
+    ])
+    .unwrap();
+    set(
+        &dp,
+        &[FwEntry {
+            src: net(Ipv4Addr::new(10, 0, 0, 0), 24),
+            action: FwAction::Masquerade,
+            ..any(1, 10)
+        }],
+        FwDefault::Allow,
+    );
+    let server = at(OUTSIDE, 443);
+    let (src, dst) = translated(&dp, &tcp(at(CLIENT, 33000), server, SYN));
+    assert_eq!((src, dst), (at(lb, 33000), server));
+    assert_eq!(
+        translated(&dp, &tcp(server, src, SYN | ACK)),
+        (server, at(CLIENT, 33000))
+    );
+    // No route to the destination: no address to take.
+    let lost = tcp(at(CLIENT, 33001), at(Ipv4Addr::new(192, 0, 2, 1), 80), SYN).build();
+    assert_eq!(
+        judge(&dp, HookKind::Tc, &lost),
+        ll_reason::LL_R_PASS_NO_ROUTE
+    );
 }

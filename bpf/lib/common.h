@@ -93,6 +93,7 @@ enum ll_reason {
 	LL_R_DROP_NAT_PORTS,     /* no free source port for a source-translated flow: refused */
 	LL_R_PASS_NO_NAT_ADDR,   /* no LB address on the interface towards the endpoint */
 	LL_R_PASS_ONEARM_EGRESS, /* onearm: the endpoint is not reached through the ingress interface */
+	LL_R_PASS_NO_SNAT,       /* a SNAT rule matched IPv6, or neither TCP nor UDP: untranslated to Linux */
 	LL_R_MAX,
 };
 
@@ -344,6 +345,8 @@ enum ll_fw_action {
 	LL_FW_DROP = 1,
 	LL_FW_TRAP = 2,     /* to Linux unchanged */
 	LL_FW_REDIRECT = 3, /* bpf_redirect to ll_fw_rule.ifindex, unchanged */
+	LL_FW_SNAT = 4,     /* translate the source to snat_addr (snat_port first) */
+	LL_FW_MASQUERADE = 5, /* translate the source to the egress interface's address */
 };
 
 #define LL_FW_RECORD 0x1 /* emit an ll_fw_event per matched packet */
@@ -355,6 +358,9 @@ struct ll_fw_rule {
 	__u32 flags;        /* LL_FW_RECORD */
 	__u32 mark;         /* TC: skb->mark for the flow's packets; 0 = leave it */
 	__u32 ifindex;      /* LL_FW_REDIRECT: where to */
+	__be32 snat_addr;   /* LL_FW_SNAT */
+	__be16 snat_port;   /* LL_FW_SNAT: tried first; 0: the flow's own */
+	__u16 pad;
 };
 
 /* A set of rules: the id of its bitmap and which of its blocks are

@@ -248,16 +248,18 @@ static __always_inline int ll_fw_track(const struct ll_pkt *p, const struct ll_c
 
 /* A packet of a tracked flow, whose entry (*key, hit) it matched:
  * LL_R_NAT_EST with v->nat filled in, or LL_LB_NONE for a flow the firewall
- * let in untranslated (v->mark set). */
+ * let in untranslated. Flows the firewall let in set v->mark. */
 static __always_inline int ll_ct_follow(const struct ll_pkt *p, const struct ll_ct_key *key,
 					struct ll_ct *hit, struct ll_verdict *v)
 {
 	ll_ct_touch(p, key, hit);
 	if (hit->svc_id == LL_SVC_NONE) {
 		v->mark = hit->ep_idx;
-		return LL_LB_NONE;
+		if (hit->xlate == LL_XLATE_NONE)
+			return LL_LB_NONE;
+	} else {
+		ll_count_flow(hit->svc_id, hit->ep_idx, p->len);
 	}
-	ll_count_flow(hit->svc_id, hit->ep_idx, p->len);
 	v->nat.to = hit->nat;
 	v->nat.xlate = hit->xlate;
 	return LL_R_NAT_EST;
@@ -287,13 +289,35 @@ static __noinline int ll_lb_decide(const struct ll_pkt *p, struct ll_verdict *v)
 	return ll_ct_follow(p, &key, hit, v);
 }
 
+/* A new flow that a firewall SNAT or masquerade rule let in and that is not
+ * load balanced: v->nat.to holds the source to translate to (ll_fw_first);
+ * the port is claimed with the flow's entries. LL_R_NAT_NEW, LL_CT_RACED or
+ * the reason to drop p or hand it to Linux. */
+static __always_inline int ll_fw_snat(const struct ll_pkt *p, const struct ll_ct_key *key,
+				      struct ll_verdict *v)
+{
+	int r = 0;
+
+	if (!v->nat.to.saddr)
+		r = ll_nat_source(p->daddr, 0, 0, &v->nat.to.saddr);
+	if (r)
+		return r;
+	v->nat.to.daddr = p->daddr;
+	v->nat.to.dport = p->dport;
+	v->nat.xlate = LL_XLATE_SRC;
+	r = ll_ct_create(p, key, &v->nat, LL_SVC_NONE, v->mark);
+	return r ? r : LL_R_NAT_NEW;
+}
+
 /* For the first packet of an IPv4 flow that came in on interface ingress,
- * once the firewall (if active, tracked set) has let it in: LL_R_NAT_NEW with v->nat filled in, LL_LB_NONE,
- * or the reason to hand the packet to Linux as it is. With the firewall
- * active every flow is tracked, so that replies pass without a rule walk
- * and the other side cannot open flows of its own. */
+ * once the firewall has let it in (fw: LL_FW_OFF, LL_FW_ALLOWED or
+ * LL_FW_TRANSLATE): LL_R_NAT_NEW with v->nat filled in, LL_LB_NONE, or the
+ * reason to hand the packet to Linux as it is (or drop it). With the
+ * firewall active every flow is tracked, so that replies pass without a
+ * rule walk and the other side cannot open flows of its own. Load-balanced
+ * flows are translated as their service says, never by SNAT rules. */
 static __noinline int ll_lb_first(const struct ll_pkt *p, __u32 ingress, struct ll_verdict *v,
-				  int tracked)
+				  int fw)
 {
 	struct ll_ct_key key = {};
 	struct ll_ct *hit;
@@ -301,7 +325,9 @@ static __noinline int ll_lb_first(const struct ll_pkt *p, __u32 ingress, struct 
 
 	ll_ct_key_of(p, &key);
 	r = p->has_ports ? ll_lb_new_flow(p, ingress, &key, &v->nat) : LL_LB_NONE;
-	if (r == LL_LB_NONE && tracked)
+	if (r == LL_LB_NONE && fw == LL_FW_TRANSLATE)
+		r = ll_fw_snat(p, &key, v);
+	else if (r == LL_LB_NONE && fw == LL_FW_ALLOWED)
 		r = ll_fw_track(p, &key, &v->nat, v->mark);
 	if (r != LL_CT_RACED)
 		return r;

@@ -39,11 +39,11 @@ static __always_inline int ll_decide(const struct ll_pkt *p, __u32 ingress, stru
 
 	if (r != LL_CT_MISS)
 		return r;
-	fw = ll_fw_first(p, ingress, &v->mark, &v->fwd.ifindex);
-	if (fw != LL_FW_OFF && fw != LL_FW_ALLOWED)
+	fw = ll_fw_first(p, ingress, &v->mark, &v->fwd.ifindex, &v->nat.to);
+	if (fw != LL_FW_OFF && fw != LL_FW_ALLOWED && fw != LL_FW_TRANSLATE)
 		return fw;
 	if (v4)
-		return ll_lb_first(p, ingress, v, fw == LL_FW_ALLOWED);
+		return ll_lb_first(p, ingress, v, fw);
 	/* IPv6 is not load balanced: only the firewall's flows are tracked. */
 	return fw == LL_FW_ALLOWED ? ll_ct6_first(p, v) : LL_LB_NONE;
 }
