@@ -1062,3 +1062,90 @@ fn masquerade_uses_the_address_of_the_egress_interface() {
         ll_reason::LL_R_PASS_NO_ROUTE
     );
 }
+
+/// xorshift64: a fixed pseudo-random sequence, so a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The rule a linear scan picks: the highest preference, then the lowest id.
+fn reference(rules: &[FwEntry], src: Ipv4Addr, dst: Ipv4Addr, dport: u16, proto: u8) -> u32 {
+    let within = |net: Option<(IpAddr, u8)>, a: Ipv4Addr| match net {
+        None => true,
+        Some((IpAddr::V4(n), len)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        Some(_) => false,
+    };
+    rules
+        .iter()
+        .filter(|r| {
+            within(r.src, src)
+                && within(r.dst, dst)
+                && (r.dport.0..=r.dport.1).contains(&dport)
+                && r.proto.is_none_or(|p| p == proto)
+        })
+        .max_by_key(|r| (r.preference, std::cmp::Reverse(r.id)))
+        .map_or(0, |r| r.id)
+}
+
+#[test]
+fn the_classifier_agrees_with_a_linear_scan_on_random_rules() {
+    let dp = load();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    // Small address and port spaces, so that rules overlap a lot.
+    let addr = |rng: &mut Rng| Ipv4Addr::new(10, 0, rng.below(4) as u8, rng.below(8) as u8);
+    let rules: Vec<FwEntry> = (1..=1500u32)
+        .map(|id| {
+            let lo = rng.below(64) as u16;
+            let prefix = |rng: &mut Rng| match rng.below(6) {
+                0 => None,
+                _ => net(addr(rng), [24, 29, 30, 31, 32][rng.below(5) as usize]),
+            };
+            FwEntry {
+                src: prefix(&mut rng),
+                dst: prefix(&mut rng),
+                dport: if rng.below(6) == 0 {
+                    (0, u16::MAX)
+                } else {
+                    (lo, lo + rng.below(16) as u16)
+                },
+                proto: [None, Some(TCP), Some(UDP)][rng.below(3) as usize],
+                mark: Some(id),
+                ..any(id, rng.below(1000) as u32)
+            }
+        })
+        .collect();
+    set(&dp, &rules, FwDefault::Allow);
+    let mut matched = std::collections::HashSet::new();
+    for i in 0..3000u16 {
+        let (s, d) = (addr(&mut rng), addr(&mut rng));
+        let dport = rng.below(90) as u16;
+        let proto = if rng.below(2) == 0 { TCP } else { UDP };
+        // A source port of its own: every packet is a first packet.
+        let (src, dst) = (at(s, 1024 + i), at(d, dport));
+        let p = if proto == TCP {
+            tcp(src, dst, SYN)
+        } else {
+            udp(src, dst)
+        };
+        let r = dp.test_run(HookKind::Tc, &p.build(), 1).unwrap();
+        let want = reference(&rules, s, d, dport, proto);
+        assert_eq!(r.mark, want, "{src} -> {dst} proto {proto}");
+        matched.insert(want);
+    }
+    // Not a degenerate draw: many different rules won.
+    assert!(matched.len() > 50, "{}", matched.len());
+}
