@@ -119,12 +119,19 @@ static long ll_fw_block(__u32 b, void *ctx)
 		return 0;
 	s->acc = *blk;
 	for (int i = 1; i < LL_FW_FIELDS; i++) {
+		__u64 left = 0;
+
 		s->blk.set = s->f[i].id;
 		blk = bpf_map_lookup_elem(&ll_fw_blocks, &s->blk);
 		if (!blk)
 			return 0;
-		for (int w = 0; w < LL_FW_BLOCK_WORDS; w++)
+		for (int w = 0; w < LL_FW_BLOCK_WORDS; w++) {
 			s->acc.w[w] &= blk->w[w];
+			left |= s->acc.w[w];
+		}
+		/* No rule of this block left: the other fields need not be read. */
+		if (!left)
+			return 0;
 	}
 	for (int w = 0; w < LL_FW_BLOCK_WORDS; w++) {
 		if (s->acc.w[w]) {
