@@ -25,12 +25,17 @@ struct ll_nat {
 #define LL_CT_SEEN_FINS (LL_CT_SEEN_FIN_ORIG | LL_CT_SEEN_FIN_REPLY)
 #define LL_CT_SEEN_FINS_ACKED (LL_CT_SEEN_FIN_ORIG_ACKED | LL_CT_SEEN_FIN_REPLY_ACKED)
 
-static __always_inline void ll_ct_stat(__u32 stat)
+static __always_inline void ll_ct_stat_in(void *stats, __u32 stat)
 {
-	__u64 *c = bpf_map_lookup_elem(&ll_ct_stats, &stat);
+	__u64 *c = bpf_map_lookup_elem(stats, &stat);
 
 	if (c)
 		*c += 1;
+}
+
+static __always_inline void ll_ct_stat(__u32 stat)
+{
+	ll_ct_stat_in(&ll_ct_stats, stat);
 }
 
 static __always_inline int ll_ct_key_eq(const struct ll_ct_key *a, const struct ll_ct_key *b)
@@ -162,26 +167,22 @@ static __always_inline void ll_ct_settle(struct ll_ct *ct, __u8 proto, __u32 ev)
 		ct->state = ll_ct_state_of(proto, now);
 }
 
-/* Accounts packet p to entry (k, ct) and moves the flow's state on, in both
- * of its entries. The partner is looked up only when something changes. */
-static __always_inline void ll_ct_touch(const struct ll_pkt *p, const struct ll_ct_key *k,
-					struct ll_ct *ct)
+/* Accounts packet p to its entry ct. Returns whether the flow's state moves
+ * on (then ll_ct_advance, with the partner entry), with the events in *ev. */
+static __always_inline int ll_ct_count(const struct ll_pkt *p, struct ll_ct *ct, __u32 *ev)
 {
-	int reopen = ll_ct_reopens(p, ct);
-	__u32 ev = ll_ct_events(p, ct);
-	struct ll_ct_key pk = {};
-	struct ll_ct *partner;
-
 	__sync_fetch_and_add(&ct->packets, 1);
 	__sync_fetch_and_add(&ct->bytes, p->len);
 	ct->last_seen_ns = bpf_ktime_get_ns();
-	if (!reopen && (ct->seen & ev) == ev)
-		return;
+	*ev = ll_ct_events(p, ct);
+	return ll_ct_reopens(p, ct) || (ct->seen & *ev) != *ev;
+}
 
-	ll_ct_partner(k->proto, ct, &pk);
-	/* A DSR flow has no other direction. */
-	partner = ct->xlate & LL_XLATE_DSR ? NULL : bpf_map_lookup_elem(&ll_conntrack, &pk);
-	if (reopen) {
+/* Moves the flow's state on in both of its entries (partner may be gone). */
+static __always_inline void ll_ct_advance(const struct ll_pkt *p, struct ll_ct *ct,
+					  struct ll_ct *partner, __u32 ev)
+{
+	if (ll_ct_reopens(p, ct)) {
 		ll_ct_restart(ct);
 		if (partner)
 			ll_ct_restart(partner);
@@ -196,10 +197,47 @@ static __always_inline void ll_ct_touch(const struct ll_pkt *p, const struct ll_
 		ll_ct_settle(partner, p->proto, ev);
 }
 
+/* Accounts packet p to entry (k, ct) and moves the flow's state on, in both
+ * of its entries. The partner is looked up only when something changes. */
+static __always_inline void ll_ct_touch(const struct ll_pkt *p, const struct ll_ct_key *k,
+					struct ll_ct *ct)
+{
+	struct ll_ct_key pk = {};
+	__u32 ev;
+
+	if (!ll_ct_count(p, ct, &ev))
+		return;
+	ll_ct_partner(k->proto, ct, &pk);
+	/* A DSR flow has no other direction. */
+	ll_ct_advance(p, ct,
+		      ct->xlate & LL_XLATE_DSR ? NULL : bpf_map_lookup_elem(&ll_conntrack, &pk),
+		      ev);
+}
+
 static __always_inline void ll_ct_undo(const struct ll_ct_key *k)
 {
 	if (!bpf_map_delete_elem(&ll_conntrack, k))
 		ll_ct_stat(LL_CT_STAT_DELETED);
+}
+
+/* The flow-wide fields of a new flow's entries, from its first packet p,
+ * built in the per-CPU scratch (the pipeline's frame is near the limit);
+ * ll_ct_set_dir fills in each direction. */
+static __always_inline struct ll_ct *ll_ct_build(const struct ll_pkt *p, __u32 svc_id,
+						 __u32 ep_idx)
+{
+	__u32 zero = 0;
+	struct ll_ct *ct = bpf_map_lookup_elem(&ll_ct_scratch, &zero);
+
+	if (!ct)
+		return 0;
+	ct->seen = ll_ct_first_events(p);
+	ct->state = ll_ct_state_of(p->proto, ct->seen);
+	ct->fin_ack = 0;
+	ct->svc_id = svc_id;
+	ct->ep_idx = ep_idx;
+	ct->last_seen_ns = bpf_ktime_get_ns();
+	return ct;
 }
 
 /* Makes ct the entry of one direction of a flow whose first packet is p:
@@ -235,20 +273,11 @@ static __always_inline int ll_ct_create(const struct ll_pkt *p, const struct ll_
 	};
 	struct ll_ct_key rkey = {}, other = {};
 	struct ll_ct *ct, *hit;
-	__u32 zero = 0;
 	long err;
 
-	/* Built off the stack: the pipeline's frame is near the limit. */
-	ct = bpf_map_lookup_elem(&ll_ct_scratch, &zero);
+	ct = ll_ct_build(p, svc_id, ep_idx);
 	if (!ct)
 		return LL_R_PASS_CT_FULL;
-	ct->seen = ll_ct_first_events(p);
-	ct->state = ll_ct_state_of(p->proto, ct->seen);
-	ct->fin_ack = 0;
-	ct->svc_id = svc_id;
-	ct->ep_idx = ep_idx;
-	ct->last_seen_ns = bpf_ktime_get_ns();
-
 	if (nat->xlate & LL_XLATE_SRC) {
 		/* The reply entry first: claiming it claims the source port. */
 		ll_ct_set_dir(ct, p, &back, rxlate, LL_CT_REPLY);
@@ -306,6 +335,70 @@ static __always_inline int ll_ct_create(const struct ll_pkt *p, const struct ll_
 			return 0;
 	}
 	ll_ct_undo(key);
+	return LL_R_PASS_CT_FULL;
+}
+
+/* IPv6 flows (ll_conntrack6): untranslated, let in by the firewall. */
+static __always_inline void ll_ct6_key_of(const struct ll_pkt *p, struct ll_ct6_key *k)
+{
+	__builtin_memcpy(k->saddr, p->saddr6, 16);
+	__builtin_memcpy(k->daddr, p->daddr6, 16);
+	k->sport = p->sport;
+	k->dport = p->dport;
+	k->proto = p->proto;
+}
+
+static __always_inline void ll_ct6_reverse(const struct ll_ct6_key *k, struct ll_ct6_key *out)
+{
+	__builtin_memcpy(out->saddr, k->daddr, 16);
+	__builtin_memcpy(out->daddr, k->saddr, 16);
+	out->sport = k->dport;
+	out->dport = k->sport;
+	out->proto = k->proto;
+}
+
+static __always_inline void ll_ct6_touch(const struct ll_pkt *p, const struct ll_ct6_key *k,
+					 struct ll_ct *ct)
+{
+	struct ll_ct6_key pk = {};
+	__u32 ev;
+
+	if (!ll_ct_count(p, ct, &ev))
+		return;
+	ll_ct6_reverse(k, &pk);
+	ll_ct_advance(p, ct, bpf_map_lookup_elem(&ll_conntrack6, &pk), ev);
+}
+
+/* Creates both entries of a new IPv6 flow from its first packet p, carrying
+ * mark. Returns 0, LL_CT_RACED, or the reason to hand p to Linux. */
+static __always_inline int ll_ct6_create(const struct ll_pkt *p, const struct ll_ct6_key *key,
+					 __u32 mark)
+{
+	struct ll_ct6_key rkey = {};
+	struct ll_tuple none = {};
+	struct ll_ct *ct = ll_ct_build(p, LL_SVC_NONE, mark);
+	long err;
+
+	if (!ct)
+		return LL_R_PASS_CT_FULL;
+	ll_ct_set_dir(ct, p, &none, LL_XLATE_NONE, LL_CT_ORIGINAL);
+	err = bpf_map_update_elem(&ll_conntrack6, key, ct, BPF_NOEXIST);
+	if (err)
+		return err == -LL_EEXIST ? LL_CT_RACED : LL_R_PASS_CT_FULL;
+	ll_ct_stat_in(&ll_ct6_stats, LL_CT_STAT_CREATED);
+	ll_ct6_reverse(key, &rkey);
+	ll_ct_set_dir(ct, p, &none, LL_XLATE_NONE, LL_CT_REPLY);
+	/* A reply entry already there is a stale half: its partner would be
+	 * key, which did not exist. */
+	err = bpf_map_update_elem(&ll_conntrack6, &rkey, ct, BPF_NOEXIST);
+	if (!err) {
+		ll_ct_stat_in(&ll_ct6_stats, LL_CT_STAT_CREATED);
+		return 0;
+	}
+	if (err == -LL_EEXIST && !bpf_map_update_elem(&ll_conntrack6, &rkey, ct, BPF_EXIST))
+		return 0;
+	if (!bpf_map_delete_elem(&ll_conntrack6, key))
+		ll_ct_stat_in(&ll_ct6_stats, LL_CT_STAT_DELETED);
 	return LL_R_PASS_CT_FULL;
 }
 

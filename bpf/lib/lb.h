@@ -6,7 +6,17 @@
 #define LL_LB_H
 
 #include "ct.h"
-#include "stats.h"
+#include "fw.h"
+#include "fwd.h"
+
+/* The whole decision for one packet; the hook's entry file applies it. */
+struct ll_verdict {
+	int reason;     /* LL_R_FWD, LL_R_FW_REDIRECT, or why the packet goes to Linux or is dropped */
+	int nat_reason; /* LL_R_NAT_NEW / LL_R_NAT_EST when translated, else 0 */
+	__u32 mark;     /* TC: the firewall's skb->mark, 0 = leave it */
+	struct ll_nat nat;
+	struct ll_fwd fwd; /* LL_R_FW_REDIRECT: only ifindex */
+};
 
 static __always_inline __u32 ll_svc_mark(__u32 svc_id)
 {
@@ -200,6 +210,9 @@ static __noinline __u32 ll_range_start(__be32 vip, __u32 proto, __u32 dport)
 	return 0;
 }
 
+/* Not load-balancer traffic: not a VIP and not in conntrack. */
+#define LL_LB_NONE (-2)
+
 /* How service svc's flows reach endpoint ep, for the first packet p of a
  * flow that came in on interface ingress: fills *nat, or returns the reason
  * to hand p to Linux. */
@@ -229,9 +242,6 @@ static __always_inline int ll_lb_translation(const struct ll_svc *svc,
 		return 0;
 	}
 }
-
-/* Not load-balancer traffic: not a VIP and not in conntrack. */
-#define LL_LB_NONE (-2)
 
 /* A packet that found no flow: picks the service's endpoint and creates the
  * flow. Returns LL_R_NAT_NEW with *nat filled in, LL_LB_NONE, LL_CT_RACED,
@@ -284,37 +294,155 @@ static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, __u32 ingress,
 	return LL_R_NAT_NEW;
 }
 
-/* For an IPv4 TCP, UDP, SCTP or ICMP echo packet that came in on interface
- * ingress: LL_R_NAT_NEW or LL_R_NAT_EST with *nat filled in, LL_LB_NONE, or
- * the reason to hand the VIP's packet to Linux as it is (or drop it). */
-static __noinline int ll_lb_decide(const struct ll_pkt *p, __u32 ingress, struct ll_nat *nat)
+/* A new flow the firewall let in that is not load balanced: both entries,
+ * untranslated (nat is scratch space), with the rule's mark. Returns
+ * LL_LB_NONE, LL_CT_RACED or the reason to hand p to Linux. */
+static __always_inline int ll_fw_track(const struct ll_pkt *p, const struct ll_ct_key *key,
+				       struct ll_nat *nat, __u32 mark)
 {
-	struct ll_ct_key key = {
-		.saddr = p->saddr,
-		.daddr = p->daddr,
-		.sport = p->sport,
-		.dport = p->dport,
-		.proto = p->proto,
-	};
+	int r;
+
+	nat->to.saddr = p->saddr;
+	nat->to.daddr = p->daddr;
+	nat->to.sport = p->sport;
+	nat->to.dport = p->dport;
+	nat->xlate = LL_XLATE_NONE;
+	r = ll_ct_create(p, key, nat, LL_SVC_NONE, mark);
+	return r ? r : LL_LB_NONE;
+}
+
+/* ll_lb_decide: the packet belongs to no tracked flow. */
+#define LL_CT_MISS (-6)
+
+/* A packet of a tracked flow, whose entry (*key, hit) it matched:
+ * LL_R_NAT_EST with v->nat filled in, or LL_LB_NONE for a flow the firewall
+ * let in untranslated. Flows the firewall let in set v->mark. */
+static __always_inline int ll_ct_follow(const struct ll_pkt *p, const struct ll_ct_key *key,
+					struct ll_ct *hit, struct ll_verdict *v)
+{
+	ll_ct_touch(p, key, hit);
+	if (hit->svc_id == LL_SVC_NONE) {
+		v->mark = hit->ep_idx;
+		if (hit->xlate == LL_XLATE_NONE)
+			return LL_LB_NONE;
+	} else {
+		ll_count_flow(hit->svc_id, hit->ep_idx, p->len);
+		v->nat.mark = ll_svc_mark(hit->svc_id);
+	}
+	v->nat.to = hit->nat;
+	v->nat.xlate = hit->xlate;
+	return LL_R_NAT_EST;
+}
+
+static __always_inline void ll_ct_key_of(const struct ll_pkt *p, struct ll_ct_key *key)
+{
+	key->saddr = p->saddr;
+	key->daddr = p->daddr;
+	key->sport = p->sport;
+	key->dport = p->dport;
+	key->proto = p->proto;
+}
+
+/* For an IPv4 packet of a tracked flow: as ll_ct_follow; otherwise
+ * LL_CT_MISS. Packets without ports are tracked by protocol and addresses
+ * (ports 0). */
+static __noinline int ll_lb_decide(const struct ll_pkt *p, struct ll_verdict *v)
+{
+	struct ll_ct_key key = {};
+	struct ll_ct *hit;
+
+	ll_ct_key_of(p, &key);
+	hit = bpf_map_lookup_elem(&ll_conntrack, &key);
+	if (!hit)
+		return LL_CT_MISS;
+	return ll_ct_follow(p, &key, hit, v);
+}
+
+/* A new flow that a firewall SNAT or masquerade rule let in and that is not
+ * load balanced: v->nat.to holds the source to translate to (ll_fw_first);
+ * the port is claimed with the flow's entries. LL_R_NAT_NEW, LL_CT_RACED or
+ * the reason to drop p or hand it to Linux. */
+static __always_inline int ll_fw_snat(const struct ll_pkt *p, const struct ll_ct_key *key,
+				      struct ll_verdict *v)
+{
+	int r = 0;
+
+	if (!v->nat.to.saddr)
+		r = ll_nat_source(p->daddr, 0, 0, &v->nat.to.saddr);
+	if (r)
+		return r;
+	v->nat.to.daddr = p->daddr;
+	v->nat.to.dport = p->dport;
+	v->nat.xlate = LL_XLATE_SRC;
+	r = ll_ct_create(p, key, &v->nat, LL_SVC_NONE, v->mark);
+	return r ? r : LL_R_NAT_NEW;
+}
+
+/* For the first packet of an IPv4 flow that came in on interface ingress,
+ * once the firewall has let it in (fw: LL_FW_OFF, LL_FW_ALLOWED or
+ * LL_FW_TRANSLATE): LL_R_NAT_NEW with v->nat filled in, LL_LB_NONE, or the
+ * reason to hand the packet to Linux as it is (or drop it). With the
+ * firewall active every flow is tracked, so that replies pass without a
+ * rule walk and the other side cannot open flows of its own. Load-balanced
+ * flows are translated as their service says, never by SNAT rules. */
+static __noinline int ll_lb_first(const struct ll_pkt *p, __u32 ingress, struct ll_verdict *v,
+				  int fw)
+{
+	struct ll_ct_key key = {};
 	struct ll_ct *hit;
 	int r;
 
+	ll_ct_key_of(p, &key);
+	r = p->has_ports ? ll_lb_new_flow(p, ingress, &key, &v->nat) : LL_LB_NONE;
+	if (r == LL_LB_NONE && fw == LL_FW_TRANSLATE)
+		r = ll_fw_snat(p, &key, v);
+	else if (r == LL_LB_NONE && fw == LL_FW_ALLOWED)
+		r = ll_fw_track(p, &key, &v->nat, v->mark);
+	if (r != LL_CT_RACED)
+		return r;
+	/* Another CPU created this flow first: follow its choice. */
 	hit = bpf_map_lookup_elem(&ll_conntrack, &key);
-	if (!hit) {
-		r = ll_lb_new_flow(p, ingress, &key, nat);
-		if (r != LL_CT_RACED)
-			return r;
-		/* Another CPU created this flow first: follow its choice. */
-		hit = bpf_map_lookup_elem(&ll_conntrack, &key);
-		if (!hit)
-			return LL_R_PASS_CT_FULL;
-	}
-	ll_ct_touch(p, &key, hit);
-	ll_count_flow(hit->svc_id, hit->ep_idx, p->len);
-	nat->to = hit->nat;
-	nat->xlate = hit->xlate;
-	nat->mark = ll_svc_mark(hit->svc_id);
-	return LL_R_NAT_EST;
+	if (!hit)
+		return LL_R_PASS_CT_FULL;
+	return ll_ct_follow(p, &key, hit, v);
+}
+
+/* A packet of a tracked IPv6 flow, whose entry (*key, hit) it matched. */
+static __always_inline int ll_ct6_follow(const struct ll_pkt *p, const struct ll_ct6_key *key,
+					 struct ll_ct *hit, struct ll_verdict *v)
+{
+	ll_ct6_touch(p, key, hit);
+	v->mark = hit->ep_idx;
+	return LL_LB_NONE;
+}
+
+/* For an IPv6 packet of a tracked flow: LL_LB_NONE (v->mark set);
+ * otherwise LL_CT_MISS. */
+static __noinline int ll_ct6_decide(const struct ll_pkt *p, struct ll_verdict *v)
+{
+	struct ll_ct6_key key = {};
+	struct ll_ct *hit;
+
+	ll_ct6_key_of(p, &key);
+	hit = bpf_map_lookup_elem(&ll_conntrack6, &key);
+	return hit ? ll_ct6_follow(p, &key, hit, v) : LL_CT_MISS;
+}
+
+/* For the first packet of an IPv6 flow the firewall let in: tracks the
+ * flow. LL_LB_NONE, or the reason to hand the packet to Linux. */
+static __noinline int ll_ct6_first(const struct ll_pkt *p, struct ll_verdict *v)
+{
+	struct ll_ct6_key key = {};
+	struct ll_ct *hit;
+	int r;
+
+	ll_ct6_key_of(p, &key);
+	r = ll_ct6_create(p, &key, v->mark);
+	if (r != LL_CT_RACED)
+		return r ? r : LL_LB_NONE;
+	/* Another CPU created this flow first. */
+	hit = bpf_map_lookup_elem(&ll_conntrack6, &key);
+	return hit ? ll_ct6_follow(p, &key, hit, v) : LL_R_PASS_CT_FULL;
 }
 
 #endif

@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use std::ops::ControlFlow;
 
 use crate::datapath::types::{ll_ct, ll_ct_dir, ll_ct_key, ll_ct_state, ll_reason, ll_xlate};
-use crate::datapath::{self, monotonic_ns, Datapath, Removal, CT_BATCH};
+use crate::datapath::{self, monotonic_ns, CtKey, Datapath, Removal, CT_BATCH};
 use crate::rules::RuleStore;
 
 /// Entries a listing returns when the request does not say.
@@ -76,31 +76,9 @@ pub struct Deleted {
 /// A flow's identity: its original direction's tuple, whichever entry we hold.
 fn flow_id(k: &ll_ct_key, v: &ll_ct) -> u128 {
     if v.dir == ll_ct_dir::LL_CT_ORIGINAL {
-        tuple(k)
+        k.id()
     } else {
-        tuple(&partner(k, v))
-    }
-}
-
-/// The 5-tuple as one integer, to hash and compare.
-pub(crate) fn tuple(k: &ll_ct_key) -> u128 {
-    u128::from(k.saddr)
-        | u128::from(k.daddr) << 32
-        | u128::from(k.sport) << 64
-        | u128::from(k.dport) << 80
-        | u128::from(k.proto) << 96
-}
-
-/// The key of the other direction of the flow (k, v) belongs to: its
-/// translated tuple turned around (as ll_ct_partner in bpf/lib/ct.h).
-pub(crate) fn partner(k: &ll_ct_key, v: &ll_ct) -> ll_ct_key {
-    ll_ct_key {
-        saddr: v.nat.daddr,
-        daddr: v.nat.saddr,
-        sport: v.nat.dport,
-        dport: v.nat.sport,
-        proto: k.proto,
-        pad: [0; 3],
+        k.partner(v).id()
     }
 }
 
@@ -115,7 +93,9 @@ pub(crate) fn one_way(v: &ll_ct) -> bool {
 /// replies. A direction that translates both sides shows both, source first
 /// ("snat-…,dnat-…"); the reply direction's names say which translation of
 /// the original it undoes. A DSR entry shows the endpoint it routes to
-/// ("dsr-31.31.31.1"): only the MAC changes.
+/// ("dsr-31.31.31.1"): only the MAC changes. A flow the firewall let in
+/// untranslated shows "allow", or "allow-mark-N" with the mark it carries
+/// (in ep_idx).
 fn action(v: &ll_ct) -> String {
     if one_way(v) {
         return format!("dsr-{}", Ipv4Addr::from(u32::from_be(v.nat.daddr)));
@@ -146,10 +126,14 @@ fn action(v: &ll_ct) -> String {
             )
         })
         .collect();
-    if parts.is_empty() {
-        "-".into()
-    } else {
+    if !parts.is_empty() {
         parts.join(",")
+    } else if v.svc_id != datapath::SVC_NONE {
+        "-".into()
+    } else if v.ep_idx == 0 {
+        "allow".into()
+    } else {
+        format!("allow-mark-{}", v.ep_idx)
     }
 }
 
@@ -312,7 +296,7 @@ pub fn delete(dp: &Datapath, filter: &Filter) -> datapath::Result<Deleted> {
                 // a later batch, or gone already (then it is skipped).
                 doomed.push(*k);
                 if !one_way(v) {
-                    doomed.push(partner(k, v));
+                    doomed.push(k.partner(v));
                 }
             }
         }
@@ -412,41 +396,44 @@ mod tests {
             dir: ll_ct_dir::LL_CT_REPLY,
             ..Default::default()
         };
-        [(k, v), (partner(&k, &v), rv)]
+        [(k, v), (k.partner(&v), rv)]
     }
 
     #[test]
-    fn partners_turn_around_whatever_is_translated() {
-        // (source after, destination after, sides, the actions of both entries)
-        let cases = [
-            (
-                ([10, 0, 0, 1], 40000),
-                ([31, 31, 31, 1], 8080),
-                ll_xlate::LL_XLATE_DST,
-                ["dnat-31.31.31.1:8080", "rdnat-20.20.20.1:2020"],
-            ),
-            (
-                ([31, 31, 31, 254], 61000),
-                ([31, 31, 31, 1], 8080),
-                ll_xlate::LL_XLATE_BOTH,
-                [
-                    "snat-31.31.31.254:61000,dnat-31.31.31.1:8080",
-                    "rdnat-20.20.20.1:2020,rsnat-10.0.0.1:40000",
-                ],
-            ),
-        ];
-        for ((s, sp), (d, dp), xlate, actions) in cases {
-            let nat = ll_tuple {
-                saddr: addr(s),
-                daddr: addr(d),
-                sport: u16::to_be(sp),
-                dport: u16::to_be(dp),
-            };
-            let [(k, v), (r, rv)] = flow(nat, xlate);
-            assert_eq!(tuple(&r), tuple(&key(d, dp, s, sp)), "{actions:?}");
-            assert_eq!(tuple(&partner(&r, &rv)), tuple(&k));
-            assert_eq!(flow_id(&r, &rv), flow_id(&k, &v));
-            assert_eq!([action(&v), action(&rv)], actions);
-        }
+    fn partner_of_partner_is_the_entry_itself() {
+        let dnat = ll_tuple {
+            saddr: addr([10, 0, 0, 1]),
+            daddr: addr([31, 31, 31, 1]),
+            sport: 40000u16.to_be(),
+            dport: 8080u16.to_be(),
+        };
+        let [(k, v), (r, rv)] = flow(dnat, ll_xlate::LL_XLATE_DST);
+        assert_eq!(
+            r.id(),
+            key([31, 31, 31, 1], 8080, [10, 0, 0, 1], 40000).id()
+        );
+        assert_eq!(r.partner(&rv).id(), k.id());
+        assert_eq!(flow_id(&r, &rv), flow_id(&k, &v));
+        assert_eq!(action(&v), "dnat-31.31.31.1:8080");
+        assert_eq!(action(&rv), "rdnat-20.20.20.1:2020");
+    }
+
+    #[test]
+    fn both_sides_translated_turn_around_too() {
+        let full = ll_tuple {
+            saddr: addr([31, 31, 31, 254]),
+            daddr: addr([31, 31, 31, 1]),
+            sport: 61000u16.to_be(),
+            dport: 8080u16.to_be(),
+        };
+        let [(k, v), (r, rv)] = flow(full, ll_xlate::LL_XLATE_BOTH);
+        assert_eq!(
+            r.id(),
+            key([31, 31, 31, 1], 8080, [31, 31, 31, 254], 61000).id()
+        );
+        assert_eq!(r.partner(&rv).id(), k.id());
+        assert_eq!(flow_id(&r, &rv), flow_id(&k, &v));
+        assert_eq!(action(&v), "snat-31.31.31.254:61000,dnat-31.31.31.1:8080");
+        assert_eq!(action(&rv), "rdnat-20.20.20.1:2020,rsnat-10.0.0.1:40000");
     }
 }
