@@ -1,6 +1,7 @@
 //! The only code that touches BPF: loads the skeleton, pins its maps, attaches
 //! the TC program, and gives typed access to the maps.
 mod conntrack;
+mod firewall;
 mod hooks;
 mod names;
 mod network;
@@ -21,6 +22,7 @@ use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, ProgramHandle};
 
 pub use conntrack::{monotonic_ns, CtCounters, Removal, CT_BATCH};
+pub use firewall::{FwAction, FwDefault, FwEntry};
 pub use hooks::{Hook, HookKind};
 use names::EnumLabels;
 pub use skel::types;
