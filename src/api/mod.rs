@@ -1,5 +1,6 @@
 //! The gRPC API: translates proto <-> domain and maps errors to status codes.
 mod conntrack;
+mod firewall;
 mod loadbalancer;
 mod network;
 mod stats;
@@ -16,6 +17,7 @@ pub use transport::{check_exposure, ListenAddr, Listener, TlsFiles};
 use crate::datapath::{self, Datapath};
 use crate::metrics::ApiStats;
 use crate::proto::v1::conntrack_service_server::ConntrackServiceServer;
+use crate::proto::v1::firewall_service_server::FirewallServiceServer;
 use crate::proto::v1::load_balancer_service_server::LoadBalancerServiceServer;
 use crate::proto::v1::network_service_server::NetworkServiceServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
@@ -65,6 +67,9 @@ pub async fn serve(
     health_reporter
         .set_serving::<ConntrackServiceServer<conntrack::Api>>()
         .await;
+    health_reporter
+        .set_serving::<FirewallServiceServer<firewall::Api>>()
+        .await;
 
     let mut server = Server::builder();
     if let Some(tls) = tls {
@@ -79,6 +84,10 @@ pub async fn serve(
             dp.clone(),
         )))
         .add_service(ConntrackServiceServer::new(conntrack::Api::new(
+            store.clone(),
+            dp.clone(),
+        )))
+        .add_service(FirewallServiceServer::new(firewall::Api::new(
             store,
             dp.clone(),
         )))
