@@ -10,16 +10,19 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Response, Status};
 
 use crate::pb::conntrack_service_client::ConntrackServiceClient;
+use crate::pb::firewall_service_client::FirewallServiceClient;
 use crate::pb::load_balancer_service_client::LoadBalancerServiceClient;
 use crate::pb::network_service_client::NetworkServiceClient;
 use crate::pb::{
-    ApplyLoadBalancersRequest, ApplyLoadBalancersResponse, ConntrackFilter, CountConntrackRequest,
-    CountConntrackResponse, CreateLoadBalancerRequest, DeleteConntrackRequest,
-    DeleteConntrackResponse, DeleteLoadBalancerRequest, ListAddressesRequest,
-    ListAddressesResponse, ListConntrackRequest, ListConntrackResponse, ListInterfacesRequest,
-    ListInterfacesResponse, ListLoadBalancersRequest, ListLoadBalancersResponse,
-    ListNeighboursRequest, ListNeighboursResponse, ListRoutesRequest, ListRoutesResponse,
-    LoadBalancer, ServiceKey,
+    ApplyFirewallRulesRequest, ApplyFirewallRulesResponse, ApplyLoadBalancersRequest,
+    ApplyLoadBalancersResponse, ConntrackFilter, CountConntrackRequest, CountConntrackResponse,
+    CreateFirewallRuleRequest, CreateLoadBalancerRequest, DeleteConntrackRequest,
+    DeleteConntrackResponse, DeleteFirewallRuleRequest, DeleteLoadBalancerRequest, FirewallMatch,
+    FirewallRule, ListAddressesRequest, ListAddressesResponse, ListConntrackRequest,
+    ListConntrackResponse, ListFirewallRulesRequest, ListFirewallRulesResponse,
+    ListInterfacesRequest, ListInterfacesResponse, ListLoadBalancersRequest,
+    ListLoadBalancersResponse, ListNeighboursRequest, ListNeighboursResponse, ListRoutesRequest,
+    ListRoutesResponse, LoadBalancer, ServiceKey,
 };
 
 /// A daemon that is down or unroutable should fail fast, not hang the shell.
@@ -77,6 +80,7 @@ pub struct Client {
     peer: Peer,
     lb: LoadBalancerServiceClient<Channel>,
     ct: ConntrackServiceClient<Channel>,
+    fw: FirewallServiceClient<Channel>,
     net: NetworkServiceClient<Channel>,
 }
 
@@ -141,6 +145,7 @@ impl Client {
             peer,
             lb: LoadBalancerServiceClient::new(channel.clone()),
             ct: ConntrackServiceClient::new(channel.clone()),
+            fw: FirewallServiceClient::new(channel.clone()),
             net: NetworkServiceClient::new(channel),
         })
     }
@@ -176,6 +181,39 @@ impl Client {
             dry_run,
         };
         answer(&self.peer, self.lb.apply_load_balancers(request)).await
+    }
+
+    pub async fn create_firewall(&mut self, firewall_rule: FirewallRule) -> Result<()> {
+        let request = CreateFirewallRuleRequest {
+            firewall_rule: Some(firewall_rule),
+        };
+        answer(&self.peer, self.fw.create_firewall_rule(request)).await?;
+        Ok(())
+    }
+
+    pub async fn delete_firewall(&mut self, r#match: FirewallMatch) -> Result<()> {
+        let request = DeleteFirewallRuleRequest {
+            r#match: Some(r#match),
+        };
+        answer(&self.peer, self.fw.delete_firewall_rule(request)).await?;
+        Ok(())
+    }
+
+    pub async fn list_firewall(&mut self) -> Result<ListFirewallRulesResponse> {
+        let call = self.fw.list_firewall_rules(ListFirewallRulesRequest {});
+        answer(&self.peer, call).await
+    }
+
+    pub async fn apply_firewall(
+        &mut self,
+        firewall_rules: Vec<FirewallRule>,
+        dry_run: bool,
+    ) -> Result<ApplyFirewallRulesResponse> {
+        let request = ApplyFirewallRulesRequest {
+            firewall_rules,
+            dry_run,
+        };
+        answer(&self.peer, self.fw.apply_firewall_rules(request)).await
     }
 
     pub async fn list_conntrack(
