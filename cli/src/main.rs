@@ -416,10 +416,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Save { file } => {
             let mut client = connect().await?;
             let mut rules = RuleSet {
-                load_balancers: client.list_lbs().await?.load_balancers,
+                load_balancers: Some(client.list_lbs().await?.load_balancers),
                 firewall_rules: Some(client.list_firewall().await?.firewall_rules),
             };
-            for lb in &mut rules.load_balancers {
+            for lb in rules.load_balancers.iter_mut().flatten() {
                 lb.counters = None;
                 lb.endpoints.iter_mut().for_each(|e| e.counters = None);
             }
@@ -447,13 +447,18 @@ async fn run(cli: Cli) -> Result<()> {
             // bad rule in one leaves the other untouched too.
             let passes: &[bool] = if dry_run { &[true] } else { &[true, false] };
             for &dry in passes {
-                let lb = client.apply_lbs(rules.load_balancers.clone(), dry).await?;
+                let lb = match &rules.load_balancers {
+                    Some(lb) => Some(client.apply_lbs(lb.clone(), dry).await?),
+                    None => None,
+                };
                 let fw = match &rules.firewall_rules {
                     Some(fw) => Some(client.apply_firewall(fw.clone(), dry).await?),
                     None => None,
                 };
                 if dry == dry_run {
-                    print!("{}", output::apply_report(&lb, dry_run));
+                    if let Some(lb) = lb {
+                        print!("{}", output::apply_report(&lb, dry_run));
+                    }
                     if let Some(fw) = fw {
                         print!("{}", output::firewall_apply_report(&fw, dry_run));
                     }
@@ -532,13 +537,13 @@ fn print_list<T: Serialize>(
     Ok(())
 }
 
-/// What `save` writes and `apply` reads. A file without `firewallRules`
-/// (written before the firewall existed) leaves the firewall as it is.
+/// What `save` writes and `apply` reads. A part the file leaves out is left
+/// as it runs, so files from before the firewall existed keep working.
 #[derive(Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RuleSet {
-    #[serde(default)]
-    load_balancers: Vec<pb::LoadBalancer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    load_balancers: Option<Vec<pb::LoadBalancer>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     firewall_rules: Option<Vec<pb::FirewallRule>>,
 }
@@ -784,14 +789,16 @@ mod tests {
     }
 
     #[test]
-    fn rule_files_without_firewall_rules_leave_the_firewall_alone() {
+    fn rule_files_leave_out_what_they_do_not_change() {
         let old: RuleSet = serde_json::from_str(r#"{"loadBalancers": []}"#).unwrap();
         assert!(old.firewall_rules.is_none());
+        assert_eq!(old.load_balancers.map(|l| l.len()), Some(0));
         let new: RuleSet = serde_json::from_str(
             r#"{"firewallRules": [{"match": {"sourceIp": "10.0.0.0/8", "preference": 3},
                 "options": {"drop": true}}]}"#,
         )
         .unwrap();
+        assert!(new.load_balancers.is_none());
         let rules = new.firewall_rules.unwrap();
         assert_eq!(rules[0].r#match.as_ref().unwrap().preference, 3);
         assert!(rules[0].options.as_ref().unwrap().drop);
