@@ -185,6 +185,17 @@ fn firewall_rules_are_created_listed_deleted_and_survive_a_restart() {
     assert!(err.contains("not found"), "{err}");
     assert_eq!(rule_count(&lab), 3);
 
+    // A change the state file cannot take is undone: the old rules stay.
+    let tmp = lab.state_dir().join("state.json.tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let err = refused(
+        &lab,
+        &["create", "firewall", &rule("preference:77"), "--drop"],
+    );
+    assert!(err.contains("state file"), "{err}");
+    std::fs::remove_dir(&tmp).unwrap();
+    assert_eq!(rule_count(&lab), 3, "a rule that was not saved is in force");
+
     let before = rules_json(&lab);
     lab.stop_daemon();
     let state = std::fs::read_to_string(lab.state_dir().join("state.json")).unwrap();
@@ -226,6 +237,51 @@ fn firewall_rules_are_created_listed_deleted_and_survive_a_restart() {
     let err = refused(&lab, &["apply", "-f", f]);
     assert!(err.contains("firewall_rules[1].match.source_ip"), "{err}");
     assert_eq!(rule_count(&lab), 3);
+}
+
+#[test]
+fn rules_follow_their_interface_as_it_goes_and_comes_back() {
+    let mut lab = Lab::new("fwiface");
+    lab.start_daemon(&[]);
+    let lb = lab.lb.clone();
+    common::ip(&format!(
+        "-n {lb} link add fwdummy0 type veth peer name fwdummy1"
+    ));
+    // The mirror has to see the interface before a rule may name it.
+    let spec = "portName:fwdummy0,preference:3";
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !lab
+        .loxicmd(&["create", "firewall", &rule(spec), "--drop"])
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new interface never became known"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let reprogrammed = |lab: &Lab| {
+        lab.daemon_log()
+            .matches("firewall reprogrammed after an interface change")
+            .count()
+    };
+    let before = reprogrammed(&lab);
+    common::ip(&format!("-n {lb} link del fwdummy0"));
+    common::ip(&format!(
+        "-n {lb} link add fwdummy0 type veth peer name fwdummy1"
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while reprogrammed(&lab) < before + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the firewall was not reprogrammed when fwdummy0 went and came back:\n{}",
+            lab.daemon_log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    // The rule stays, by name, whatever the interface's index.
+    assert_eq!(rule_count(&lab), 1);
 }
 
 /// Connection attempts that should fail are bounded by this.
