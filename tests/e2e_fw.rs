@@ -185,6 +185,18 @@ fn firewall_rules_are_created_listed_deleted_and_survive_a_restart() {
     assert!(err.contains("not found"), "{err}");
     assert_eq!(rule_count(&lab), 3);
 
+    let metrics = lab
+        .http_get_in(&lab.lb, "127.0.0.1:11112".parse().unwrap(), "/metrics")
+        .unwrap();
+    assert!(
+        metrics.contains("\nloxilight_firewall_rules 3\n"),
+        "{metrics}"
+    );
+    let series = "loxilight_firewall_rule_packets_total{rule=\"sourceIP:10.9.0.0/16,\
+                  destinationIP:10.77.2.2/32,minDestinationPort:8000,maxDestinationPort:8100,\
+                  protocol:6,portName:veth-c,preference:200\",action=\"drop\"} ";
+    assert!(metrics.contains(series), "no {series} in:\n{metrics}");
+
     // A change the state file cannot take is undone: the old rules stay.
     let tmp = lab.state_dir().join("state.json.tmp");
     std::fs::create_dir_all(&tmp).unwrap();
