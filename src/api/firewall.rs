@@ -229,9 +229,7 @@ impl FirewallService for Api {
         let rule = rule_from_proto(f, req.get_ref().firewall_rule.as_ref())?;
         self.check_interfaces(f, &rule, &self.interfaces())?;
         let store = self.store.clone();
-        let stored = tokio::task::spawn_blocking(move || store.create_firewall_rule(rule))
-            .await
-            .map_err(|e| Status::internal(format!("creating: {e}")))??;
+        let stored = super::blocking("creating", move || store.create_firewall_rule(rule)).await?;
         tracing::info!(rule = %stored.rule.matches, action = stored.rule.action.as_str(), id = stored.id, "firewall rule created");
         Ok(Response::new(pb::CreateFirewallRuleResponse {
             firewall_rule: Some(Self::to_proto(&stored, None)),
@@ -245,9 +243,7 @@ impl FirewallService for Api {
         let key = match_from_proto("match", req.get_ref().r#match.as_ref())?;
         let store = self.store.clone();
         let deleted = key.clone();
-        tokio::task::spawn_blocking(move || store.delete_firewall_rule(&deleted))
-            .await
-            .map_err(|e| Status::internal(format!("deleting: {e}")))??;
+        super::blocking("deleting", move || store.delete_firewall_rule(&deleted)).await?;
         tracing::info!(rule = %key, "firewall rule deleted");
         Ok(Response::new(pb::DeleteFirewallRuleResponse {}))
     }
@@ -287,17 +283,12 @@ impl FirewallService for Api {
             })
             .collect::<Result<Vec<_>>>()?;
         let store = self.store.clone();
-        let report =
-            tokio::task::spawn_blocking(move || store.apply_firewall_rules(rules, req.dry_run))
-                .await
-                .map_err(|e| Status::internal(format!("applying: {e}")))??;
+        let report = super::blocking("applying", move || {
+            store.apply_firewall_rules(rules, req.dry_run)
+        })
+        .await?;
         if !req.dry_run {
-            tracing::info!(
-                created = report.created.len(),
-                updated = report.updated.len(),
-                deleted = report.deleted.len(),
-                "firewall rule set applied"
-            );
+            super::log_applied(&report, "firewall rule set");
         }
         let keys = |v: &[FwMatch]| v.iter().map(match_to_proto).collect();
         Ok(Response::new(pb::ApplyFirewallRulesResponse {

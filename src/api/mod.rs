@@ -46,6 +46,28 @@ impl From<rules::Error> for Status {
     }
 }
 
+/// Runs a rule-store change off the async reactor: it may be thousands of
+/// map updates and a file write.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> rules::Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("{what}: {e}")))?
+        .map_err(Status::from)
+}
+
+/// Logs what an apply (not a dry run) changed.
+fn log_applied<K>(report: &rules::ApplyReport<K>, what: &str) {
+    tracing::info!(
+        created = report.created.len(),
+        updated = report.updated.len(),
+        deleted = report.deleted.len(),
+        "{what} applied"
+    );
+}
+
 /// Serves the API on `listener` (with TLS if given; `tls` is for TCP only)
 /// until `shutdown` completes, counting requests into `stats`.
 pub async fn serve(
