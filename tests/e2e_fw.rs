@@ -296,11 +296,30 @@ fn rules_follow_their_interface_as_it_goes_and_comes_back() {
     assert_eq!(rule_count(&lab), 1);
 }
 
-/// Connection attempts that should fail are bounded by this.
-const BLOCKED: Duration = Duration::from_secs(1);
+/// Bounds every connection attempt of the traffic tests, those expected to
+/// fail included. Above 1 s: with Linux forwarding off, the first SYN to a
+/// next hop not resolved yet is lost and sent again 1 s later.
+const BLOCKED: Duration = Duration::from_secs(2);
+
+/// Starts the daemon, checks that the client reaches every backend, and
+/// so has the LB resolve their neighbours (and the client's) before any
+/// attempt is bounded by [`BLOCKED`].
+fn start_and_warm_up(lab: &mut Lab, args: &[&str]) {
+    lab.set_linux_forwarding(false);
+    lab.start_daemon(args);
+    for b in &lab.backends {
+        if let Err(e) = lab.http_get(&b.ip, HTTP_PORT) {
+            panic!("the client does not reach {} before any rule: {e}", b.ip);
+        }
+    }
+}
 
 fn http_ok(lab: &Lab, ip: &str) -> bool {
-    lab.http_get_timeout(ip, HTTP_PORT, BLOCKED).is_ok()
+    lab.http_get(ip, HTTP_PORT).is_ok()
+}
+
+fn http_blocked(lab: &Lab, ip: &str) -> bool {
+    lab.http_get_timeout(ip, HTTP_PORT, BLOCKED).is_err()
 }
 
 fn udp_ok(lab: &Lab, ip: &str) -> bool {
@@ -310,8 +329,7 @@ fn udp_ok(lab: &Lab, ip: &str) -> bool {
 #[test]
 fn rules_allow_and_drop_by_prefix_ports_protocol_and_interface() {
     let mut lab = Lab::new("fwmatch");
-    lab.set_linux_forwarding(false);
-    lab.start_daemon(&[]);
+    start_and_warm_up(&mut lab, &[]);
     let (b1, b2) = (lab.backends[0].ip.clone(), lab.backends[1].ip.clone());
     assert!(http_ok(&lab, &b1) && http_ok(&lab, &b2) && udp_ok(&lab, &b1));
 
@@ -322,13 +340,22 @@ fn rules_allow_and_drop_by_prefix_ports_protocol_and_interface() {
     );
     create(&lab, &tcp, &["--drop"]);
     assert!(
-        !http_ok(&lab, &b1),
+        http_blocked(&lab, &b1),
         "TCP to {b1}:{HTTP_PORT} was not dropped"
     );
     assert!(udp_ok(&lab, &b1), "UDP to {b1} is another protocol");
     assert!(http_ok(&lab, &b2), "{b2} is another prefix");
     lab.loxicmd_ok(&["delete", "firewall", &rule(&tcp)]);
     assert!(http_ok(&lab, &b1), "the deleted rule still drops");
+
+    // IPv6 prefixes.
+    let b1_6 = lab.backends[0].ip6.clone();
+    assert!(http_ok(&lab, &b1_6), "IPv6 to {b1_6} before the rule");
+    let v6 = "sourceIP:fd77:1::/64,destinationIP:fd77:2::/64,preference:100";
+    create(&lab, v6, &["--drop"]);
+    assert!(http_blocked(&lab, &b1_6), "IPv6 to {b1_6} was not dropped");
+    assert!(http_ok(&lab, &b1), "an IPv6 rule dropped IPv4");
+    lab.loxicmd_ok(&["delete", "firewall", &rule(v6)]);
 
     // A port range that leaves the port out.
     create(
@@ -352,7 +379,7 @@ fn rules_allow_and_drop_by_prefix_ports_protocol_and_interface() {
     );
     create(&lab, "portName:veth-c,protocol:6,preference:1", &["--drop"]);
     assert!(
-        !http_ok(&lab, &b2),
+        http_blocked(&lab, &b2),
         "TCP entering on veth-c was not dropped"
     );
 
@@ -369,8 +396,7 @@ fn rules_allow_and_drop_by_prefix_ports_protocol_and_interface() {
 #[test]
 fn the_highest_preference_wins() {
     let mut lab = Lab::new("fwpref");
-    lab.set_linux_forwarding(false);
-    lab.start_daemon(&[]);
+    start_and_warm_up(&mut lab, &[]);
     let (b1, b2) = (lab.backends[0].ip.clone(), lab.backends[1].ip.clone());
     create(&lab, "sourceIP:10.77.1.0/24,preference:100", &["--drop"]);
     create(
@@ -378,7 +404,10 @@ fn the_highest_preference_wins() {
         &format!("destinationIP:{b2}/32,preference:200"),
         &["--allow"],
     );
-    assert!(!http_ok(&lab, &b1), "the drop at 100 should apply to {b1}");
+    assert!(
+        http_blocked(&lab, &b1),
+        "the drop at 100 should apply to {b1}"
+    );
     assert!(http_ok(&lab, &b2), "the allow at 200 should win for {b2}");
     // The same allow below the drop loses.
     lab.loxicmd_ok(&[
@@ -392,7 +421,7 @@ fn the_highest_preference_wins() {
         &["--allow"],
     );
     assert!(
-        !http_ok(&lab, &b2),
+        http_blocked(&lab, &b2),
         "the drop at 100 should win over the allow at 50"
     );
 }
@@ -493,8 +522,7 @@ fn udp_seen(lab: &Lab, ns: &str, to: SocketAddr) -> std::io::Result<String> {
 #[test]
 fn a_dropped_host_still_answers_flows_opened_towards_it_but_opens_none() {
     let mut lab = Lab::new("fwstate");
-    lab.set_linux_forwarding(false);
-    lab.start_daemon(&[]);
+    start_and_warm_up(&mut lab, &[]);
     let b1 = backend(&lab, 0);
     let echo = PeerEcho::start(&lab, &lab.client.clone(), 7070);
     let to_client: SocketAddr = format!("{CLIENT_IP}:{}", echo.port).parse().unwrap();
@@ -536,8 +564,7 @@ fn backend(lab: &Lab, i: usize) -> (String, String) {
 #[test]
 fn snat_and_masquerade_are_what_the_server_sees() {
     let mut lab = Lab::new("fwsnat");
-    lab.set_linux_forwarding(false);
-    lab.start_daemon(&[]);
+    start_and_warm_up(&mut lab, &[]);
     let (b1_ns, b1) = backend(&lab, 0);
     let echo = PeerEcho::start(&lab, &b1_ns, 7071);
     let to: SocketAddr = format!("{b1}:{}", echo.port).parse().unwrap();
@@ -577,8 +604,7 @@ fn snat_and_masquerade_are_what_the_server_sees() {
 fn thousands_of_rules_load_and_the_right_one_applies() {
     const N: u32 = 3000;
     let mut lab = Lab::new("fwmany");
-    lab.set_linux_forwarding(false);
-    lab.start_daemon(&[]);
+    start_and_warm_up(&mut lab, &[]);
     let (b1, b2) = (lab.backends[0].ip.clone(), lab.backends[1].ip.clone());
     // Drops for sources that are not the client, at every preference, and
     // one for the client to b1's HTTP port in the middle.
@@ -618,7 +644,7 @@ fn thousands_of_rules_load_and_the_right_one_applies() {
     );
     assert_eq!(rule_count(&lab), N as usize + 1);
     assert!(
-        !http_ok(&lab, &b1),
+        http_blocked(&lab, &b1),
         "the client's rule among {N} did not drop"
     );
     assert!(http_ok(&lab, &b2), "a rule dropped what none matches");
@@ -646,14 +672,17 @@ fn a_drop_default_policy_lets_only_allowed_flows_through() {
     assert!(lab
         .loxicmd_ok(&["get", "firewall"])
         .contains("Default policy: drop"));
-    assert!(!http_ok(&lab, &b1), "the default drop let a flow through");
+    assert!(
+        http_blocked(&lab, &b1),
+        "the default drop let a flow through"
+    );
     create(
         &lab,
         &format!("destinationIP:{b2}/32,protocol:6,minDestinationPort:{HTTP_PORT},preference:1"),
         &["--allow"],
     );
     assert!(http_ok(&lab, &b2), "the allowed flow did not pass");
-    assert!(!http_ok(&lab, &b1), "a flow no rule allows passed");
+    assert!(http_blocked(&lab, &b1), "a flow no rule allows passed");
 }
 
 #[test]
@@ -689,7 +718,10 @@ fn trapped_flows_meet_iptables() {
         &format!("destinationIP:{b1}/32,protocol:6,minDestinationPort:{HTTP_PORT},preference:1"),
         &["--trap"],
     );
-    assert!(!http_ok(&lab, &b1), "a trapped flow did not meet iptables");
+    assert!(
+        http_blocked(&lab, &b1),
+        "a trapped flow did not meet iptables"
+    );
     iptables(&format!(
         "-D FORWARD -p tcp -d {b1} --dport {HTTP_PORT} -j DROP"
     ));
