@@ -14,8 +14,11 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use common::{stderr_line, Lab, CLIENT_IP, HTTP_PORT, UDP_PORT};
+use common::{stderr_line, Lab, API_PORT, CLIENT_IP, HTTP_PORT, UDP_PORT};
+use loxilight::proto::v1 as pb;
+use loxilight::proto::v1::firewall_service_client::FirewallServiceClient;
 use serde_json::Value;
+use tonic::Code;
 
 /// `--firewallRule=...`.
 fn rule(spec: &str) -> String {
@@ -133,6 +136,137 @@ fn bad_firewall_rules_are_refused_naming_the_field() {
     ]);
     assert!(!out.status.success(), "two actions were taken");
     assert_eq!(rule_count(&lab), 0, "a refused rule was kept");
+}
+
+/// Runs `f` with a gRPC client of the daemon's FirewallService, from the
+/// LB namespace (the daemon listens on its loopback).
+fn with_api<T: Send>(
+    lab: &Lab,
+    f: impl AsyncFnOnce(&mut FirewallServiceClient<tonic::transport::Channel>) -> T + Send,
+) -> T {
+    lab.in_ns(&lab.lb, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        rt.block_on(async {
+            let mut c = FirewallServiceClient::connect(format!("http://127.0.0.1:{API_PORT}"))
+                .await
+                .expect("connecting to the API");
+            f(&mut c).await
+        })
+    })
+}
+
+fn api_rule(m: pb::FirewallMatch, o: pb::FirewallOptions) -> pb::CreateFirewallRuleRequest {
+    pb::CreateFirewallRuleRequest {
+        firewall_rule: Some(pb::FirewallRule {
+            r#match: Some(m),
+            options: Some(o),
+            counters: None,
+        }),
+    }
+}
+
+#[test]
+fn the_api_answers_with_the_lb_apis_status_codes() {
+    let mut lab = Lab::new("fwgrpc");
+    lab.start_daemon(&[]);
+    let m = pb::FirewallMatch {
+        source_ip: "10.8.0.0/16".into(),
+        preference: 7,
+        ..Default::default()
+    };
+    let drop = pb::FirewallOptions {
+        drop: true,
+        ..Default::default()
+    };
+    let statuses = with_api(&lab, async |c| {
+        let mut got = Vec::new();
+        let mut status = |r: Result<_, tonic::Status>| {
+            let s = r.err().unwrap_or_else(|| tonic::Status::ok(""));
+            got.push((s.code(), s.message().to_owned()));
+        };
+        status(
+            c.create_firewall_rule(api_rule(m.clone(), drop.clone()))
+                .await
+                .map(|_| ()),
+        );
+        status(
+            c.create_firewall_rule(api_rule(m.clone(), drop.clone()))
+                .await
+                .map(|_| ()),
+        );
+        let bad = pb::FirewallMatch {
+            source_ip: "10.8.0.0/33".into(),
+            ..m.clone()
+        };
+        status(
+            c.create_firewall_rule(api_rule(bad, drop.clone()))
+                .await
+                .map(|_| ()),
+        );
+        let none = pb::FirewallOptions::default();
+        status(
+            c.create_firewall_rule(api_rule(m.clone(), none))
+                .await
+                .map(|_| ()),
+        );
+        let two = pb::FirewallOptions {
+            allow: true,
+            ..drop.clone()
+        };
+        status(
+            c.create_firewall_rule(api_rule(m.clone(), two))
+                .await
+                .map(|_| ()),
+        );
+        let missing = pb::CreateFirewallRuleRequest {
+            firewall_rule: Some(pb::FirewallRule {
+                r#match: Some(m.clone()),
+                ..Default::default()
+            }),
+        };
+        status(c.create_firewall_rule(missing).await.map(|_| ()));
+        let other = pb::FirewallMatch {
+            preference: 8,
+            ..m.clone()
+        };
+        let delete = pb::DeleteFirewallRuleRequest {
+            r#match: Some(other),
+        };
+        status(c.delete_firewall_rule(delete).await.map(|_| ()));
+        let list = c
+            .list_firewall_rules(pb::ListFirewallRulesRequest {})
+            .await
+            .expect("ListFirewallRules")
+            .into_inner();
+        assert_eq!(list.firewall_rules.len(), 1);
+        assert_eq!(list.default_policy, "allow");
+        got
+    });
+    let expected = [
+        (Code::Ok, ""),
+        (Code::AlreadyExists, "already exists"),
+        (Code::InvalidArgument, "firewall_rule.match.source_ip: "),
+        (
+            Code::InvalidArgument,
+            "firewall_rule.options: needs an action",
+        ),
+        (
+            Code::InvalidArgument,
+            "firewall_rule.options: has 2 actions (allow, drop)",
+        ),
+        (Code::InvalidArgument, "firewall_rule.options: is required"),
+        (Code::NotFound, "not found"),
+    ];
+    assert_eq!(statuses.len(), expected.len());
+    for ((code, msg), (want, text)) in statuses.iter().zip(expected) {
+        assert!(
+            *code == want && msg.contains(text),
+            "{code:?} {msg:?}, expected {want:?} with {text:?}"
+        );
+    }
 }
 
 #[test]
