@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -180,6 +181,49 @@ async fn follow_interfaces(changed: Arc<tokio::sync::Notify>, store: Arc<RuleSto
 
 /// Detaches every loxilight program in this namespace and removes the pins
 /// and the state file.
+/// Logs the packets that firewall rules with `record` match, at most
+/// EVENTS_PER_SECOND a second: a flood of matches must not flood the log.
+/// Beyond that they are counted, and the count is logged.
+fn log_firewall_events(dp: Arc<Datapath>) -> std::io::Result<()> {
+    const EVENTS_PER_SECOND: u32 = 100;
+    std::thread::Builder::new()
+        .name("fw-events".into())
+        .spawn(move || {
+            let mut window = Instant::now();
+            let (mut logged, mut unlogged) = (0u32, 0u64);
+            let watched = dp.watch_firewall_events(|e| {
+                if window.elapsed() >= Duration::from_secs(1) {
+                    if unlogged > 0 {
+                        tracing::warn!(target: "firewall", unlogged, "recorded matches not logged (over {EVENTS_PER_SECOND} a second); the rules' counters have them");
+                    }
+                    (window, logged, unlogged) = (Instant::now(), 0, 0);
+                }
+                if logged == EVENTS_PER_SECOND {
+                    unlogged += 1;
+                    return true;
+                }
+                logged += 1;
+                tracing::info!(
+                    target: "firewall",
+                    rule = e.rule_id,
+                    action = e.action,
+                    ifindex = e.ifindex,
+                    proto = e.proto,
+                    src = %e.src,
+                    sport = e.sport,
+                    dst = %e.dst,
+                    dport = e.dport,
+                    "firewall rule matched"
+                );
+                true
+            });
+            if let Err(e) = watched {
+                tracing::error!(error = %e, "reading firewall events failed; recorded matches are counted but not logged");
+            }
+        })
+        .map(|_| ())
+}
+
 async fn cleanup(cfg: &Config) -> anyhow::Result<()> {
     let links = loxilight::kernel::interfaces().await?;
     let detached = Datapath::detach_everywhere(links.iter().map(|l| l.index))
@@ -247,6 +291,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         store.clone(),
     ));
     tokio::spawn(refresh_active_flows(dp.clone(), store.clone()));
+    log_firewall_events(dp.clone()).context("starting the firewall event logger")?;
     let api_stats = Arc::new(ApiStats::default());
     let sources = metrics::Sources {
         dp: dp.clone(),

@@ -6,13 +6,23 @@
 #define LL_LB_H
 
 #include "ct.h"
-#include "stats.h"
+#include "fw.h"
+#include "fwd.h"
 
 /* The translation to apply to one packet. */
 struct ll_nat {
 	__be32 addr;
 	__be16 port;
 	__u8 rewrite_dst; /* 1: destination (original direction), 0: source (reply) */
+};
+
+/* The whole decision for one packet; the hook's entry file applies it. */
+struct ll_verdict {
+	int reason;     /* LL_R_FWD, LL_R_FW_REDIRECT, or why the packet goes to Linux or is dropped */
+	int nat_reason; /* LL_R_NAT_NEW / LL_R_NAT_EST when translated, else 0 */
+	__u32 mark;     /* TC: the firewall's skb->mark, 0 = leave it */
+	struct ll_nat nat;
+	struct ll_fwd fwd; /* LL_R_FW_REDIRECT: only ifindex */
 };
 
 static __always_inline __u32 ll_flow_hash(const struct ll_ct_key *k)
@@ -193,36 +203,85 @@ static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct l
 	return LL_R_NAT_NEW;
 }
 
-/* For an IPv4 TCP/UDP packet: LL_R_NAT_NEW or LL_R_NAT_EST with *nat filled
- * in, LL_LB_NONE, or the reason to hand the VIP's packet to Linux as it is. */
-static __noinline int ll_lb_decide(const struct ll_pkt *p, struct ll_nat *nat)
+/* A new flow the firewall let in that is not load balanced: both entries,
+ * untranslated, with the rule's mark. Returns LL_LB_NONE, LL_CT_RACED or
+ * the reason to hand p to Linux. */
+static __always_inline int ll_fw_track(const struct ll_pkt *p, const struct ll_ct_key *key,
+				       __u32 mark)
 {
-	struct ll_ct_key key = {
-		.saddr = p->saddr,
-		.daddr = p->daddr,
-		.sport = p->sport,
-		.dport = p->dport,
-		.proto = p->proto,
-	};
+	struct ll_endpoint same = {.addr = p->daddr, .port = p->dport};
+	int r = ll_ct_create(p, key, &same, LL_SVC_NONE, mark);
+
+	return r ? r : LL_LB_NONE;
+}
+
+/* ll_lb_decide: the packet belongs to no tracked flow. */
+#define LL_CT_MISS (-6)
+
+/* A packet of a tracked flow, whose entry (*key, hit) it matched:
+ * LL_R_NAT_EST with v->nat filled in, or LL_LB_NONE for a flow the firewall
+ * let in untranslated (v->mark set). */
+static __always_inline int ll_ct_follow(const struct ll_pkt *p, const struct ll_ct_key *key,
+					struct ll_ct *hit, struct ll_verdict *v)
+{
+	ll_ct_touch(p, key, hit);
+	if (hit->svc_id == LL_SVC_NONE) {
+		v->mark = hit->ep_idx;
+		return LL_LB_NONE;
+	}
+	ll_count_flow(hit->svc_id, hit->ep_idx, p->len);
+	v->nat.addr = hit->nat_addr;
+	v->nat.port = hit->nat_port;
+	v->nat.rewrite_dst = hit->dir == LL_CT_ORIGINAL;
+	return LL_R_NAT_EST;
+}
+
+static __always_inline void ll_ct_key_of(const struct ll_pkt *p, struct ll_ct_key *key)
+{
+	key->saddr = p->saddr;
+	key->daddr = p->daddr;
+	key->sport = p->sport;
+	key->dport = p->dport;
+	key->proto = p->proto;
+}
+
+/* For an IPv4 packet of a tracked flow: as ll_ct_follow; otherwise
+ * LL_CT_MISS. Packets without ports are tracked by protocol and addresses
+ * (ports 0). */
+static __noinline int ll_lb_decide(const struct ll_pkt *p, struct ll_verdict *v)
+{
+	struct ll_ct_key key = {};
+	struct ll_ct *hit;
+
+	ll_ct_key_of(p, &key);
+	hit = bpf_map_lookup_elem(&ll_conntrack, &key);
+	if (!hit)
+		return LL_CT_MISS;
+	return ll_ct_follow(p, &key, hit, v);
+}
+
+/* For the first packet of an IPv4 flow, once the firewall (if active,
+ * tracked set) has let it in: LL_R_NAT_NEW with v->nat filled in, LL_LB_NONE,
+ * or the reason to hand the packet to Linux as it is. With the firewall
+ * active every flow is tracked, so that replies pass without a rule walk
+ * and the other side cannot open flows of its own. */
+static __noinline int ll_lb_first(const struct ll_pkt *p, struct ll_verdict *v, int tracked)
+{
+	struct ll_ct_key key = {};
 	struct ll_ct *hit;
 	int r;
 
+	ll_ct_key_of(p, &key);
+	r = p->has_ports ? ll_lb_new_flow(p, &key, &v->nat) : LL_LB_NONE;
+	if (r == LL_LB_NONE && tracked)
+		r = ll_fw_track(p, &key, v->mark);
+	if (r != LL_CT_RACED)
+		return r;
+	/* Another CPU created this flow first: follow its choice. */
 	hit = bpf_map_lookup_elem(&ll_conntrack, &key);
-	if (!hit) {
-		r = ll_lb_new_flow(p, &key, nat);
-		if (r != LL_CT_RACED)
-			return r;
-		/* Another CPU created this flow first: follow its choice. */
-		hit = bpf_map_lookup_elem(&ll_conntrack, &key);
-		if (!hit)
-			return LL_R_PASS_CT_FULL;
-	}
-	ll_ct_touch(p, &key, hit);
-	ll_count_flow(hit->svc_id, hit->ep_idx, p->len);
-	nat->addr = hit->nat_addr;
-	nat->port = hit->nat_port;
-	nat->rewrite_dst = hit->dir == LL_CT_ORIGINAL;
-	return LL_R_NAT_EST;
+	if (!hit)
+		return LL_R_PASS_CT_FULL;
+	return ll_ct_follow(p, &key, hit, v);
 }
 
 #endif

@@ -1,18 +1,12 @@
 /* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
-/* The whole per-packet decision, the same for every hook: load balancing
- * (conntrack, service, endpoint) then forwarding. */
+/* The whole per-packet decision, the same for every hook: conntrack, the
+ * firewall on a flow's first packet, load balancing (service, endpoint),
+ * then forwarding. */
 #ifndef LL_PIPELINE_H
 #define LL_PIPELINE_H
 
 #include "fwd.h"
 #include "lb.h"
-
-struct ll_verdict {
-	int reason;     /* LL_R_FWD, or why the packet goes to Linux */
-	int nat_reason; /* LL_R_NAT_NEW / LL_R_NAT_EST when translated, else 0 */
-	struct ll_nat nat;
-	struct ll_fwd fwd;
-};
 
 static __always_inline __u32 ll_fwd_hash(const struct ll_pkt *p, __be32 daddr4)
 {
@@ -34,15 +28,38 @@ static __always_inline __u32 ll_fwd_hash(const struct ll_pkt *p, __be32 daddr4)
 	return ll_flow_hash(&k);
 }
 
+/* Conntrack, then for a packet of no tracked flow the firewall and the
+ * service lookup: LL_R_NAT_NEW / LL_R_NAT_EST (v->nat), LL_LB_NONE (go on
+ * untranslated) or the packet's final reason. IPv6 flows are not tracked
+ * yet: the firewall judges every IPv6 packet. */
+static __always_inline int ll_decide(const struct ll_pkt *p, __u32 ingress, struct ll_verdict *v)
+{
+	int r = p->family == LL_AF_INET ? ll_lb_decide(p, v) : LL_CT_MISS;
+	int fw;
+
+	if (r != LL_CT_MISS)
+		return r;
+	fw = ll_fw_first(p, ingress, &v->mark, &v->fwd.ifindex);
+	if (fw != LL_FW_OFF && fw != LL_FW_ALLOWED)
+		return fw;
+	if (p->family != LL_AF_INET)
+		return LL_LB_NONE;
+	return ll_lb_first(p, v, fw == LL_FW_ALLOWED);
+}
+
+/* Whether the verdict drops the packet. */
+static __always_inline int ll_dropped(int reason)
+{
+	return reason == LL_R_DROP_FW || reason == LL_R_DROP_FW_DEFAULT;
+}
+
 static __always_inline void ll_pipeline(const struct ll_pkt *p, __u32 ingress, __u32 mtu_len,
 					struct ll_verdict *v)
 {
 	__u8 daddr[16] = {};
 	__be32 d4 = p->daddr;
-	int r = LL_LB_NONE;
+	int r = ll_decide(p, ingress, v);
 
-	if (p->family == LL_AF_INET && p->has_ports)
-		r = ll_lb_decide(p, &v->nat);
 	if (r == LL_R_NAT_NEW || r == LL_R_NAT_EST) {
 		v->nat_reason = r;
 		if (v->nat.rewrite_dst)

@@ -91,29 +91,7 @@ pub(crate) fn tuple(k: &ll_ct_key) -> u128 {
         | u128::from(k.proto) << 96
 }
 
-/// The key of the other direction of the flow (k, v) belongs to (as
-/// ll_ct_partner in bpf/lib/ct.h).
-pub(crate) fn partner(k: &ll_ct_key, v: &ll_ct) -> ll_ct_key {
-    if v.dir == ll_ct_dir::LL_CT_ORIGINAL {
-        ll_ct_key {
-            saddr: v.nat_addr,
-            daddr: k.saddr,
-            sport: v.nat_port,
-            dport: k.sport,
-            proto: k.proto,
-            pad: [0; 3],
-        }
-    } else {
-        ll_ct_key {
-            saddr: k.daddr,
-            daddr: v.nat_addr,
-            sport: k.dport,
-            dport: v.nat_port,
-            proto: k.proto,
-            pad: [0; 3],
-        }
-    }
-}
+pub(crate) use crate::datapath::ct_partner as partner;
 
 fn entry(names: &HashMap<u32, String>, now: u64, k: &ll_ct_key, v: &ll_ct) -> CtEntry {
     let nat = format!(
@@ -129,7 +107,13 @@ fn entry(names: &HashMap<u32, String>, now: u64, k: &ll_ct_key, v: &ll_ct) -> Ct
         dport: u16::from_be(k.dport),
         proto: proto_name(k.proto),
         state: state_name(k.proto, v.state),
-        action: if v.dir == ll_ct_dir::LL_CT_ORIGINAL {
+        action: if v.svc_id == datapath::SVC_NONE {
+            // Let in by the firewall, untranslated; ep_idx holds its mark.
+            match v.ep_idx {
+                0 => "allow".to_string(),
+                mark => format!("allow-mark-{mark}"),
+            }
+        } else if v.dir == ll_ct_dir::LL_CT_ORIGINAL {
             format!("dnat-{nat}")
         } else {
             format!("rdnat-{nat}")

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use libbpf_rs::libbpf_sys;
 use libbpf_rs::{MapCore, MapFlags};
 
-use super::types::{ll_ct, ll_ct_key, ll_ct_stat};
+use super::types::{ll_ct, ll_ct_dir, ll_ct_key, ll_ct_stat};
 use super::{percpu_values, pod, Datapath, Error, Result};
 
 /// Why the daemon removes entries; each reason has its own counter.
@@ -169,18 +169,21 @@ impl Datapath {
         Ok(deleted)
     }
 
-    /// Deletes the conntrack entries for which `pred` holds; returns how many.
+    /// Deletes the flows (both entries) of which an entry satisfies `pred`;
+    /// returns how many entries went.
     pub fn flush_conntrack(&self, pred: impl Fn(&ll_ct_key, &ll_ct) -> bool) -> Result<u64> {
         let mut doomed = Vec::new();
         let mut deleted = 0;
         let mut failed = None;
         self.walk_conntrack(CT_BATCH, |keys, values| {
             doomed.clear();
+            // The partner may be in a later batch, or gone already (then
+            // it is skipped).
             doomed.extend(
                 keys.iter()
                     .zip(values)
                     .filter(|(k, v)| pred(k, v))
-                    .map(|(k, _)| *k),
+                    .flat_map(|(k, v)| [*k, ct_partner(k, v)]),
             );
             match self.delete_conntrack(&doomed, Removal::Requested) {
                 Ok(n) => {
@@ -272,6 +275,30 @@ impl Datapath {
                 what: format!("reading {path}"),
                 source: io::Error::new(io::ErrorKind::InvalidData, "no memlock line"),
             })
+    }
+}
+
+/// The key of the other direction of the flow (k, v) belongs to (as
+/// ll_ct_partner in bpf/lib/ct.h).
+pub fn ct_partner(k: &ll_ct_key, v: &ll_ct) -> ll_ct_key {
+    if v.dir == ll_ct_dir::LL_CT_ORIGINAL {
+        ll_ct_key {
+            saddr: v.nat_addr,
+            daddr: k.saddr,
+            sport: v.nat_port,
+            dport: k.sport,
+            proto: k.proto,
+            pad: [0; 3],
+        }
+    } else {
+        ll_ct_key {
+            saddr: k.daddr,
+            daddr: v.nat_addr,
+            sport: k.dport,
+            dport: v.nat_port,
+            proto: k.proto,
+            pad: [0; 3],
+        }
     }
 }
 

@@ -21,8 +21,8 @@ use std::sync::Mutex;
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, ProgramHandle};
 
-pub use conntrack::{monotonic_ns, CtCounters, Removal, CT_BATCH};
-pub use firewall::{FwAction, FwDefault, FwEntry};
+pub use conntrack::{ct_partner, monotonic_ns, CtCounters, Removal, CT_BATCH};
+pub use firewall::{FwAction, FwDefault, FwEntry, FwEvent, FW_MAX_RULES};
 pub use hooks::{Hook, HookKind};
 use names::EnumLabels;
 pub use skel::types;
@@ -32,6 +32,8 @@ use types::{ll_counters, ll_ct_state, ll_reason, ll_svc, ll_svc_key};
 /// Endpoints per service and selection slots per service (bpf/lib/common.h).
 pub const MAX_ENDPOINTS: usize = 32;
 pub const MAX_SLOTS: usize = 128;
+/// ll_ct.svc_id of a flow the firewall let in untranslated (LL_SVC_NONE).
+pub const SVC_NONE: u32 = u32::MAX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -49,6 +51,8 @@ pub enum Error {
     },
     #[error("map {map} is full")]
     MapFull { map: &'static str },
+    #[error("{what} is not supported yet")]
+    Unsupported { what: String },
 }
 
 impl Error {
@@ -102,6 +106,7 @@ struct Maps {
     routes6: MapHandle,
     neighs: MapHandle,
     neigh_miss: MapHandle,
+    fw: firewall::FwMaps,
 }
 
 /// A loaded datapath. Maps and program are held by their own file
@@ -117,6 +122,8 @@ pub struct Datapath {
     hooks: Mutex<HashMap<u32, Hook>>,
     /// Serialises the daemon's updates of its conntrack counters.
     ct_stats_lock: Mutex<()>,
+    /// Serialises firewall changes (each fills the inactive generation).
+    fw_lock: Mutex<()>,
     /// The highest lower bound of LRU evictions seen by a table walk.
     ct_evicted: AtomicU64,
 }
@@ -127,6 +134,8 @@ pub struct TestRun {
     pub retval: u32,
     pub data: Vec<u8>,
     pub duration_ns: u32,
+    /// skb->mark as the program left it (TC; always 0 for XDP).
+    pub mark: u32,
 }
 
 impl Datapath {
@@ -162,11 +171,13 @@ impl Datapath {
         }
         if let Some(dir) = pin_dir {
             fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
-            // Only our state: .rodata is frozen and per-load, and the miss
-            // report channel belongs to the daemon that reads it.
+            // Only our state: .rodata is frozen and per-load, and the ring
+            // buffers (neighbour misses, firewall events) belong to the
+            // daemon that reads them.
             for mut map in open.open_object_mut().maps_mut() {
-                let name = map.name().as_encoded_bytes();
-                if !name.starts_with(b"ll_") || name.starts_with(b"ll_neigh_miss") {
+                if !map.name().as_encoded_bytes().starts_with(b"ll_")
+                    || map.map_type() == libbpf_rs::MapType::RingBuf
+                {
                     continue;
                 }
                 let path = dir.join(map.name());
@@ -195,6 +206,18 @@ impl Datapath {
             routes6: handle(&skel.maps.ll_routes6)?,
             neighs: handle(&skel.maps.ll_neighs)?,
             neigh_miss: handle(&skel.maps.ll_neigh_miss)?,
+            fw: firewall::FwMaps {
+                cur: handle(&skel.maps.ll_fw_cur)?,
+                gens: handle(&skel.maps.ll_fw_gens)?,
+                rules: handle(&skel.maps.ll_fw_rules)?,
+                lpm: handle(&skel.maps.ll_fw_lpm)?,
+                ports: handle(&skel.maps.ll_fw_ports)?,
+                protos: handle(&skel.maps.ll_fw_protos)?,
+                ifaces: handle(&skel.maps.ll_fw_ifaces)?,
+                blocks: handle(&skel.maps.ll_fw_blocks)?,
+                stats: handle(&skel.maps.ll_fw_stats)?,
+                events: handle(&skel.maps.ll_fw_events)?,
+            },
         };
         let tc_prog = ProgramHandle::try_from(&skel.progs.ll_tc_ingress)
             .map_err(Error::bpf("taking the TC program handle"))?;
@@ -210,6 +233,7 @@ impl Datapath {
             labels,
             hooks: Mutex::new(HashMap::new()),
             ct_stats_lock: Mutex::new(()),
+            fw_lock: Mutex::new(()),
             ct_evicted: AtomicU64::new(0),
         })
     }
@@ -354,6 +378,17 @@ impl Datapath {
         opts.data_out = out.as_mut_ptr().cast();
         opts.data_size_out = out.len() as u32;
         opts.repeat = repeat.max(1) as _;
+        // A zeroed struct __sk_buff (192 bytes today; the kernel accepts a
+        // longer one with a zero tail) in, mark (its third field) out.
+        let mut skb = [0u32; 64];
+        if hook == HookKind::Tc {
+            let size = std::mem::size_of_val(&skb) as u32;
+            let ctx = skb.as_mut_ptr();
+            opts.ctx_in = ctx.cast();
+            opts.ctx_size_in = size;
+            opts.ctx_out = ctx.cast();
+            opts.ctx_size_out = size;
+        }
         // SAFETY: see above; the fd is owned by self.
         let ret = unsafe {
             libbpf_sys::bpf_prog_test_run_opts(self.prog(hook).as_fd().as_raw_fd(), &mut opts)
@@ -369,6 +404,7 @@ impl Datapath {
             retval: opts.retval,
             data: out,
             duration_ns: opts.duration,
+            mark: skb[2],
         })
     }
 }
