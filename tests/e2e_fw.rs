@@ -820,10 +820,16 @@ fn thousands_of_rules_load_and_the_right_one_applies() {
     );
     assert!(http_ok(&lab, &b2), "a rule dropped what none matches");
     // One more on top still works, and wins.
+    let started = std::time::Instant::now();
     create(
         &lab,
         &format!("destinationIP:{b1}/32,preference:{}", N + 1),
         &["--allow"],
+    );
+    eprintln!(
+        "one more create over {} rules took {:?} (loxicmd included)",
+        N + 1,
+        started.elapsed()
     );
     assert!(
         http_ok(&lab, &b1),
