@@ -139,30 +139,30 @@ fn rule_from_proto(f: &str, r: Option<&pb::FirewallRule>) -> Result<FwRule> {
     Ok(rule)
 }
 
+/// Refuses a rule naming an interface that this network namespace does
+/// not have (as the kernel mirror last saw it).
+fn check_interfaces(f: &str, r: &FwRule, known: &HashSet<String>) -> Result<()> {
+    let mut named = Vec::new();
+    if let Some(n) = &r.matches.port_name {
+        named.push((format!("{f}.match.port_name"), n));
+    }
+    if let FwAction::Redirect(n) = &r.action {
+        named.push((format!("{f}.options.redirect"), n));
+    }
+    for (field, name) in named {
+        if !known.contains(name) {
+            return Err(Error::invalid(
+                field,
+                format!("no interface {name:?} in this network namespace"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Api {
     pub fn new(store: Arc<RuleStore>, dp: Arc<Datapath>) -> Api {
         Api { store, dp }
-    }
-
-    /// Refuses a rule naming an interface that this network namespace does
-    /// not have (as the kernel mirror last saw it).
-    fn check_interfaces(&self, f: &str, r: &FwRule, known: &HashSet<String>) -> Result<()> {
-        let mut named = Vec::new();
-        if let Some(n) = &r.matches.port_name {
-            named.push((format!("{f}.match.port_name"), n));
-        }
-        if let FwAction::Redirect(n) = &r.action {
-            named.push((format!("{f}.options.redirect"), n));
-        }
-        for (field, name) in named {
-            if !known.contains(name) {
-                return Err(Error::invalid(
-                    field,
-                    format!("no interface {name:?} in this network namespace"),
-                ));
-            }
-        }
-        Ok(())
     }
 
     fn interfaces(&self) -> HashSet<String> {
@@ -227,7 +227,7 @@ impl FirewallService for Api {
     ) -> std::result::Result<Response<pb::CreateFirewallRuleResponse>, Status> {
         let f = "firewall_rule";
         let rule = rule_from_proto(f, req.get_ref().firewall_rule.as_ref())?;
-        self.check_interfaces(f, &rule, &self.interfaces())?;
+        check_interfaces(f, &rule, &self.interfaces())?;
         let store = self.store.clone();
         let stored = super::blocking("creating", move || store.create_firewall_rule(rule)).await?;
         tracing::info!(rule = %stored.rule.matches, action = stored.rule.action.as_str(), id = stored.id, "firewall rule created");
@@ -278,7 +278,7 @@ impl FirewallService for Api {
             .map(|(i, r)| {
                 let f = format!("firewall_rules[{i}]");
                 let rule = rule_from_proto(&f, Some(r))?;
-                self.check_interfaces(&f, &rule, &known)?;
+                check_interfaces(&f, &rule, &known)?;
                 Ok(rule)
             })
             .collect::<Result<Vec<_>>>()?;
