@@ -592,7 +592,8 @@ fn the_highest_preference_wins() {
 }
 
 /// A TCP and UDP server in a namespace that answers with the address it
-/// saw the client at, until dropped.
+/// saw the client at (a line, over TCP), then echoes what a TCP client
+/// sends until it closes; until dropped.
 struct PeerEcho {
     port: u16,
     stop: Arc<AtomicBool>,
@@ -615,9 +616,9 @@ impl PeerEcho {
         let t1 = thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
                 match tcp.accept() {
-                    Ok((mut c, peer)) => {
-                        let _ = c.set_nonblocking(false);
-                        let _ = write!(c, "{}", unmapped(peer));
+                    Ok((c, peer)) => {
+                        let s = s.clone();
+                        thread::spawn(move || echo(c, peer, &s));
                     }
                     Err(_) => thread::sleep(Duration::from_millis(10)),
                 }
@@ -649,6 +650,29 @@ impl Drop for PeerEcho {
     }
 }
 
+fn echo(mut c: TcpStream, peer: SocketAddr, stop: &AtomicBool) {
+    let setup = c
+        .set_nonblocking(false)
+        .and_then(|()| c.set_read_timeout(Some(Duration::from_millis(100))));
+    if setup.is_err() || writeln!(c, "{}", unmapped(peer)).is_err() {
+        return;
+    }
+    let mut buf = [0u8; 512];
+    while !stop.load(Ordering::SeqCst) {
+        match c.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if c.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// IPv4 peers of a dual-stack socket show as ::ffff:a.b.c.d.
 fn unmapped(peer: SocketAddr) -> SocketAddr {
     match peer {
@@ -665,9 +689,10 @@ fn tcp_seen(lab: &Lab, ns: &str, to: SocketAddr) -> std::io::Result<String> {
     lab.in_ns(ns, || {
         let mut s = TcpStream::connect_timeout(&to, BLOCKED)?;
         s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.shutdown(std::net::Shutdown::Write)?;
         let mut seen = String::new();
         s.read_to_string(&mut seen)?;
-        Ok(seen)
+        Ok(seen.trim_end().to_owned())
     })
 }
 
@@ -763,6 +788,46 @@ fn snat_and_masquerade_are_what_the_server_sees() {
     ] {
         assert!(seen.starts_with("10.77.2.1:"), "masqueraded as {seen}");
     }
+}
+
+#[test]
+fn flows_the_rules_allow_keep_flowing_across_a_restart() {
+    let mut lab = Lab::new("fwrestart");
+    start_and_warm_up(&mut lab, &[]);
+    let (b1_ns, b1) = backend(&lab, 0);
+    let b2 = lab.backends[1].ip.clone();
+    let echo = PeerEcho::start(&lab, &b1_ns, 7072);
+    create(
+        &lab,
+        &format!("destinationIP:{b1}/32,preference:20"),
+        &["--allow"],
+    );
+    create(&lab, "sourceIP:10.77.0.0/16,preference:10", &["--drop"]);
+    let to: SocketAddr = format!("{b1}:{}", echo.port).parse().unwrap();
+    let mut s = lab
+        .in_ns(&lab.client, || TcpStream::connect_timeout(&to, BLOCKED))
+        .expect("connecting through the allow rule");
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut talk = |msg: &str| {
+        s.write_all(msg.as_bytes())
+            .unwrap_or_else(|e| panic!("sending {msg:?}: {e}"));
+        // The peer line first, then the echo.
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(msg.as_bytes()) {
+            s.read_exact(&mut byte)
+                .unwrap_or_else(|e| panic!("the echo of {msg:?}: {e}"));
+            got.push(byte[0]);
+        }
+    };
+    talk("before");
+    lab.stop_daemon();
+    talk("while no daemon runs");
+    lab.start_daemon(&[]);
+    talk("after the restart");
+    // The restored rules judge new flows.
+    assert!(http_ok(&lab, &b1), "the allow rule was lost");
+    assert!(http_blocked(&lab, &b2), "the drop rule was lost");
 }
 
 #[test]
