@@ -1,5 +1,6 @@
 //! Daemon configuration: command-line flags over an optional TOML file.
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -48,6 +49,8 @@ pub struct FileConfig {
     pub netlink_rcvbuf: Option<usize>,
     /// Directory of the state file (the rules, kept across restarts).
     pub state_dir: Option<PathBuf>,
+    /// Source ports of source-translated flows (fullnat, onearm), "MIN-MAX".
+    pub nat_ports: Option<String>,
     /// `[firewall]`: the default policy.
     pub firewall: Option<FirewallFile>,
 }
@@ -191,6 +194,26 @@ pub struct Config {
     pub mirror: MirrorOptions,
     pub ageing: AgeingConfig,
     pub firewall_default: DefaultPolicy,
+    pub nat_ports: RangeInclusive<u16>,
+}
+
+/// The default source ports of translated flows: above the well-known ones.
+pub const DEFAULT_NAT_PORTS: RangeInclusive<u16> = 1024..=65535;
+
+/// `nat_ports`: "MIN-MAX" with 1 <= MIN <= MAX <= 65535.
+pub fn parse_nat_ports(s: &str) -> anyhow::Result<RangeInclusive<u16>> {
+    let bad =
+        || anyhow::anyhow!("nat_ports: {s:?} is not a port range MIN-MAX (e.g. \"1024-65535\")");
+    let (min, max) = s.trim().split_once('-').ok_or_else(bad)?;
+    let (min, max): (u16, u16) = (
+        min.trim().parse().map_err(|_| bad())?,
+        max.trim().parse().map_err(|_| bad())?,
+    );
+    anyhow::ensure!(
+        min >= 1 && min <= max,
+        "nat_ports: {s:?} must go from a port 1-65535 up to one at least as high"
+    );
+    Ok(min..=max)
 }
 
 pub fn parse_hook(s: &str) -> anyhow::Result<HookKind> {
@@ -267,6 +290,10 @@ impl Config {
         let hook = parse_hook(flags.hook.or(file.hook).as_deref().unwrap_or("tc"))?;
         let ageing = file.conntrack.unwrap_or_default().merge()?;
         let firewall_default = file.firewall.unwrap_or_default().default_policy()?;
+        let nat_ports = file
+            .nat_ports
+            .as_deref()
+            .map_or(Ok(DEFAULT_NAT_PORTS), parse_nat_ports)?;
         let listen = flags
             .listen
             .or(file.listen)
@@ -305,6 +332,7 @@ impl Config {
             },
             ageing,
             firewall_default,
+            nat_ports,
         })
     }
 }
@@ -427,6 +455,7 @@ mod tests {
             netlink_rcvbuf,
             state_dir,
             firewall,
+            nat_ports,
         } = toml::from_str(&text).unwrap();
         let d = Limits::default();
         assert_eq!(listen, Some(DEFAULT_LISTEN.parse().unwrap()));
@@ -449,6 +478,10 @@ mod tests {
         assert_eq!(state_dir, Some(PathBuf::from(DEFAULT_STATE_DIR)));
         let policy = firewall.expect("a [firewall] table").default_policy();
         assert_eq!(policy.unwrap(), DefaultPolicy::default());
+        assert_eq!(
+            parse_nat_ports(&nat_ports.expect("nat_ports")).unwrap(),
+            DEFAULT_NAT_PORTS
+        );
     }
 
     #[test]
@@ -466,6 +499,23 @@ mod tests {
         );
         assert!(e.contains("firewall.default_policy: \"deny\""), "{e}");
         assert!(policy("[firewall]\npolicy = \"drop\"").is_err());
+    }
+
+    #[test]
+    fn nat_ports_are_a_range_named_in_errors() {
+        let merge = |v: &str| {
+            let file = FileConfig {
+                nat_ports: Some(v.into()),
+                ..Default::default()
+            };
+            Config::merge(file, Overrides::default()).map(|c| c.nat_ports)
+        };
+        assert_eq!(merge("40000-40015").unwrap(), 40000..=40015);
+        assert_eq!(merge(" 7 - 7 ").unwrap(), 7..=7);
+        for bad in ["", "1024", "0-10", "20-10", "1-65536", "a-b"] {
+            let e = merge(bad).unwrap_err().to_string();
+            assert!(e.starts_with("nat_ports: "), "{bad}: {e}");
+        }
     }
 
     #[test]

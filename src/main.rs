@@ -132,6 +132,7 @@ fn load_datapath(cfg: &Config) -> anyhow::Result<Datapath> {
             )
         }
     })?;
+    dp.set_nat_ports(cfg.nat_ports.clone())?;
     Ok(dp)
 }
 

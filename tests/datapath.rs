@@ -7,7 +7,7 @@ mod pkt;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use loxilight::datapath::types::{ll_counters, ll_ct_dir, ll_ct_state, ll_reason};
+use loxilight::datapath::types::{ll_counters, ll_ct_dir, ll_ct_state, ll_reason, ll_xlate};
 use loxilight::datapath::{Datapath, Error, HookKind, Limits};
 use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, Selection, ServiceKey};
 use pkt::{assert_checksums, parse, Packet, ACK, ETH_HLEN, ICMP, IP_DF, L4, SYN, TCP, UDP};
@@ -120,7 +120,9 @@ struct Ct {
     src: SocketAddrV4,
     dst: SocketAddrV4,
     proto: u8,
-    nat: SocketAddrV4,
+    /// The tuple after translation, and which of its sides change.
+    nat: (SocketAddrV4, SocketAddrV4),
+    xlate: ll_xlate,
     dir: ll_ct_dir,
     state: ll_ct_state,
     svc_id: u32,
@@ -140,7 +142,11 @@ fn conntrack(dp: &Datapath) -> Vec<Ct> {
             src: addr(k.saddr, k.sport),
             dst: addr(k.daddr, k.dport),
             proto: k.proto,
-            nat: addr(c.nat_addr, c.nat_port),
+            nat: (
+                addr(c.nat.saddr, c.nat.sport),
+                addr(c.nat.daddr, c.nat.dport),
+            ),
+            xlate: c.xlate,
             dir: c.dir,
             state: c.state,
             svc_id: c.svc_id,
@@ -198,7 +204,8 @@ fn replies_are_reverse_translated_and_conntrack_follows_the_flow() {
                 src: c,
                 dst: SERVICE,
                 proto: TCP,
-                nat: EP1,
+                nat: (c, EP1),
+                xlate: ll_xlate::LL_XLATE_DST,
                 dir: ll_ct_dir::LL_CT_ORIGINAL,
                 state,
                 svc_id: 1,
@@ -210,7 +217,8 @@ fn replies_are_reverse_translated_and_conntrack_follows_the_flow() {
                 src: EP1,
                 dst: c,
                 proto: TCP,
-                nat: SERVICE,
+                nat: (SERVICE, c),
+                xlate: ll_xlate::LL_XLATE_SRC,
                 dir: ll_ct_dir::LL_CT_REPLY,
                 state,
                 svc_id: 1,

@@ -17,7 +17,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use loxilight::datapath::types::ll_reason;
+use loxilight::datapath::types::{ll_ct_state, ll_reason, ll_xlate};
 use loxilight::datapath::{Datapath, HookKind, Limits};
 use loxilight::kernel::model::{nud, Addr, Iface, Mac, Neigh, NextHop, Prefix, Route, RouteKind};
 use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, Selection, ServiceKey};
@@ -807,5 +807,300 @@ fn martian_addresses_are_not_forwarded() {
             assert_eq!(&r.data, frame, "{hook:?}: {what}: frame changed");
             assert_eq!(martians(&net.dp), before + 1, "{hook:?}: {what}: counted");
         }
+    }
+}
+
+// The modes. The LB's addresses: A has 192.0.2.1/24 (GW_A's subnet) and
+// 172.16.5.1/16, B (towards the clients, 10.0.0.0/24) 10.0.0.254/24.
+const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 80);
+const LB_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const CLIENT_MAC: Mac = [0x02, 0xcc, 0, 0, 0, 0x01];
+const EP_MAC: Mac = [0x02, 0xee, 0, 0, 0, 0x07];
+const TC_ACT_SHOT: u32 = 2;
+const XDP_DROP: u32 = 1;
+
+fn lb_rule(vip: SocketAddrV4, ep: SocketAddrV4, selection: Selection, mode: Mode) -> LbRule {
+    LbRule {
+        key: ServiceKey {
+            ip: *vip.ip(),
+            port: vip.port(),
+            proto: Protocol::Tcp,
+        },
+        name: mode.as_str().into(),
+        selection,
+        mode,
+        endpoints: vec![Endpoint {
+            ip: *ep.ip(),
+            port: ep.port(),
+            weight: 1,
+        }],
+        inactivity_timeout: 0,
+    }
+}
+
+fn addr(ip: [u8; 4], prefix: u8, ifindex: u32) -> Addr {
+    Addr {
+        ip: IpAddr::from(ip),
+        prefix,
+        ifindex,
+    }
+}
+
+impl Net {
+    /// `routed`, the LB's addresses, clients on B, and service `id`.
+    fn lb(hook: HookKind, rule: &LbRule) -> Net {
+        let net = Net::routed(hook);
+        let addrs = [
+            addr([172, 16, 5, 1], 16, A),
+            addr([192, 0, 2, 200], 24, A),
+            addr(LB_A.octets(), 24, A),
+            addr([10, 0, 0, 254], 24, B),
+        ];
+        net.dp.set_source_addrs(&addrs).expect("writing addresses");
+        net.route("10.0.0.0/24", vec![onlink(B)]);
+        for host in 1..=3 {
+            net.neigh(B, Ipv4Addr::new(10, 0, 0, host), CLIENT_MAC);
+        }
+        net.dp
+            .program_service(1, rule)
+            .expect("programming a service");
+        net
+    }
+
+    fn drop_verdict(&self) -> u32 {
+        match self.hook {
+            HookKind::Tc => TC_ACT_SHOT,
+            HookKind::Xdp => XDP_DROP,
+        }
+    }
+}
+
+const NEW: [ll_reason; 2] = [ll_reason::LL_R_NAT_NEW, ll_reason::LL_R_FWD];
+const EST: [ll_reason; 2] = [ll_reason::LL_R_NAT_EST, ll_reason::LL_R_FWD];
+
+fn client_n(host: u8) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, host), CLIENT.port())
+}
+
+#[test]
+fn fullnat_translates_the_source_to_the_lb_address_towards_the_endpoint() {
+    let ep = SocketAddrV4::new(DST, 8080);
+    let rule = lb_rule(VIP, ep, Selection::RoundRobin, Mode::FullNat);
+    for hook in HOOKS {
+        let net = Net::lb(hook, &rule);
+        let mut seen = Vec::new();
+        for host in 1..=2 {
+            let c = client_n(host);
+            let syn = Packet::new(c, VIP, L4::Tcp { flags: SYN });
+            let out = net.send("SYN", &syn.build(), net.redirect(), &NEW);
+            assert_checksums(&out);
+            // The address of A in GW_A's subnet, the client's port if free.
+            let src = parse(&out).src;
+            assert_eq!(*src.ip(), LB_A, "{hook:?}: source address");
+            if host == 1 {
+                assert_eq!(src.port(), c.port(), "{hook:?}: a free port is kept");
+            }
+            assert!(!seen.contains(&src), "{hook:?}: {src} given twice");
+            seen.push(src);
+            let want = Packet {
+                src,
+                dst: ep,
+                ..syn
+            };
+            assert_eq!(out, forwarded(&want, GW_A_MAC, A_MAC), "{hook:?}: SYN");
+
+            let synack = Packet::new(ep, src, L4::Tcp { flags: SYN | ACK });
+            let out = net.send("SYN-ACK", &synack.build(), net.redirect(), &EST);
+            assert_checksums(&out);
+            let want = Packet {
+                src: VIP,
+                dst: c,
+                ..synack
+            };
+            assert_eq!(
+                out,
+                forwarded(&want, CLIENT_MAC, B_MAC),
+                "{hook:?}: SYN-ACK"
+            );
+
+            let ack = Packet::new(c, VIP, L4::Tcp { flags: ACK });
+            let out = net.send("ACK", &ack.build(), net.redirect(), &EST);
+            let want = Packet {
+                src,
+                dst: ep,
+                ..ack
+            };
+            assert_eq!(out, forwarded(&want, GW_A_MAC, A_MAC), "{hook:?}: ACK");
+        }
+
+        // UDP, with and without a checksum.
+        let udp_rule = LbRule {
+            key: ServiceKey {
+                proto: Protocol::Udp,
+                ..rule.key
+            },
+            ..rule.clone()
+        };
+        net.dp.program_service(2, &udp_rule).expect("a UDP service");
+        for (host, checksum) in [(1, true), (2, false)] {
+            let dgram = Packet::new(client_n(host), VIP, L4::Udp { checksum });
+            let out = net.send("UDP", &dgram.build(), net.redirect(), &NEW);
+            assert_checksums(&out);
+            let src = parse(&out).src;
+            assert_eq!(*src.ip(), LB_A);
+            let want = Packet {
+                src,
+                dst: ep,
+                ..dgram
+            };
+            assert_eq!(
+                out,
+                forwarded(&want, GW_A_MAC, A_MAC),
+                "{hook:?}: UDP {checksum}"
+            );
+        }
+    }
+}
+
+#[test]
+fn fullnat_ports_come_from_the_range_and_running_out_drops() {
+    let ep = SocketAddrV4::new(DST, 8080);
+    let rule = lb_rule(VIP, ep, Selection::RoundRobin, Mode::FullNat);
+    for hook in HOOKS {
+        let net = Net::lb(hook, &rule);
+        net.dp.set_nat_ports(40000..=40001).expect("a port range");
+        let syn = |host| Packet::new(client_n(host), VIP, L4::Tcp { flags: SYN }).build();
+        let ports: Vec<u16> = (1..=2)
+            .map(|host| {
+                let out = net.send("SYN", &syn(host), net.redirect(), &NEW);
+                parse(&out).src.port()
+            })
+            .collect();
+        assert_eq!(
+            ports,
+            [40000, 40001],
+            "{hook:?}: the client's port, then the other"
+        );
+        let entries = net.dp.conntrack().expect("reading conntrack").len();
+
+        let out = net.send(
+            "SYN with no port left",
+            &syn(3),
+            net.drop_verdict(),
+            &[ll_reason::LL_R_DROP_NAT_PORTS],
+        );
+        assert_eq!(out, syn(3), "{hook:?}: refused frame");
+        assert_eq!(
+            net.dp.conntrack().expect("reading conntrack").len(),
+            entries,
+            "{hook:?}: a refused flow leaves no entry"
+        );
+        // Established flows carry on.
+        let ack = Packet::new(client_n(2), VIP, L4::Tcp { flags: ACK });
+        let out = net.send("ACK", &ack.build(), net.redirect(), &EST);
+        assert_eq!(parse(&out).src, SocketAddrV4::new(LB_A, 40001));
+    }
+}
+
+#[test]
+fn onearm_leaves_by_the_ingress_interface_from_its_address() {
+    let client = SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 50), 40000);
+    let ep = SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 7), 8080);
+    let lb = Ipv4Addr::new(10, 9, 0, 1);
+    let rule = lb_rule(VIP, ep, Selection::RoundRobin, Mode::OneArm);
+    for hook in HOOKS {
+        let net = Net::lb(hook, &rule);
+        let ingress = ingress_ifindex(hook);
+        let mut addrs = vec![addr(lb.octets(), 24, ingress), addr(LB_A.octets(), 24, A)];
+        addrs.push(addr([10, 0, 0, 254], 24, B));
+        net.dp.set_source_addrs(&addrs).expect("writing addresses");
+        net.route("10.9.0.0/24", vec![onlink(ingress)]);
+        net.neigh(ingress, *ep.ip(), EP_MAC);
+        net.neigh(ingress, *client.ip(), CLIENT_MAC);
+
+        let syn = Packet::new(client, VIP, L4::Tcp { flags: SYN });
+        let out = net.send("SYN", &syn.build(), net.redirect(), &NEW);
+        assert_checksums(&out);
+        let src = SocketAddrV4::new(lb, client.port());
+        let want = Packet {
+            src,
+            dst: ep,
+            ..syn
+        };
+        assert_eq!(out, forwarded(&want, EP_MAC, IN_MAC), "{hook:?}: SYN");
+
+        let synack = Packet::new(ep, src, L4::Tcp { flags: SYN | ACK });
+        let out = net.send("SYN-ACK", &synack.build(), net.redirect(), &EST);
+        assert_checksums(&out);
+        let want = Packet {
+            src: VIP,
+            dst: client,
+            ..synack
+        };
+        assert_eq!(
+            out,
+            forwarded(&want, CLIENT_MAC, IN_MAC),
+            "{hook:?}: SYN-ACK"
+        );
+
+        // An endpoint behind another interface is not onearm's to reach.
+        let far = SocketAddrV4::new(DST, 8080);
+        let vip2 = SocketAddrV4::new(*VIP.ip(), 81);
+        net.dp
+            .program_service(2, &lb_rule(vip2, far, Selection::RoundRobin, Mode::OneArm))
+            .expect("programming a service");
+        let syn = Packet::new(client, vip2, L4::Tcp { flags: SYN }).build();
+        net.untouched(
+            "SYN to a far endpoint",
+            &syn,
+            ll_reason::LL_R_PASS_ONEARM_EGRESS,
+        );
+        assert!(net
+            .dp
+            .conntrack()
+            .unwrap()
+            .iter()
+            .all(|(k, _)| k.dport != 81u16.to_be()));
+    }
+}
+
+#[test]
+fn dsr_rewrites_only_the_destination_mac_and_tracks_one_direction() {
+    let ep_ip = Ipv4Addr::new(192, 0, 2, 7);
+    let rule = lb_rule(
+        VIP,
+        SocketAddrV4::new(ep_ip, VIP.port()),
+        Selection::Hash,
+        Mode::Dsr,
+    );
+    for hook in HOOKS {
+        let net = Net::lb(hook, &rule);
+        net.route("192.0.2.0/24", vec![onlink(A)]);
+        net.neigh(A, ep_ip, EP_MAC);
+        for (flags, reasons) in [(SYN, NEW), (ACK, EST), (ACK, EST)] {
+            let p = Packet::new(CLIENT, VIP, L4::Tcp { flags });
+            let out = net.send("client segment", &p.build(), net.redirect(), &reasons);
+            assert_checksums(&out);
+            // Addresses and ports as sent: the endpoint holds the VIP.
+            assert_eq!(out, forwarded(&p, EP_MAC, A_MAC), "{hook:?}: {flags:#x}");
+        }
+        let ct = net.dp.conntrack().expect("reading conntrack");
+        assert_eq!(ct.len(), 1, "{hook:?}: one entry, the client's direction");
+        let (k, v) = ct[0];
+        assert_eq!(
+            (k.saddr, k.daddr),
+            (
+                u32::from(*CLIENT.ip()).to_be(),
+                u32::from(*VIP.ip()).to_be()
+            )
+        );
+        assert_eq!(v.xlate, ll_xlate::LL_XLATE_DSR);
+        assert_eq!(v.nat.daddr, u32::from(ep_ip).to_be());
+        assert_eq!(
+            v.state,
+            ll_ct_state::LL_CT_ESTABLISHED,
+            "{hook:?}: the client's ACK establishes"
+        );
+        assert_eq!(v.packets, 3);
     }
 }

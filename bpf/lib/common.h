@@ -30,6 +30,14 @@ enum ll_selection {
 	LL_SEL_MAGLEV = 5,   /* consistent hashing: removing 1 of N moves ~1/N */
 };
 
+/* How a service's flows reach their endpoints. */
+enum __attribute__((packed)) ll_mode {
+	LL_MODE_DEFAULT = 0, /* DNAT; replies come back through the LB */
+	LL_MODE_ONEARM = 1,  /* out the ingress interface, source translated to the LB's address there */
+	LL_MODE_FULLNAT = 2, /* source translated to the LB's address towards the endpoint */
+	LL_MODE_DSR = 3,     /* L2 direct server return: destination MAC only */
+};
+
 /* Maglev lookup table size: a prime much larger than LL_MAX_ENDPOINTS. */
 #define LL_MAGLEV_SIZE 1021
 
@@ -82,6 +90,10 @@ enum ll_reason {
 	LL_R_DROP_FW_DEFAULT,    /* no firewall rule matched and the default policy is drop */
 	LL_R_PASS_FW_TRAP,       /* a firewall rule traps the packet to Linux */
 	LL_R_FW_REDIRECT,        /* a firewall rule redirects the packet, unchanged, to an interface */
+	LL_R_DROP_NAT_PORTS,     /* no free source port for a source-translated flow: refused */
+	LL_R_PASS_NO_NAT_ADDR,   /* no LB address on the interface towards the endpoint */
+	LL_R_PASS_ONEARM_EGRESS, /* onearm: the endpoint is not reached through the ingress interface */
+	LL_R_PASS_NO_SNAT,       /* a SNAT rule matched IPv6, or neither TCP nor UDP: untranslated to Linux */
 	LL_R_MAX,
 };
 
@@ -139,6 +151,24 @@ struct ll_lpm6_key {
 	__u8 addr[16];
 };
 
+/* The ports translated sources get (ll_nat_ports[0], set by the daemon):
+ * [min, max]; max 0: the default range. */
+struct ll_nat_ports {
+	__u16 min;
+	__u16 max;
+};
+
+/* The LB's IPv4 addresses per interface, for source translation: an entry
+ * per address's subnet (prefixlen 32 + its prefix length, the address in the
+ * subnet's bits) and one per interface (prefixlen 32: the interface's
+ * fallback). A lookup with prefixlen 64 and the next hop finds the address
+ * whose subnet holds it, else the fallback. The value is the address. */
+struct ll_ifaddr_key {
+	__u32 prefixlen;
+	__u32 ifindex;
+	__u8 addr[4];
+};
+
 struct ll_neigh_key {
 	__u32 ifindex;
 	__u32 family;
@@ -171,7 +201,7 @@ struct ll_svc {
 	enum ll_selection sel;
 	__u16 n_slots;      /* 0: no usable endpoint */
 	__u8 n_endpoints;
-	__u8 pad;
+	enum ll_mode mode;
 	__u32 persist_s;    /* LL_SEL_PERSIST: how long an idle client stays stuck */
 	struct ll_endpoint endpoints[LL_MAX_ENDPOINTS];
 	__u8 slots[LL_MAX_SLOTS]; /* slot -> endpoint index */
@@ -186,10 +216,43 @@ struct ll_ct_key {
 	__u8 pad[3];
 };
 
+/* An IPv6 flow's direction (ll_conntrack6): flows the firewall let in,
+ * untranslated, so an entry's partner is its key turned around. */
+struct ll_ct6_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
 /* Packed enums keep these fields one byte wide and still typed in BTF. */
 enum __attribute__((packed)) ll_ct_dir {
-	LL_CT_ORIGINAL = 0, /* client -> VIP: rewrite destination */
-	LL_CT_REPLY = 1,    /* endpoint -> client: rewrite source */
+	LL_CT_ORIGINAL = 0, /* client -> service */
+	LL_CT_REPLY = 1,    /* endpoint -> client */
+};
+
+/* Which addresses and ports of a packet its entry rewrites: bits, so that a
+ * direction can translate its source, its destination or both. */
+enum __attribute__((packed)) ll_xlate {
+	LL_XLATE_NONE = 0,
+	LL_XLATE_SRC = 0x1, /* source address and port */
+	LL_XLATE_DST = 0x2, /* destination address and port */
+	LL_XLATE_BOTH = 0x3,
+	/* Direct server return: nothing is rewritten, the packet is routed to
+	 * nat.daddr (the endpoint) instead of its destination, and the flow
+	 * has no reply entry (replies bypass the LB). */
+	LL_XLATE_DSR = 0x4,
+};
+
+/* An IPv4 address and port pair for each end, laid out as in the IP and
+ * TCP/UDP headers (source before destination). */
+struct ll_tuple {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
 };
 
 /* The state of a flow, the same in both of its entries. TCP follows Linux's
@@ -223,13 +286,16 @@ enum __attribute__((packed)) ll_ct_state {
 #define LL_CT_SEEN_RST             0x080
 #define LL_CT_SEEN_REPLY           0x100 /* not TCP: a packet from the endpoint */
 
-/* One direction of a flow, carrying its own translation. 48 bytes, which the
+/* One direction of a flow, carrying its own translation. 56 bytes, which the
  * per-entry memory of a 1,000,000-entry table is sensitive to. */
 struct ll_ct {
-	__be32 nat_addr;    /* new daddr (original) or new saddr (reply) */
-	__be16 nat_port;
+	/* The packet's tuple after translation: fields the entry does not
+	 * rewrite hold the key's. Turned around, it is the partner's key. */
+	struct ll_tuple nat;
+	enum ll_xlate xlate;
 	enum ll_ct_dir dir;
 	enum ll_ct_state state;
+	__u8 pad;
 	__u32 seen;         /* LL_CT_SEEN_* */
 	__u32 fin_ack;      /* TCP: the ack number from this direction that acks the other's FIN */
 	__u32 svc_id;
@@ -279,6 +345,8 @@ enum ll_fw_action {
 	LL_FW_DROP = 1,
 	LL_FW_TRAP = 2,     /* to Linux unchanged */
 	LL_FW_REDIRECT = 3, /* bpf_redirect to ll_fw_rule.ifindex, unchanged */
+	LL_FW_SNAT = 4,     /* translate the source to snat_addr (snat_port first) */
+	LL_FW_MASQUERADE = 5, /* translate the source to the egress interface's address */
 };
 
 #define LL_FW_RECORD 0x1 /* emit an ll_fw_event per matched packet */
@@ -290,6 +358,9 @@ struct ll_fw_rule {
 	__u32 flags;        /* LL_FW_RECORD */
 	__u32 mark;         /* TC: skb->mark for the flow's packets; 0 = leave it */
 	__u32 ifindex;      /* LL_FW_REDIRECT: where to */
+	__be32 snat_addr;   /* LL_FW_SNAT */
+	__be16 snat_port;   /* LL_FW_SNAT: tried first; 0: the flow's own */
+	__u16 pad;
 };
 
 /* A set of rules: the id of its bitmap and which of its blocks are

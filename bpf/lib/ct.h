@@ -7,25 +7,34 @@
 #ifndef LL_CT_H
 #define LL_CT_H
 
-#include "maps.h"
-#include "parse.h"
-
-#define LL_EEXIST 17
+#include "nat.h"
 
 /* ll_ct_create: another CPU created the flow first. */
 #define LL_CT_RACED (-3)
+
+/* The translation of one packet: its tuple after translation (fields not
+ * rewritten hold the packet's) and which sides change. */
+struct ll_nat {
+	struct ll_tuple to;
+	enum ll_xlate xlate;
+};
 
 #define LL_READ_ONCE(x) (*(volatile typeof(x) *)&(x))
 
 #define LL_CT_SEEN_FINS (LL_CT_SEEN_FIN_ORIG | LL_CT_SEEN_FIN_REPLY)
 #define LL_CT_SEEN_FINS_ACKED (LL_CT_SEEN_FIN_ORIG_ACKED | LL_CT_SEEN_FIN_REPLY_ACKED)
 
-static __always_inline void ll_ct_stat(__u32 stat)
+static __always_inline void ll_ct_stat_in(void *stats, __u32 stat)
 {
-	__u64 *c = bpf_map_lookup_elem(&ll_ct_stats, &stat);
+	__u64 *c = bpf_map_lookup_elem(stats, &stat);
 
 	if (c)
 		*c += 1;
+}
+
+static __always_inline void ll_ct_stat(__u32 stat)
+{
+	ll_ct_stat_in(&ll_ct_stats, stat);
 }
 
 static __always_inline int ll_ct_key_eq(const struct ll_ct_key *a, const struct ll_ct_key *b)
@@ -34,22 +43,16 @@ static __always_inline int ll_ct_key_eq(const struct ll_ct_key *a, const struct 
 	       a->dport == b->dport && a->proto == b->proto;
 }
 
-/* The key of the other direction of the flow that entry (k, ct) belongs to. */
-static __always_inline void ll_ct_partner(const struct ll_ct_key *k, const struct ll_ct *ct,
+/* The key of the other direction of the flow that entry ct belongs to: its
+ * translated tuple turned around. */
+static __always_inline void ll_ct_partner(__u8 proto, const struct ll_ct *ct,
 					  struct ll_ct_key *out)
 {
-	out->proto = k->proto;
-	if (ct->dir == LL_CT_ORIGINAL) {
-		out->saddr = ct->nat_addr;
-		out->daddr = k->saddr;
-		out->sport = ct->nat_port;
-		out->dport = k->sport;
-	} else {
-		out->saddr = k->daddr;
-		out->daddr = ct->nat_addr;
-		out->sport = k->dport;
-		out->dport = ct->nat_port;
-	}
+	out->proto = proto;
+	out->saddr = ct->nat.daddr;
+	out->daddr = ct->nat.saddr;
+	out->sport = ct->nat.dport;
+	out->dport = ct->nat.sport;
 }
 
 static __always_inline enum ll_ct_state ll_ct_state_of(__u8 proto, __u32 seen)
@@ -101,8 +104,11 @@ static __always_inline __u32 ll_ct_events(const struct ll_pkt *p, const struct l
 	if (f & LL_TCP_RST)
 		return LL_CT_SEEN_RST;
 	if (orig) {
-		/* The client's first ACK after the SYN-ACK completes the handshake. */
-		if (!(f & LL_TCP_SYN) && (seen & (LL_CT_SEEN_SYNACK | LL_CT_SEEN_SYN)) != LL_CT_SEEN_SYN)
+		/* The client's first ACK after the SYN-ACK completes the handshake;
+		 * a DSR flow never sees the SYN-ACK, so its first ACK does. */
+		if (!(f & LL_TCP_SYN) &&
+		    ((seen & (LL_CT_SEEN_SYNACK | LL_CT_SEEN_SYN)) != LL_CT_SEEN_SYN ||
+		     (ct->xlate & LL_XLATE_DSR)))
 			ev |= LL_CT_SEEN_EST;
 		if (f & LL_TCP_FIN)
 			ev |= LL_CT_SEEN_FIN_ORIG;
@@ -153,25 +159,22 @@ static __always_inline void ll_ct_settle(struct ll_ct *ct, __u8 proto, __u32 ev)
 		ct->state = ll_ct_state_of(proto, now);
 }
 
-/* Accounts packet p to entry (k, ct) and moves the flow's state on, in both
- * of its entries. The partner is looked up only when something changes. */
-static __always_inline void ll_ct_touch(const struct ll_pkt *p, const struct ll_ct_key *k,
-					struct ll_ct *ct)
+/* Accounts packet p to its entry ct. Returns whether the flow's state moves
+ * on (then ll_ct_advance, with the partner entry), with the events in *ev. */
+static __always_inline int ll_ct_count(const struct ll_pkt *p, struct ll_ct *ct, __u32 *ev)
 {
-	int reopen = ll_ct_reopens(p, ct);
-	__u32 ev = ll_ct_events(p, ct);
-	struct ll_ct_key pk = {};
-	struct ll_ct *partner;
-
 	__sync_fetch_and_add(&ct->packets, 1);
 	__sync_fetch_and_add(&ct->bytes, p->len);
 	ct->last_seen_ns = bpf_ktime_get_ns();
-	if (!reopen && (ct->seen & ev) == ev)
-		return;
+	*ev = ll_ct_events(p, ct);
+	return ll_ct_reopens(p, ct) || (ct->seen & *ev) != *ev;
+}
 
-	ll_ct_partner(k, ct, &pk);
-	partner = bpf_map_lookup_elem(&ll_conntrack, &pk);
-	if (reopen) {
+/* Moves the flow's state on in both of its entries (partner may be gone). */
+static __always_inline void ll_ct_advance(const struct ll_pkt *p, struct ll_ct *ct,
+					  struct ll_ct *partner, __u32 ev)
+{
+	if (ll_ct_reopens(p, ct)) {
 		ll_ct_restart(ct);
 		if (partner)
 			ll_ct_restart(partner);
@@ -186,50 +189,121 @@ static __always_inline void ll_ct_touch(const struct ll_pkt *p, const struct ll_
 		ll_ct_settle(partner, p->proto, ev);
 }
 
+/* Accounts packet p to entry (k, ct) and moves the flow's state on, in both
+ * of its entries. The partner is looked up only when something changes. */
+static __always_inline void ll_ct_touch(const struct ll_pkt *p, const struct ll_ct_key *k,
+					struct ll_ct *ct)
+{
+	struct ll_ct_key pk = {};
+	__u32 ev;
+
+	if (!ll_ct_count(p, ct, &ev))
+		return;
+	ll_ct_partner(k->proto, ct, &pk);
+	/* A DSR flow has no other direction. */
+	ll_ct_advance(p, ct,
+		      ct->xlate & LL_XLATE_DSR ? NULL : bpf_map_lookup_elem(&ll_conntrack, &pk),
+		      ev);
+}
+
 static __always_inline void ll_ct_undo(const struct ll_ct_key *k)
 {
 	if (!bpf_map_delete_elem(&ll_conntrack, k))
 		ll_ct_stat(LL_CT_STAT_DELETED);
 }
 
-/* Creates both entries of a new flow to endpoint ep (index ep_idx of service
- * svc_id) from its first packet p. Returns 0, LL_CT_RACED when another CPU
- * created the flow first, or the reason to hand p to Linux untranslated. */
-static __always_inline int ll_ct_create(const struct ll_pkt *p, const struct ll_ct_key *key,
-					const struct ll_endpoint *ep, __u32 svc_id, __u32 ep_idx)
+/* The flow-wide fields of a new flow's entries, from its first packet p,
+ * built in the per-CPU scratch (the pipeline's frame is near the limit);
+ * ll_ct_set_dir fills in each direction. */
+static __always_inline struct ll_ct *ll_ct_build(const struct ll_pkt *p, __u32 svc_id,
+						 __u32 ep_idx)
 {
-	struct ll_ct_key rkey = {}, other = {};
-	struct ll_ct *ct, *hit;
 	__u32 zero = 0;
-	long err;
+	struct ll_ct *ct = bpf_map_lookup_elem(&ll_ct_scratch, &zero);
 
-	/* Built off the stack: the pipeline's frame is near the limit. */
-	ct = bpf_map_lookup_elem(&ll_ct_scratch, &zero);
 	if (!ct)
-		return LL_R_PASS_CT_FULL;
-	ct->nat_addr = ep->addr;
-	ct->nat_port = ep->port;
-	ct->dir = LL_CT_ORIGINAL;
+		return 0;
 	ct->seen = ll_ct_first_events(p);
 	ct->state = ll_ct_state_of(p->proto, ct->seen);
 	ct->fin_ack = 0;
 	ct->svc_id = svc_id;
 	ct->ep_idx = ep_idx;
-	ct->packets = 1;
-	ct->bytes = p->len;
 	ct->last_seen_ns = bpf_ktime_get_ns();
+	return ct;
+}
+
+/* Makes ct the entry of one direction of a flow whose first packet is p:
+ * translated to *to, as xlate says. */
+static __always_inline void ll_ct_set_dir(struct ll_ct *ct, const struct ll_pkt *p,
+					  const struct ll_tuple *to, __u8 xlate,
+					  enum ll_ct_dir dir)
+{
+	ct->nat = *to;
+	ct->xlate = xlate;
+	ct->dir = dir;
+	ct->packets = dir == LL_CT_ORIGINAL;
+	ct->bytes = dir == LL_CT_ORIGINAL ? p->len : 0;
+}
+
+/* Creates the entries of a new flow from its first packet p (with key),
+ * translated by nat, to endpoint ep_idx of service svc_id: both directions,
+ * or the client's only for DSR. A source-translated flow gets its source
+ * port here (nat->to.sport). Returns 0, LL_CT_RACED when another CPU created
+ * the flow first, or the reason not to translate p. */
+static __always_inline int ll_ct_create(const struct ll_pkt *p, const struct ll_ct_key *key,
+					struct ll_nat *nat, __u32 svc_id, __u32 ep_idx)
+{
+	/* The reply direction rewrites on the destination what the original
+	 * rewrites on the source, and vice versa, back to the key turned around. */
+	__u8 rxlate = (nat->xlate & LL_XLATE_SRC ? LL_XLATE_DST : 0) |
+		      (nat->xlate & LL_XLATE_DST ? LL_XLATE_SRC : 0);
+	struct ll_tuple back = {
+		.saddr = key->daddr,
+		.daddr = key->saddr,
+		.sport = key->dport,
+		.dport = key->sport,
+	};
+	struct ll_ct_key rkey = {}, other = {};
+	struct ll_ct *ct, *hit;
+	long err;
+
+	ct = ll_ct_build(p, svc_id, ep_idx);
+	if (!ct)
+		return LL_R_PASS_CT_FULL;
+	if (nat->xlate & LL_XLATE_SRC) {
+		/* The reply entry first: claiming it claims the source port. */
+		ll_ct_set_dir(ct, p, &back, rxlate, LL_CT_REPLY);
+		rkey.proto = key->proto;
+		rkey.saddr = nat->to.daddr;
+		rkey.daddr = nat->to.saddr;
+		rkey.sport = nat->to.dport;
+		rkey.dport = nat->to.sport;
+		err = ll_nat_claim_port(&rkey, ct);
+		if (err)
+			return err;
+		ll_ct_stat(LL_CT_STAT_CREATED);
+		nat->to.sport = rkey.dport;
+		ll_ct_set_dir(ct, p, &nat->to, nat->xlate, LL_CT_ORIGINAL);
+		err = bpf_map_update_elem(&ll_conntrack, key, ct, BPF_NOEXIST);
+		if (!err) {
+			ll_ct_stat(LL_CT_STAT_CREATED);
+			return 0;
+		}
+		/* The port is ours alone: nobody else uses that reply entry. */
+		ll_ct_undo(&rkey);
+		return err == -LL_EEXIST ? LL_CT_RACED : LL_R_PASS_CT_FULL;
+	}
+
+	ll_ct_set_dir(ct, p, &nat->to, nat->xlate, LL_CT_ORIGINAL);
 	err = bpf_map_update_elem(&ll_conntrack, key, ct, BPF_NOEXIST);
 	if (err)
 		return err == -LL_EEXIST ? LL_CT_RACED : LL_R_PASS_CT_FULL;
 	ll_ct_stat(LL_CT_STAT_CREATED);
+	if (nat->xlate & LL_XLATE_DSR)
+		return 0;
 
-	/* The reply entry is the original turned around. */
-	ll_ct_partner(key, ct, &rkey);
-	ct->nat_addr = p->daddr;
-	ct->nat_port = p->dport;
-	ct->dir = LL_CT_REPLY;
-	ct->packets = 0;
-	ct->bytes = 0;
+	ll_ct_partner(key->proto, ct, &rkey);
+	ll_ct_set_dir(ct, p, &back, rxlate, LL_CT_REPLY);
 	err = bpf_map_update_elem(&ll_conntrack, &rkey, ct, BPF_NOEXIST);
 	if (!err) {
 		ll_ct_stat(LL_CT_STAT_CREATED);
@@ -243,7 +317,7 @@ static __always_inline int ll_ct_create(const struct ll_pkt *p, const struct ll_
 		 * replace (no new entry). */
 		hit = bpf_map_lookup_elem(&ll_conntrack, &rkey);
 		if (hit) {
-			ll_ct_partner(&rkey, hit, &other);
+			ll_ct_partner(rkey.proto, hit, &other);
 			if (!ll_ct_key_eq(&other, key) && bpf_map_lookup_elem(&ll_conntrack, &other)) {
 				ll_ct_undo(key);
 				return LL_R_PASS_CT_CLASH;
@@ -253,6 +327,70 @@ static __always_inline int ll_ct_create(const struct ll_pkt *p, const struct ll_
 			return 0;
 	}
 	ll_ct_undo(key);
+	return LL_R_PASS_CT_FULL;
+}
+
+/* IPv6 flows (ll_conntrack6): untranslated, let in by the firewall. */
+static __always_inline void ll_ct6_key_of(const struct ll_pkt *p, struct ll_ct6_key *k)
+{
+	__builtin_memcpy(k->saddr, p->saddr6, 16);
+	__builtin_memcpy(k->daddr, p->daddr6, 16);
+	k->sport = p->sport;
+	k->dport = p->dport;
+	k->proto = p->proto;
+}
+
+static __always_inline void ll_ct6_reverse(const struct ll_ct6_key *k, struct ll_ct6_key *out)
+{
+	__builtin_memcpy(out->saddr, k->daddr, 16);
+	__builtin_memcpy(out->daddr, k->saddr, 16);
+	out->sport = k->dport;
+	out->dport = k->sport;
+	out->proto = k->proto;
+}
+
+static __always_inline void ll_ct6_touch(const struct ll_pkt *p, const struct ll_ct6_key *k,
+					 struct ll_ct *ct)
+{
+	struct ll_ct6_key pk = {};
+	__u32 ev;
+
+	if (!ll_ct_count(p, ct, &ev))
+		return;
+	ll_ct6_reverse(k, &pk);
+	ll_ct_advance(p, ct, bpf_map_lookup_elem(&ll_conntrack6, &pk), ev);
+}
+
+/* Creates both entries of a new IPv6 flow from its first packet p, carrying
+ * mark. Returns 0, LL_CT_RACED, or the reason to hand p to Linux. */
+static __always_inline int ll_ct6_create(const struct ll_pkt *p, const struct ll_ct6_key *key,
+					 __u32 mark)
+{
+	struct ll_ct6_key rkey = {};
+	struct ll_tuple none = {};
+	struct ll_ct *ct = ll_ct_build(p, LL_SVC_NONE, mark);
+	long err;
+
+	if (!ct)
+		return LL_R_PASS_CT_FULL;
+	ll_ct_set_dir(ct, p, &none, LL_XLATE_NONE, LL_CT_ORIGINAL);
+	err = bpf_map_update_elem(&ll_conntrack6, key, ct, BPF_NOEXIST);
+	if (err)
+		return err == -LL_EEXIST ? LL_CT_RACED : LL_R_PASS_CT_FULL;
+	ll_ct_stat_in(&ll_ct6_stats, LL_CT_STAT_CREATED);
+	ll_ct6_reverse(key, &rkey);
+	ll_ct_set_dir(ct, p, &none, LL_XLATE_NONE, LL_CT_REPLY);
+	/* A reply entry already there is a stale half: its partner would be
+	 * key, which did not exist. */
+	err = bpf_map_update_elem(&ll_conntrack6, &rkey, ct, BPF_NOEXIST);
+	if (!err) {
+		ll_ct_stat_in(&ll_ct6_stats, LL_CT_STAT_CREATED);
+		return 0;
+	}
+	if (err == -LL_EEXIST && !bpf_map_update_elem(&ll_conntrack6, &rkey, ct, BPF_EXIST))
+		return 0;
+	if (!bpf_map_delete_elem(&ll_conntrack6, key))
+		ll_ct_stat_in(&ll_ct6_stats, LL_CT_STAT_DELETED);
 	return LL_R_PASS_CT_FULL;
 }
 

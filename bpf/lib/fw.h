@@ -21,9 +21,11 @@
 #include "parse.h"
 #include "stats.h"
 
-/* ll_fw_first: no rule set is active, or the flow may go on. */
+/* ll_fw_first: no rule set is active, or the flow may go on (with its
+ * source translated). */
 #define LL_FW_OFF (-4)
 #define LL_FW_ALLOWED (-5)
+#define LL_FW_TRANSLATE (-7)
 
 /* Index of the lowest set bit of x != 0 (BPF has no ctz instruction). */
 static __always_inline __u32 ll_ctz64(__u64 x)
@@ -117,12 +119,19 @@ static long ll_fw_block(__u32 b, void *ctx)
 		return 0;
 	s->acc = *blk;
 	for (int i = 1; i < LL_FW_FIELDS; i++) {
+		__u64 left = 0;
+
 		s->blk.set = s->f[i].id;
 		blk = bpf_map_lookup_elem(&ll_fw_blocks, &s->blk);
 		if (!blk)
 			return 0;
-		for (int w = 0; w < LL_FW_BLOCK_WORDS; w++)
+		for (int w = 0; w < LL_FW_BLOCK_WORDS; w++) {
 			s->acc.w[w] &= blk->w[w];
+			left |= s->acc.w[w];
+		}
+		/* No rule of this block left: the other fields need not be read. */
+		if (!left)
+			return 0;
 	}
 	for (int w = 0; w < LL_FW_BLOCK_WORDS; w++) {
 		if (s->acc.w[w]) {
@@ -194,10 +203,12 @@ static __always_inline void ll_fw_record(const struct ll_pkt *p, __u32 ingress,
 }
 
 /* The firewall's verdict on the first packet of a flow: LL_FW_OFF,
- * LL_FW_ALLOWED (*mark set), LL_R_FW_REDIRECT (*ifindex set), or the reason
- * to drop it or hand it to Linux. */
+ * LL_FW_ALLOWED (*mark set), LL_FW_TRANSLATE (*mark set, *snat the source
+ * to translate to: address 0 for the egress interface's, port the one to
+ * try first), LL_R_FW_REDIRECT (*ifindex set), or the reason to drop it or
+ * hand it to Linux. */
 static __always_inline int ll_fw_first(const struct ll_pkt *p, __u32 ingress, __u32 *mark,
-				  __u32 *ifindex)
+				       __u32 *ifindex, struct ll_tuple *snat)
 {
 	__u32 zero = 0, gen, idx;
 	struct ll_fw_rule *rule;
@@ -231,6 +242,14 @@ static __always_inline int ll_fw_first(const struct ll_pkt *p, __u32 ingress, __
 	case LL_FW_REDIRECT:
 		*ifindex = rule->ifindex;
 		return LL_R_FW_REDIRECT;
+	case LL_FW_SNAT:
+	case LL_FW_MASQUERADE:
+		/* The allocator keeps ports in the nat_ports range. */
+		if (p->family != LL_AF_INET || !p->has_ports)
+			return LL_R_PASS_NO_SNAT;
+		snat->saddr = rule->action == LL_FW_SNAT ? rule->snat_addr : 0;
+		snat->sport = rule->snat_port ? rule->snat_port : p->sport;
+		return LL_FW_TRANSLATE;
 	default:
 		return LL_R_DROP_FW;
 	}

@@ -9,13 +9,6 @@
 #include "fw.h"
 #include "fwd.h"
 
-/* The translation to apply to one packet. */
-struct ll_nat {
-	__be32 addr;
-	__be16 port;
-	__u8 rewrite_dst; /* 1: destination (original direction), 0: source (reply) */
-};
-
 /* The whole decision for one packet; the hook's entry file applies it. */
 struct ll_verdict {
 	int reason;     /* LL_R_FWD, LL_R_FW_REDIRECT, or why the packet goes to Linux or is dropped */
@@ -164,11 +157,41 @@ static __noinline int ll_select(const struct ll_svc *svc, const struct ll_ct_key
 /* Not load-balancer traffic: not a VIP and not in conntrack. */
 #define LL_LB_NONE (-2)
 
+/* How service svc's flows reach endpoint ep, for the first packet p of a
+ * flow that came in on interface ingress: fills *nat, or returns the reason
+ * to hand p to Linux. */
+static __always_inline int ll_lb_translation(const struct ll_svc *svc,
+					     const struct ll_endpoint *ep,
+					     const struct ll_pkt *p, __u32 ingress,
+					     struct ll_nat *nat)
+{
+	nat->to.saddr = p->saddr;
+	nat->to.daddr = ep->addr;
+	nat->to.sport = p->sport;
+	nat->to.dport = ep->port;
+	nat->xlate = LL_XLATE_DST;
+	switch (svc->mode) {
+	case LL_MODE_DSR:
+		/* Routed to the endpoint, which holds the VIP: ports stay. */
+		nat->to.dport = p->dport;
+		nat->xlate = LL_XLATE_DSR;
+		return 0;
+	case LL_MODE_ONEARM:
+	case LL_MODE_FULLNAT:
+		/* The source port is claimed with the flow's entries. */
+		nat->xlate = LL_XLATE_BOTH;
+		return ll_nat_source(ep->addr, svc->mode == LL_MODE_ONEARM, ingress,
+				     &nat->to.saddr);
+	default:
+		return 0;
+	}
+}
+
 /* A packet that found no flow: picks the service's endpoint and creates the
  * flow. Returns LL_R_NAT_NEW with *nat filled in, LL_LB_NONE, LL_CT_RACED,
  * or the reason to hand the VIP's packet to Linux as it is. */
-static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct ll_ct_key *key,
-					  struct ll_nat *nat)
+static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, __u32 ingress,
+					  const struct ll_ct_key *key, struct ll_nat *nat)
 {
 	struct ll_svc_key skey = {.vip = p->daddr, .port = p->dport, .proto = p->proto};
 	struct ll_endpoint *ep;
@@ -187,8 +210,11 @@ static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct l
 	if (ep_idx >= LL_MAX_ENDPOINTS || ep_idx >= svc->n_endpoints)
 		return LL_R_PASS_NO_ENDPOINT;
 	ep = &svc->endpoints[ep_idx];
+	r = ll_lb_translation(svc, ep, p, ingress, nat);
+	if (r)
+		return r;
 
-	r = ll_ct_create(p, key, ep, svc->id, ep_idx);
+	r = ll_ct_create(p, key, nat, svc->id, ep_idx);
 	if (r)
 		return r;
 	ll_count_flow(svc->id, ep_idx, p->len);
@@ -197,21 +223,23 @@ static __always_inline int ll_lb_new_flow(const struct ll_pkt *p, const struct l
 	active = bpf_map_lookup_elem(&ll_ep_active, &idx);
 	if (active)
 		__sync_fetch_and_add(active, 1);
-	nat->addr = ep->addr;
-	nat->port = ep->port;
-	nat->rewrite_dst = 1;
 	return LL_R_NAT_NEW;
 }
 
 /* A new flow the firewall let in that is not load balanced: both entries,
- * untranslated, with the rule's mark. Returns LL_LB_NONE, LL_CT_RACED or
- * the reason to hand p to Linux. */
+ * untranslated (nat is scratch space), with the rule's mark. Returns
+ * LL_LB_NONE, LL_CT_RACED or the reason to hand p to Linux. */
 static __always_inline int ll_fw_track(const struct ll_pkt *p, const struct ll_ct_key *key,
-				       __u32 mark)
+				       struct ll_nat *nat, __u32 mark)
 {
-	struct ll_endpoint same = {.addr = p->daddr, .port = p->dport};
-	int r = ll_ct_create(p, key, &same, LL_SVC_NONE, mark);
+	int r;
 
+	nat->to.saddr = p->saddr;
+	nat->to.daddr = p->daddr;
+	nat->to.sport = p->sport;
+	nat->to.dport = p->dport;
+	nat->xlate = LL_XLATE_NONE;
+	r = ll_ct_create(p, key, nat, LL_SVC_NONE, mark);
 	return r ? r : LL_LB_NONE;
 }
 
@@ -220,19 +248,20 @@ static __always_inline int ll_fw_track(const struct ll_pkt *p, const struct ll_c
 
 /* A packet of a tracked flow, whose entry (*key, hit) it matched:
  * LL_R_NAT_EST with v->nat filled in, or LL_LB_NONE for a flow the firewall
- * let in untranslated (v->mark set). */
+ * let in untranslated. Flows the firewall let in set v->mark. */
 static __always_inline int ll_ct_follow(const struct ll_pkt *p, const struct ll_ct_key *key,
 					struct ll_ct *hit, struct ll_verdict *v)
 {
 	ll_ct_touch(p, key, hit);
 	if (hit->svc_id == LL_SVC_NONE) {
 		v->mark = hit->ep_idx;
-		return LL_LB_NONE;
+		if (hit->xlate == LL_XLATE_NONE)
+			return LL_LB_NONE;
+	} else {
+		ll_count_flow(hit->svc_id, hit->ep_idx, p->len);
 	}
-	ll_count_flow(hit->svc_id, hit->ep_idx, p->len);
-	v->nat.addr = hit->nat_addr;
-	v->nat.port = hit->nat_port;
-	v->nat.rewrite_dst = hit->dir == LL_CT_ORIGINAL;
+	v->nat.to = hit->nat;
+	v->nat.xlate = hit->xlate;
 	return LL_R_NAT_EST;
 }
 
@@ -260,21 +289,46 @@ static __noinline int ll_lb_decide(const struct ll_pkt *p, struct ll_verdict *v)
 	return ll_ct_follow(p, &key, hit, v);
 }
 
-/* For the first packet of an IPv4 flow, once the firewall (if active,
- * tracked set) has let it in: LL_R_NAT_NEW with v->nat filled in, LL_LB_NONE,
- * or the reason to hand the packet to Linux as it is. With the firewall
- * active every flow is tracked, so that replies pass without a rule walk
- * and the other side cannot open flows of its own. */
-static __noinline int ll_lb_first(const struct ll_pkt *p, struct ll_verdict *v, int tracked)
+/* A new flow that a firewall SNAT or masquerade rule let in and that is not
+ * load balanced: v->nat.to holds the source to translate to (ll_fw_first);
+ * the port is claimed with the flow's entries. LL_R_NAT_NEW, LL_CT_RACED or
+ * the reason to drop p or hand it to Linux. */
+static __always_inline int ll_fw_snat(const struct ll_pkt *p, const struct ll_ct_key *key,
+				      struct ll_verdict *v)
+{
+	int r = 0;
+
+	if (!v->nat.to.saddr)
+		r = ll_nat_source(p->daddr, 0, 0, &v->nat.to.saddr);
+	if (r)
+		return r;
+	v->nat.to.daddr = p->daddr;
+	v->nat.to.dport = p->dport;
+	v->nat.xlate = LL_XLATE_SRC;
+	r = ll_ct_create(p, key, &v->nat, LL_SVC_NONE, v->mark);
+	return r ? r : LL_R_NAT_NEW;
+}
+
+/* For the first packet of an IPv4 flow that came in on interface ingress,
+ * once the firewall has let it in (fw: LL_FW_OFF, LL_FW_ALLOWED or
+ * LL_FW_TRANSLATE): LL_R_NAT_NEW with v->nat filled in, LL_LB_NONE, or the
+ * reason to hand the packet to Linux as it is (or drop it). With the
+ * firewall active every flow is tracked, so that replies pass without a
+ * rule walk and the other side cannot open flows of its own. Load-balanced
+ * flows are translated as their service says, never by SNAT rules. */
+static __noinline int ll_lb_first(const struct ll_pkt *p, __u32 ingress, struct ll_verdict *v,
+				  int fw)
 {
 	struct ll_ct_key key = {};
 	struct ll_ct *hit;
 	int r;
 
 	ll_ct_key_of(p, &key);
-	r = p->has_ports ? ll_lb_new_flow(p, &key, &v->nat) : LL_LB_NONE;
-	if (r == LL_LB_NONE && tracked)
-		r = ll_fw_track(p, &key, v->mark);
+	r = p->has_ports ? ll_lb_new_flow(p, ingress, &key, &v->nat) : LL_LB_NONE;
+	if (r == LL_LB_NONE && fw == LL_FW_TRANSLATE)
+		r = ll_fw_snat(p, &key, v);
+	else if (r == LL_LB_NONE && fw == LL_FW_ALLOWED)
+		r = ll_fw_track(p, &key, &v->nat, v->mark);
 	if (r != LL_CT_RACED)
 		return r;
 	/* Another CPU created this flow first: follow its choice. */
@@ -282,6 +336,44 @@ static __noinline int ll_lb_first(const struct ll_pkt *p, struct ll_verdict *v, 
 	if (!hit)
 		return LL_R_PASS_CT_FULL;
 	return ll_ct_follow(p, &key, hit, v);
+}
+
+/* A packet of a tracked IPv6 flow, whose entry (*key, hit) it matched. */
+static __always_inline int ll_ct6_follow(const struct ll_pkt *p, const struct ll_ct6_key *key,
+					 struct ll_ct *hit, struct ll_verdict *v)
+{
+	ll_ct6_touch(p, key, hit);
+	v->mark = hit->ep_idx;
+	return LL_LB_NONE;
+}
+
+/* For an IPv6 packet of a tracked flow: LL_LB_NONE (v->mark set);
+ * otherwise LL_CT_MISS. */
+static __noinline int ll_ct6_decide(const struct ll_pkt *p, struct ll_verdict *v)
+{
+	struct ll_ct6_key key = {};
+	struct ll_ct *hit;
+
+	ll_ct6_key_of(p, &key);
+	hit = bpf_map_lookup_elem(&ll_conntrack6, &key);
+	return hit ? ll_ct6_follow(p, &key, hit, v) : LL_CT_MISS;
+}
+
+/* For the first packet of an IPv6 flow the firewall let in: tracks the
+ * flow. LL_LB_NONE, or the reason to hand the packet to Linux. */
+static __noinline int ll_ct6_first(const struct ll_pkt *p, struct ll_verdict *v)
+{
+	struct ll_ct6_key key = {};
+	struct ll_ct *hit;
+	int r;
+
+	ll_ct6_key_of(p, &key);
+	r = ll_ct6_create(p, &key, v->mark);
+	if (r != LL_CT_RACED)
+		return r ? r : LL_LB_NONE;
+	/* Another CPU created this flow first. */
+	hit = bpf_map_lookup_elem(&ll_conntrack6, &key);
+	return hit ? ll_ct6_follow(p, &key, hit, v) : LL_R_PASS_CT_FULL;
 }
 
 #endif

@@ -28,6 +28,31 @@ struct {
 	__type(value, struct ll_ct);
 } ll_conntrack SEC(".maps");
 
+/* IPv6 flows let in by the firewall; the daemon sizes it to a quarter of
+ * ll_conntrack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LL_DEFAULT_CT / 4);
+	__type(key, struct ll_ct6_key);
+	__type(value, struct ll_ct);
+} ll_conntrack6 SEC(".maps");
+
+/* Per enum ll_ct_stat, for ll_conntrack6. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LL_CT_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} ll_ct6_stats SEC(".maps");
+
+/* The source port range of translated flows (struct ll_nat_ports). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ll_nat_ports);
+} ll_nat_ports SEC(".maps");
+
 /* Per-CPU scratch for building a new flow's entries off the stack. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -117,6 +142,16 @@ struct {
 	__type(key, struct ll_addr_key);
 	__type(value, struct ll_local);
 } ll_locals SEC(".maps");
+
+/* The host's IPv4 addresses by interface, to translate sources to (struct
+ * ll_ifaddr_key). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 4096);
+	__type(key, struct ll_ifaddr_key);
+	__type(value, __be32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ll_ifaddrs SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);

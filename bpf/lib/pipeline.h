@@ -30,27 +30,29 @@ static __always_inline __u32 ll_fwd_hash(const struct ll_pkt *p, __be32 daddr4)
 
 /* Conntrack, then for a packet of no tracked flow the firewall and the
  * service lookup: LL_R_NAT_NEW / LL_R_NAT_EST (v->nat), LL_LB_NONE (go on
- * untranslated) or the packet's final reason. IPv6 flows are not tracked
- * yet: the firewall judges every IPv6 packet. */
+ * untranslated) or the packet's final reason. */
 static __always_inline int ll_decide(const struct ll_pkt *p, __u32 ingress, struct ll_verdict *v)
 {
-	int r = p->family == LL_AF_INET ? ll_lb_decide(p, v) : LL_CT_MISS;
+	int v4 = p->family == LL_AF_INET;
+	int r = v4 ? ll_lb_decide(p, v) : ll_ct6_decide(p, v);
 	int fw;
 
 	if (r != LL_CT_MISS)
 		return r;
-	fw = ll_fw_first(p, ingress, &v->mark, &v->fwd.ifindex);
-	if (fw != LL_FW_OFF && fw != LL_FW_ALLOWED)
+	fw = ll_fw_first(p, ingress, &v->mark, &v->fwd.ifindex, &v->nat.to);
+	if (fw != LL_FW_OFF && fw != LL_FW_ALLOWED && fw != LL_FW_TRANSLATE)
 		return fw;
-	if (p->family != LL_AF_INET)
-		return LL_LB_NONE;
-	return ll_lb_first(p, v, fw == LL_FW_ALLOWED);
+	if (v4)
+		return ll_lb_first(p, ingress, v, fw);
+	/* IPv6 is not load balanced: only the firewall's flows are tracked. */
+	return fw == LL_FW_ALLOWED ? ll_ct6_first(p, v) : LL_LB_NONE;
 }
 
 /* Whether the verdict drops the packet. */
 static __always_inline int ll_dropped(int reason)
 {
-	return reason == LL_R_DROP_FW || reason == LL_R_DROP_FW_DEFAULT;
+	return reason == LL_R_DROP_FW || reason == LL_R_DROP_FW_DEFAULT ||
+	       reason == LL_R_DROP_NAT_PORTS;
 }
 
 static __always_inline void ll_pipeline(const struct ll_pkt *p, __u32 ingress, __u32 mtu_len,
@@ -62,8 +64,7 @@ static __always_inline void ll_pipeline(const struct ll_pkt *p, __u32 ingress, _
 
 	if (r == LL_R_NAT_NEW || r == LL_R_NAT_EST) {
 		v->nat_reason = r;
-		if (v->nat.rewrite_dst)
-			d4 = v->nat.addr;
+		d4 = v->nat.to.daddr;
 	} else if (r != LL_LB_NONE) {
 		v->reason = r;
 		return;

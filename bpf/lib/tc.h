@@ -8,36 +8,42 @@
 #include <stddef.h>
 #include "pipeline.h"
 
-static __always_inline int ll_tc_rewrite(struct __sk_buff *skb, const struct ll_pkt *p,
-					 const struct ll_nat *nat)
+/* Rewrites the sides of p that nat translates. ll_tuple is laid out like the
+ * headers, so side i (0: source, 1: destination) is the i-th address and
+ * port of both. A subprogram of its own, off the entry program's frame. */
+static __noinline int ll_tc_rewrite(struct __sk_buff *skb, const struct ll_pkt *p,
+				    const struct ll_nat *nat)
 {
-	__u32 addr_off = p->l3_off + (nat->rewrite_dst ? offsetof(struct iphdr, daddr)
-						       : offsetof(struct iphdr, saddr));
-	__u32 port_off = p->l4_off + (nat->rewrite_dst ? offsetof(struct udphdr, dest)
-						       : offsetof(struct udphdr, source));
 	__u32 csum_off = p->l4_off + (p->proto == IPPROTO_TCP ? offsetof(struct tcphdr, check)
 							       : offsetof(struct udphdr, check));
-	__be32 old_addr = nat->rewrite_dst ? p->daddr : p->saddr;
-	__be16 old_port = nat->rewrite_dst ? p->dport : p->sport;
 	/* UDP checksum 0 means "none": leave it so. */
 	__u64 l4flags = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 
-	if (old_addr != nat->addr) {
-		if (bpf_l4_csum_replace(skb, csum_off, old_addr, nat->addr,
-					l4flags | BPF_F_PSEUDO_HDR | sizeof(nat->addr)))
-			return -1;
-		if (bpf_l3_csum_replace(skb, p->l3_off + offsetof(struct iphdr, check), old_addr,
-					nat->addr, sizeof(nat->addr)))
-			return -1;
-		if (bpf_skb_store_bytes(skb, addr_off, &nat->addr, sizeof(nat->addr), 0))
-			return -1;
-	}
-	if (old_port != nat->port) {
-		if (bpf_l4_csum_replace(skb, csum_off, old_port, nat->port,
-					l4flags | sizeof(nat->port)))
-			return -1;
-		if (bpf_skb_store_bytes(skb, port_off, &nat->port, sizeof(nat->port), 0))
-			return -1;
+	for (int i = 0; i < 2; i++) {
+		__u32 addr_off = p->l3_off + offsetof(struct iphdr, saddr) + i * 4;
+		__u32 port_off = p->l4_off + offsetof(struct udphdr, source) + i * 2;
+		__be32 old_addr = i ? p->daddr : p->saddr, new_addr = i ? nat->to.daddr : nat->to.saddr;
+		__be16 old_port = i ? p->dport : p->sport, new_port = i ? nat->to.dport : nat->to.sport;
+
+		if (!(nat->xlate & (i ? LL_XLATE_DST : LL_XLATE_SRC)))
+			continue;
+		if (old_addr != new_addr) {
+			if (bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr,
+						l4flags | BPF_F_PSEUDO_HDR | sizeof(new_addr)))
+				return -1;
+			if (bpf_l3_csum_replace(skb, p->l3_off + offsetof(struct iphdr, check),
+						old_addr, new_addr, sizeof(new_addr)))
+				return -1;
+			if (bpf_skb_store_bytes(skb, addr_off, &new_addr, sizeof(new_addr), 0))
+				return -1;
+		}
+		if (old_port != new_port) {
+			if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port,
+						l4flags | sizeof(new_port)))
+				return -1;
+			if (bpf_skb_store_bytes(skb, port_off, &new_port, sizeof(new_port), 0))
+				return -1;
+		}
 	}
 	return 0;
 }

@@ -36,17 +36,16 @@ static __always_inline __u16 ll_csum_replace2(__u16 check, __be16 from, __be16 t
 /* Masks keep offsets provably small for the verifier. */
 #define LL_XDP_PTR(data, off) ((void *)(data) + ((off) & 0xff))
 
-static __always_inline int ll_xdp_rewrite(struct xdp_md *ctx, const struct ll_pkt *p,
-					  const struct ll_nat *nat)
+/* Rewrites the sides of p that nat translates (side i as in ll_tc_rewrite);
+ * a subprogram of its own, off the entry program's frame. */
+static __noinline int ll_xdp_rewrite(struct xdp_md *ctx, const struct ll_pkt *p,
+				     const struct ll_nat *nat)
 {
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
 	struct iphdr *iph = LL_XDP_PTR(data, p->l3_off);
-	__u16 *l4csum;
-	__be16 *port;
-	__be32 *addr;
-	__be32 old_addr;
-	__be16 old_port;
 	int udp = p->proto == IPPROTO_UDP;
+	__u16 *l4csum, l4c;
+	__be16 *ports;
 
 	if ((void *)(iph + 1) > end)
 		return -1;
@@ -56,29 +55,32 @@ static __always_inline int ll_xdp_rewrite(struct xdp_md *ctx, const struct ll_pk
 		if ((void *)(uh + 1) > end)
 			return -1;
 		l4csum = &uh->check;
-		port = nat->rewrite_dst ? &uh->dest : &uh->source;
+		ports = &uh->source;
 	} else {
 		struct tcphdr *th = LL_XDP_PTR(data, p->l4_off);
 
 		if ((void *)(th + 1) > end)
 			return -1;
 		l4csum = &th->check;
-		port = nat->rewrite_dst ? &th->dest : &th->source;
+		ports = &th->source;
 	}
-	addr = nat->rewrite_dst ? &iph->daddr : &iph->saddr;
-	old_addr = *addr;
-	old_port = *port;
+	l4c = *l4csum;
+	for (int i = 0; i < 2; i++) {
+		__be32 *addr = i ? &iph->daddr : &iph->saddr;
+		__be32 to_addr = i ? nat->to.daddr : nat->to.saddr;
+		__be16 to_port = i ? nat->to.dport : nat->to.sport;
 
-	iph->check = ll_csum_replace4(iph->check, old_addr, nat->addr);
+		if (!(nat->xlate & (i ? LL_XLATE_DST : LL_XLATE_SRC)))
+			continue;
+		iph->check = ll_csum_replace4(iph->check, *addr, to_addr);
+		l4c = ll_csum_replace4(l4c, *addr, to_addr);
+		l4c = ll_csum_replace2(l4c, ports[i], to_port);
+		*addr = to_addr;
+		ports[i] = to_port;
+	}
 	/* A UDP checksum of 0 means none; a computed 0 is sent as 0xffff. */
-	if (!udp || *l4csum) {
-		__u16 c = ll_csum_replace4(*l4csum, old_addr, nat->addr);
-
-		c = ll_csum_replace2(c, old_port, nat->port);
-		*l4csum = udp && !c ? 0xffff : c;
-	}
-	*addr = nat->addr;
-	*port = nat->port;
+	if (!udp || *l4csum)
+		*l4csum = udp && !l4c ? 0xffff : l4c;
 	return 0;
 }
 

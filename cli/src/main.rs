@@ -199,7 +199,7 @@ struct CreateLb {
     /// Rule name
     #[arg(long)]
     name: Option<String>,
-    /// NAT mode
+    /// NAT mode: default (DNAT), onearm, fullnat or dsr (needs --select=hash)
     #[arg(long, default_value = "default")]
     mode: String,
 }

@@ -9,9 +9,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{partner, tuple};
-use crate::datapath::types::{ll_ct, ll_ct_key, ll_ct_state};
-use crate::datapath::{self, monotonic_ns, Datapath, Removal, CT_BATCH};
+use super::one_way;
+use crate::datapath::types::{ll_ct, ll_ct6_key, ll_ct_key, ll_ct_state};
+use crate::datapath::{self, monotonic_ns, CtKey, Datapath, Removal, CT_BATCH};
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
@@ -76,8 +76,8 @@ impl Timeouts {
         }
     }
 
-    fn expired(&self, now: u64, k: &ll_ct_key, v: &ll_ct) -> bool {
-        let timeout = self.of(k.proto, v.state).as_nanos() as u64;
+    fn expired<K: CtKey>(&self, now: u64, k: &K, v: &ll_ct) -> bool {
+        let timeout = self.of(k.proto(), v.state).as_nanos() as u64;
         now.saturating_sub(v.last_seen_ns) > timeout
     }
 }
@@ -113,37 +113,67 @@ pub struct SweepReport {
     pub busy: Duration,
 }
 
-/// One sweep over the whole table at time `now` (the datapath's clock).
-/// After each batch, `rest` is told how long the batch took and may pause
-/// (to bound the sweep's share of a CPU) or stop the sweep.
+/// One sweep over the whole table at time `now` (the datapath's clock),
+/// IPv4 then IPv6 (the firewall's flows; the LRU's evictions there are not
+/// estimated). After each batch, `rest` is told how long the batch took and
+/// may pause (to bound the sweep's share of a CPU) or stop the sweep.
 pub fn sweep(
     dp: &Datapath,
     timeouts: &Timeouts,
     now: u64,
     mut rest: impl FnMut(Duration) -> ControlFlow<()>,
 ) -> datapath::Result<SweepReport> {
+    let stopped = std::cell::Cell::new(false);
+    let mut rest = |worked| {
+        let flow = rest(worked);
+        stopped.set(flow.is_break());
+        flow
+    };
     let before = dp.conntrack_counters()?;
+    let mut report = sweep_table::<ll_ct_key>(dp, timeouts, now, &mut rest)?;
+    let after = dp.conntrack_counters()?;
+    let present = report.entries.saturating_sub(report.aged + report.orphans);
+    report.evicted = dp.note_conntrack_census(&before, &after, present);
+    if !stopped.get() {
+        let v6 = sweep_table::<ll_ct6_key>(dp, timeouts, now, &mut rest)?;
+        report.entries += v6.entries;
+        report.aged += v6.aged;
+        report.orphans += v6.orphans;
+        report.busy += v6.busy;
+    }
+    Ok(report)
+}
+
+/// One sweep over K's table (`evicted` left at 0).
+fn sweep_table<K: CtKey>(
+    dp: &Datapath,
+    timeouts: &Timeouts,
+    now: u64,
+    rest: &mut impl FnMut(Duration) -> ControlFlow<()>,
+) -> datapath::Result<SweepReport> {
     let mut report = SweepReport::default();
-    // Expired entries whose partner has not been walked yet, by their tuple.
-    let mut waiting: HashMap<u128, (ll_ct_key, ll_ct)> = HashMap::new();
-    let mut doomed: Vec<ll_ct_key> = Vec::new();
+    // Expired entries whose partner has not been walked yet, by their key.
+    let mut waiting: HashMap<K::Id, K> = HashMap::new();
+    let mut doomed: Vec<K> = Vec::new();
     let mut failed = None;
     let mut started = Instant::now();
-    dp.walk_conntrack(CT_BATCH, |keys, values| {
+    dp.walk_table(CT_BATCH, |keys: &[K], values| {
         report.entries += keys.len() as u64;
         doomed.clear();
         for (k, v) in keys.iter().zip(values) {
-            let pk = partner(k, v);
+            let pk = k.partner(v);
             if !timeouts.expired(now, k, v) {
                 // A flow lives while either direction does.
-                waiting.remove(&tuple(&pk));
-            } else if waiting.remove(&tuple(&pk)).is_some() {
+                waiting.remove(&pk.id());
+            } else if one_way(v) {
+                doomed.push(*k);
+            } else if waiting.remove(&pk.id()).is_some() {
                 doomed.extend([*k, pk]);
             } else {
-                waiting.insert(tuple(k), (*k, *v));
+                waiting.insert(k.id(), *k);
             }
         }
-        match dp.delete_conntrack(&doomed, Removal::Aged) {
+        match dp.delete_table(&doomed, Removal::Aged) {
             Ok(n) => report.aged += n,
             Err(e) => {
                 failed = Some(e);
@@ -163,26 +193,23 @@ pub fn sweep(
     // alive) or is gone. Look again at both: they may have moved meanwhile.
     doomed.clear();
     let mut orphans = Vec::new();
-    for (k, _) in waiting.into_values() {
-        let Some(v) = dp.conntrack_entry(&k)? else {
+    for k in waiting.into_values() {
+        let Some(v) = dp.table_entry(&k)? else {
             continue;
         };
         if !timeouts.expired(now, &k, &v) {
             continue;
         }
-        let pk = partner(&k, &v);
-        match dp.conntrack_entry(&pk)? {
+        let pk = k.partner(&v);
+        match dp.table_entry(&pk)? {
             None => orphans.push(k),
             Some(pv) if timeouts.expired(now, &pk, &pv) => doomed.extend([k, pk]),
             Some(_) => {}
         }
     }
-    report.aged += dp.delete_conntrack(&doomed, Removal::Aged)?;
-    report.orphans = dp.delete_conntrack(&orphans, Removal::Orphan)?;
+    report.aged += dp.delete_table(&doomed, Removal::Aged)?;
+    report.orphans = dp.delete_table(&orphans, Removal::Orphan)?;
     report.busy += started.elapsed();
-    let after = dp.conntrack_counters()?;
-    let present = report.entries.saturating_sub(report.aged + report.orphans);
-    report.evicted = dp.note_conntrack_census(&before, &after, present);
     Ok(report)
 }
 

@@ -138,13 +138,13 @@ impl Filter {
         }
         if let Some(ip) = self.ip {
             let ip = u32::from(ip).to_be();
-            if ip != k.saddr && ip != k.daddr && ip != v.nat_addr {
+            if ![k.saddr, k.daddr, v.nat.saddr, v.nat.daddr].contains(&ip) {
                 return false;
             }
         }
         if let Some(port) = self.port {
             let port = port.to_be();
-            if port != k.sport && port != k.dport && port != v.nat_port {
+            if ![k.sport, k.dport, v.nat.sport, v.nat.dport].contains(&port) {
                 return false;
             }
         }
@@ -155,7 +155,7 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::types::{ll_ct_dir, ll_ct_key};
+    use crate::datapath::types::{ll_ct_dir, ll_ct_key, ll_tuple, ll_xlate};
 
     fn parse(ip: &str, port: u32, proto: &str, state: &str) -> Result<Filter> {
         Filter::parse("filter", ip, port, proto, state)
@@ -228,8 +228,13 @@ mod tests {
             pad: [0; 3],
         };
         let v = ll_ct {
-            nat_addr: u32::from(Ipv4Addr::new(31, 31, 31, 1)).to_be(),
-            nat_port: 8080u16.to_be(),
+            nat: ll_tuple {
+                saddr: k.saddr,
+                daddr: u32::from(Ipv4Addr::new(31, 31, 31, 1)).to_be(),
+                sport: k.sport,
+                dport: 8080u16.to_be(),
+            },
+            xlate: ll_xlate::LL_XLATE_DST,
             dir: ll_ct_dir::LL_CT_ORIGINAL,
             state: ll_ct_state::LL_CT_ESTABLISHED,
             ..Default::default()

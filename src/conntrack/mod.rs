@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::ops::ControlFlow;
 
-use crate::datapath::types::{ll_ct, ll_ct_dir, ll_ct_key, ll_ct_state, ll_reason};
-use crate::datapath::{self, monotonic_ns, Datapath, Removal, CT_BATCH};
+use crate::datapath::types::{ll_ct, ll_ct_dir, ll_ct_key, ll_ct_state, ll_reason, ll_xlate};
+use crate::datapath::{self, monotonic_ns, CtKey, Datapath, Removal, CT_BATCH};
 use crate::rules::RuleStore;
 
 /// Entries a listing returns when the request does not say.
@@ -76,29 +76,68 @@ pub struct Deleted {
 /// A flow's identity: its original direction's tuple, whichever entry we hold.
 fn flow_id(k: &ll_ct_key, v: &ll_ct) -> u128 {
     if v.dir == ll_ct_dir::LL_CT_ORIGINAL {
-        tuple(k)
+        k.id()
     } else {
-        tuple(&partner(k, v))
+        k.partner(v).id()
     }
 }
 
-/// The 5-tuple as one integer, to hash and compare.
-pub(crate) fn tuple(k: &ll_ct_key) -> u128 {
-    u128::from(k.saddr)
-        | u128::from(k.daddr) << 32
-        | u128::from(k.sport) << 64
-        | u128::from(k.dport) << 80
-        | u128::from(k.proto) << 96
+/// A DSR flow's only entry: the endpoint answers the client directly, so
+/// there is no reply entry.
+pub(crate) fn one_way(v: &ll_ct) -> bool {
+    v.xlate.0 & ll_xlate::LL_XLATE_DSR.0 != 0
 }
 
-pub(crate) use crate::datapath::ct_partner as partner;
+/// What an entry does to its packets, e.g. "dnat-31.31.31.1:8080" for a
+/// client's packets to a service, "rdnat-20.20.20.1:2020" for the endpoint's
+/// replies. A direction that translates both sides shows both, source first
+/// ("snat-…,dnat-…"); the reply direction's names say which translation of
+/// the original it undoes. A DSR entry shows the endpoint it routes to
+/// ("dsr-31.31.31.1"): only the MAC changes. A flow the firewall let in
+/// untranslated shows "allow", or "allow-mark-N" with the mark it carries
+/// (in ep_idx).
+fn action(v: &ll_ct) -> String {
+    if one_way(v) {
+        return format!("dsr-{}", Ipv4Addr::from(u32::from_be(v.nat.daddr)));
+    }
+    let orig = v.dir == ll_ct_dir::LL_CT_ORIGINAL;
+    let sides = [
+        (
+            ll_xlate::LL_XLATE_SRC,
+            if orig { "snat" } else { "rdnat" },
+            v.nat.saddr,
+            v.nat.sport,
+        ),
+        (
+            ll_xlate::LL_XLATE_DST,
+            if orig { "dnat" } else { "rsnat" },
+            v.nat.daddr,
+            v.nat.dport,
+        ),
+    ];
+    let parts: Vec<String> = sides
+        .iter()
+        .filter(|(bit, ..)| v.xlate.0 & bit.0 != 0)
+        .map(|(_, name, addr, port)| {
+            format!(
+                "{name}-{}:{}",
+                Ipv4Addr::from(u32::from_be(*addr)),
+                u16::from_be(*port)
+            )
+        })
+        .collect();
+    if !parts.is_empty() {
+        parts.join(",")
+    } else if v.svc_id != datapath::SVC_NONE {
+        "-".into()
+    } else if v.ep_idx == 0 {
+        "allow".into()
+    } else {
+        format!("allow-mark-{}", v.ep_idx)
+    }
+}
 
 fn entry(names: &HashMap<u32, String>, now: u64, k: &ll_ct_key, v: &ll_ct) -> CtEntry {
-    let nat = format!(
-        "{}:{}",
-        Ipv4Addr::from(u32::from_be(v.nat_addr)),
-        u16::from_be(v.nat_port)
-    );
     CtEntry {
         service: names.get(&v.svc_id).cloned().unwrap_or_else(|| "-".into()),
         src: Ipv4Addr::from(u32::from_be(k.saddr)),
@@ -107,17 +146,7 @@ fn entry(names: &HashMap<u32, String>, now: u64, k: &ll_ct_key, v: &ll_ct) -> Ct
         dport: u16::from_be(k.dport),
         proto: proto_name(k.proto),
         state: state_name(k.proto, v.state),
-        action: if v.svc_id == datapath::SVC_NONE {
-            // Let in by the firewall, untranslated; ep_idx holds its mark.
-            match v.ep_idx {
-                0 => "allow".to_string(),
-                mark => format!("allow-mark-{mark}"),
-            }
-        } else if v.dir == ll_ct_dir::LL_CT_ORIGINAL {
-            format!("dnat-{nat}")
-        } else {
-            format!("rdnat-{nat}")
-        },
+        action: action(v),
         packets: v.packets,
         bytes: v.bytes,
         idle_secs: now.saturating_sub(v.last_seen_ns) / 1_000_000_000,
@@ -266,7 +295,9 @@ pub fn delete(dp: &Datapath, filter: &Filter) -> datapath::Result<Deleted> {
                 // A filter matches both halves alike; the partner may be in
                 // a later batch, or gone already (then it is skipped).
                 doomed.push(*k);
-                doomed.push(partner(k, v));
+                if !one_way(v) {
+                    doomed.push(k.partner(v));
+                }
             }
         }
         match dp.delete_conntrack(&doomed, Removal::Requested) {
@@ -327,6 +358,7 @@ fn is_open(st: ll_ct_state) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datapath::types::ll_tuple;
 
     fn key(s: [u8; 4], sp: u16, d: [u8; 4], dp: u16) -> ll_ct_key {
         ll_ct_key {
@@ -339,27 +371,69 @@ mod tests {
         }
     }
 
-    #[test]
-    fn partner_of_partner_is_the_entry_itself() {
+    fn addr(a: [u8; 4]) -> u32 {
+        u32::from(Ipv4Addr::from(a)).to_be()
+    }
+
+    /// The original entry of a flow from 10.0.0.1:40000 to 20.20.20.1:2020
+    /// translated to `nat`, and its reply entry as the datapath makes it.
+    fn flow(nat: ll_tuple, xlate: ll_xlate) -> [(ll_ct_key, ll_ct); 2] {
         let k = key([10, 0, 0, 1], 40000, [20, 20, 20, 1], 2020);
         let v = ll_ct {
-            nat_addr: u32::from(Ipv4Addr::new(31, 31, 31, 1)).to_be(),
-            nat_port: 8080u16.to_be(),
+            nat,
+            xlate,
             dir: ll_ct_dir::LL_CT_ORIGINAL,
             ..Default::default()
         };
-        let r = partner(&k, &v);
-        assert_eq!(
-            tuple(&r),
-            tuple(&key([31, 31, 31, 1], 8080, [10, 0, 0, 1], 40000))
-        );
         let rv = ll_ct {
-            nat_addr: k.daddr,
-            nat_port: k.dport,
+            nat: ll_tuple {
+                saddr: k.daddr,
+                daddr: k.saddr,
+                sport: k.dport,
+                dport: k.sport,
+            },
+            xlate: ll_xlate(((xlate.0 & 1) << 1) | (xlate.0 >> 1)),
             dir: ll_ct_dir::LL_CT_REPLY,
             ..Default::default()
         };
-        assert_eq!(tuple(&partner(&r, &rv)), tuple(&k));
+        [(k, v), (k.partner(&v), rv)]
+    }
+
+    #[test]
+    fn partner_of_partner_is_the_entry_itself() {
+        let dnat = ll_tuple {
+            saddr: addr([10, 0, 0, 1]),
+            daddr: addr([31, 31, 31, 1]),
+            sport: 40000u16.to_be(),
+            dport: 8080u16.to_be(),
+        };
+        let [(k, v), (r, rv)] = flow(dnat, ll_xlate::LL_XLATE_DST);
+        assert_eq!(
+            r.id(),
+            key([31, 31, 31, 1], 8080, [10, 0, 0, 1], 40000).id()
+        );
+        assert_eq!(r.partner(&rv).id(), k.id());
         assert_eq!(flow_id(&r, &rv), flow_id(&k, &v));
+        assert_eq!(action(&v), "dnat-31.31.31.1:8080");
+        assert_eq!(action(&rv), "rdnat-20.20.20.1:2020");
+    }
+
+    #[test]
+    fn both_sides_translated_turn_around_too() {
+        let full = ll_tuple {
+            saddr: addr([31, 31, 31, 254]),
+            daddr: addr([31, 31, 31, 1]),
+            sport: 61000u16.to_be(),
+            dport: 8080u16.to_be(),
+        };
+        let [(k, v), (r, rv)] = flow(full, ll_xlate::LL_XLATE_BOTH);
+        assert_eq!(
+            r.id(),
+            key([31, 31, 31, 1], 8080, [31, 31, 31, 254], 61000).id()
+        );
+        assert_eq!(r.partner(&rv).id(), k.id());
+        assert_eq!(flow_id(&r, &rv), flow_id(&k, &v));
+        assert_eq!(action(&v), "snat-31.31.31.254:61000,dnat-31.31.31.1:8080");
+        assert_eq!(action(&rv), "rdnat-20.20.20.1:2020,rsnat-10.0.0.1:40000");
     }
 }

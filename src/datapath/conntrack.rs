@@ -10,9 +10,9 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::Ordering;
 
 use libbpf_rs::libbpf_sys;
-use libbpf_rs::{MapCore, MapFlags};
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
-use super::types::{ll_ct, ll_ct_dir, ll_ct_key, ll_ct_stat};
+use super::types::{ll_ct, ll_ct6_key, ll_ct_key, ll_ct_stat};
 use super::{percpu_values, pod, Datapath, Error, Result};
 
 /// Why the daemon removes entries; each reason has its own counter.
@@ -62,19 +62,104 @@ fn errno(ret: i32) -> io::Error {
     io::Error::from_raw_os_error(-ret)
 }
 
+/// A conntrack table, by its key: `ll_ct_key` for `ll_conntrack` (IPv4:
+/// load-balanced flows and those the firewall let in), `ll_ct6_key` for
+/// `ll_conntrack6` (IPv6 flows the firewall let in, untranslated). Each has
+/// its own bookkeeping (`ll_ct_stats`, `ll_ct6_stats`).
+pub trait CtKey: Copy + Default {
+    /// The key as one value, to hash and compare.
+    type Id: std::hash::Hash + Eq;
+    fn id(&self) -> Self::Id;
+    /// The key of the other direction of the flow that (self, v) belongs to.
+    fn partner(&self, v: &ll_ct) -> Self;
+    fn proto(&self) -> u8;
+    /// The table's entries and bookkeeping maps.
+    #[doc(hidden)]
+    fn maps(dp: &Datapath) -> (&MapHandle, &MapHandle);
+}
+
+impl CtKey for ll_ct_key {
+    type Id = u128;
+
+    fn id(&self) -> u128 {
+        u128::from(self.saddr)
+            | u128::from(self.daddr) << 32
+            | u128::from(self.sport) << 64
+            | u128::from(self.dport) << 80
+            | u128::from(self.proto) << 96
+    }
+
+    /// The translated tuple turned around (as ll_ct_partner in bpf/lib/ct.h).
+    fn partner(&self, v: &ll_ct) -> ll_ct_key {
+        ll_ct_key {
+            saddr: v.nat.daddr,
+            daddr: v.nat.saddr,
+            sport: v.nat.dport,
+            dport: v.nat.sport,
+            proto: self.proto,
+            pad: [0; 3],
+        }
+    }
+
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+
+    fn maps(dp: &Datapath) -> (&MapHandle, &MapHandle) {
+        (&dp.maps.conntrack, &dp.maps.ct_stats)
+    }
+}
+
+impl CtKey for ll_ct6_key {
+    type Id = ([u8; 16], [u8; 16], u16, u16, u8);
+
+    fn id(&self) -> Self::Id {
+        (self.saddr, self.daddr, self.sport, self.dport, self.proto)
+    }
+
+    /// Untranslated: the key turned around (ll_ct6_reverse).
+    fn partner(&self, _: &ll_ct) -> ll_ct6_key {
+        ll_ct6_key {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+            pad: [0; 3],
+        }
+    }
+
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+
+    fn maps(dp: &Datapath) -> (&MapHandle, &MapHandle) {
+        (&dp.maps.conntrack6, &dp.maps.ct6_stats)
+    }
+}
+
 impl Datapath {
-    /// Walks the conntrack table in batches of up to `batch` entries with
-    /// BPF_MAP_LOOKUP_BATCH, handing each batch to `f` until it breaks.
-    /// Entries inserted or deleted during the walk may or may not be seen;
-    /// `f` may delete entries, including ones not walked yet.
+    /// Walks the IPv4 conntrack table; see [`Datapath::walk_table`].
     pub fn walk_conntrack(
         &self,
         batch: usize,
-        mut f: impl FnMut(&[ll_ct_key], &[ll_ct]) -> ControlFlow<()>,
+        f: impl FnMut(&[ll_ct_key], &[ll_ct]) -> ControlFlow<()>,
     ) -> Result<()> {
-        let fd = self.maps.conntrack.as_fd().as_raw_fd();
+        self.walk_table(batch, f)
+    }
+
+    /// Walks the conntrack table of K in batches of up to `batch` entries
+    /// with BPF_MAP_LOOKUP_BATCH, handing each batch to `f` until it breaks.
+    /// Entries inserted or deleted during the walk may or may not be seen;
+    /// `f` may delete entries, including ones not walked yet.
+    pub fn walk_table<K: CtKey>(
+        &self,
+        batch: usize,
+        mut f: impl FnMut(&[K], &[ll_ct]) -> ControlFlow<()>,
+    ) -> Result<()> {
+        let fd = K::maps(self).0.as_fd().as_raw_fd();
         let batch = batch.max(1);
-        let mut keys = vec![ll_ct_key::default(); batch];
+        let mut keys = vec![K::default(); batch];
         let mut values = vec![ll_ct::default(); batch];
         // For hash maps the position is a bucket index (a u32).
         let mut position: u32 = 0;
@@ -126,20 +211,30 @@ impl Datapath {
         Ok(all)
     }
 
-    /// One entry, if present.
+    /// One IPv4 entry, if present.
     pub fn conntrack_entry(&self, key: &ll_ct_key) -> Result<Option<ll_ct>> {
-        let v = self
-            .maps
-            .conntrack
+        self.table_entry(key)
+    }
+
+    /// One entry of K's table, if present.
+    pub fn table_entry<K: CtKey>(&self, key: &K) -> Result<Option<ll_ct>> {
+        let v = K::maps(self)
+            .0
             .lookup(pod::bytes(key), MapFlags::ANY)
             .map_err(Error::bpf("reading a conntrack entry"))?;
         Ok(v.and_then(|b| pod::read(&b)))
     }
 
+    /// Deletes IPv4 entries; see [`Datapath::delete_table`].
+    pub fn delete_conntrack(&self, keys: &[ll_ct_key], why: Removal) -> Result<u64> {
+        self.delete_table(keys, why)
+    }
+
     /// Deletes `keys` with BPF_MAP_DELETE_BATCH, skipping keys that are gone
     /// already, and counts them under `why`. Returns how many were deleted.
-    pub fn delete_conntrack(&self, keys: &[ll_ct_key], why: Removal) -> Result<u64> {
-        let fd = self.maps.conntrack.as_fd().as_raw_fd();
+    pub fn delete_table<K: CtKey>(&self, keys: &[K], why: Removal) -> Result<u64> {
+        let (map, stats) = K::maps(self);
+        let fd = map.as_fd().as_raw_fd();
         let opts = batch_opts();
         let mut deleted = 0u64;
         let mut rest = keys;
@@ -157,7 +252,7 @@ impl Datapath {
                 0 => break,
                 r if r == -libc::ENOENT => rest = &rest[done + 1..],
                 r => {
-                    self.count_removed(why, deleted)?;
+                    self.count_removed(stats, why, deleted)?;
                     return Err(Error::Io {
                         what: "deleting conntrack entries".into(),
                         source: errno(r),
@@ -165,17 +260,23 @@ impl Datapath {
                 }
             }
         }
-        self.count_removed(why, deleted)?;
+        self.count_removed(stats, why, deleted)?;
         Ok(deleted)
     }
 
-    /// Deletes the flows (both entries) of which an entry satisfies `pred`;
-    /// returns how many entries went.
+    /// Deletes the IPv4 flows of which an entry satisfies `pred`; see
+    /// [`Datapath::flush_table`].
     pub fn flush_conntrack(&self, pred: impl Fn(&ll_ct_key, &ll_ct) -> bool) -> Result<u64> {
+        self.flush_table(pred)
+    }
+
+    /// Deletes the flows (both entries) of K's table of which an entry
+    /// satisfies `pred`; returns how many entries went.
+    pub fn flush_table<K: CtKey>(&self, pred: impl Fn(&K, &ll_ct) -> bool) -> Result<u64> {
         let mut doomed = Vec::new();
         let mut deleted = 0;
         let mut failed = None;
-        self.walk_conntrack(CT_BATCH, |keys, values| {
+        self.walk_table(CT_BATCH, |keys: &[K], values| {
             doomed.clear();
             // The partner may be in a later batch, or gone already (then
             // it is skipped).
@@ -183,9 +284,9 @@ impl Datapath {
                 keys.iter()
                     .zip(values)
                     .filter(|(k, v)| pred(k, v))
-                    .flat_map(|(k, v)| [*k, ct_partner(k, v)]),
+                    .flat_map(|(k, v)| [*k, k.partner(v)]),
             );
-            match self.delete_conntrack(&doomed, Removal::Requested) {
+            match self.delete_table(&doomed, Removal::Requested) {
                 Ok(n) => {
                     deleted += n;
                     ControlFlow::Continue(())
@@ -199,12 +300,16 @@ impl Datapath {
         failed.map_or(Ok(deleted), Err)
     }
 
-    /// The table's running totals.
+    /// The IPv4 table's running totals.
     pub fn conntrack_counters(&self) -> Result<CtCounters> {
+        self.table_counters::<ll_ct_key>()
+    }
+
+    /// The running totals of K's table.
+    pub fn table_counters<K: CtKey>(&self) -> Result<CtCounters> {
+        let stats = K::maps(self).1;
         let sum = |stat: ll_ct_stat| -> Result<u64> {
-            Ok(percpu_values::<u64>(&self.maps.ct_stats, stat.0)?
-                .iter()
-                .sum())
+            Ok(percpu_values::<u64>(stats, stat.0)?.iter().sum())
         };
         Ok(CtCounters {
             created: sum(ll_ct_stat::LL_CT_STAT_CREATED)?,
@@ -218,20 +323,16 @@ impl Datapath {
     /// Adds `n` to the daemon's counter for `why`. The datapath never
     /// writes these keys, so the daemon may rewrite all CPUs' slots; the lock
     /// keeps two daemon threads from losing each other's additions.
-    fn count_removed(&self, why: Removal, n: u64) -> Result<()> {
+    fn count_removed(&self, stats: &MapHandle, why: Removal, n: u64) -> Result<()> {
         if n == 0 {
             return Ok(());
         }
         let _guard = self.ct_stats_lock.lock().unwrap_or_else(|p| p.into_inner());
         let key = why.stat().0;
-        let total: u64 = percpu_values::<u64>(&self.maps.ct_stats, key)?
-            .iter()
-            .sum::<u64>()
-            + n;
+        let total: u64 = percpu_values::<u64>(stats, key)?.iter().sum::<u64>() + n;
         let mut slots = vec![0u64.to_ne_bytes().to_vec(); self.ncpus];
         slots[0] = total.to_ne_bytes().to_vec();
-        self.maps
-            .ct_stats
+        stats
             .update_percpu(&key.to_ne_bytes(), &slots, MapFlags::ANY)
             .map_err(Error::bpf("counting removed conntrack entries"))
     }
@@ -275,30 +376,6 @@ impl Datapath {
                 what: format!("reading {path}"),
                 source: io::Error::new(io::ErrorKind::InvalidData, "no memlock line"),
             })
-    }
-}
-
-/// The key of the other direction of the flow (k, v) belongs to (as
-/// ll_ct_partner in bpf/lib/ct.h).
-pub fn ct_partner(k: &ll_ct_key, v: &ll_ct) -> ll_ct_key {
-    if v.dir == ll_ct_dir::LL_CT_ORIGINAL {
-        ll_ct_key {
-            saddr: v.nat_addr,
-            daddr: k.saddr,
-            sport: v.nat_port,
-            dport: k.sport,
-            proto: k.proto,
-            pad: [0; 3],
-        }
-    } else {
-        ll_ct_key {
-            saddr: k.daddr,
-            daddr: v.nat_addr,
-            sport: k.dport,
-            dport: v.nat_port,
-            proto: k.proto,
-            pad: [0; 3],
-        }
     }
 }
 

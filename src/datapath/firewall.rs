@@ -22,8 +22,9 @@ use std::net::IpAddr;
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use super::types::{
-    ll_counters, ll_ct, ll_ct_dir, ll_ct_key, ll_fw_action, ll_fw_block, ll_fw_block_key,
-    ll_fw_event, ll_fw_gen, ll_fw_iface_key, ll_fw_lpm_key, ll_fw_rule, ll_fw_set,
+    ll_counters, ll_ct, ll_ct6_key, ll_ct_dir, ll_ct_key, ll_fw_action, ll_fw_block,
+    ll_fw_block_key, ll_fw_event, ll_fw_gen, ll_fw_iface_key, ll_fw_lpm_key, ll_fw_rule, ll_fw_set,
+    ll_xlate,
 };
 use super::{percpu_sum, pod, Datapath, Error, Result, SVC_NONE};
 
@@ -348,25 +349,55 @@ struct Tuple {
     proto: u8,
 }
 
-fn rule_value(e: &FwEntry) -> Result<ll_fw_rule> {
-    let (action, ifindex) = match e.action {
-        FwAction::Allow => (ll_fw_action::LL_FW_ALLOW, 0),
-        FwAction::Drop => (ll_fw_action::LL_FW_DROP, 0),
-        FwAction::Trap => (ll_fw_action::LL_FW_TRAP, 0),
-        FwAction::Redirect { ifindex } => (ll_fw_action::LL_FW_REDIRECT, ifindex),
-        FwAction::Snat { .. } | FwAction::Masquerade => {
-            return Err(Error::Unsupported {
-                what: format!("rule {}: source NAT in the datapath", e.id),
-            })
+impl Tuple {
+    /// From a conntrack key's fields (ports in network order, meaningful
+    /// for TCP and UDP only).
+    fn new(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -> Tuple {
+        let ports = proto == 6 || proto == 17;
+        Tuple {
+            src,
+            dst,
+            sport: ports.then(|| u16::from_be(sport)),
+            dport: ports.then(|| u16::from_be(dport)),
+            proto,
         }
-    };
-    Ok(ll_fw_rule {
+    }
+}
+
+fn rule_value(e: &FwEntry) -> Result<ll_fw_rule> {
+    let mut v = ll_fw_rule {
         id: e.id,
-        action,
         flags: if e.record { LL_FW_RECORD } else { 0 },
         mark: e.mark.unwrap_or(0),
-        ifindex,
-    })
+        ..Default::default()
+    };
+    v.action = match e.action {
+        FwAction::Allow => ll_fw_action::LL_FW_ALLOW,
+        FwAction::Drop => ll_fw_action::LL_FW_DROP,
+        FwAction::Trap => ll_fw_action::LL_FW_TRAP,
+        FwAction::Redirect { ifindex } => {
+            v.ifindex = ifindex;
+            ll_fw_action::LL_FW_REDIRECT
+        }
+        FwAction::Snat {
+            addr: IpAddr::V4(addr),
+            port,
+        } => {
+            v.snat_addr = u32::from(addr).to_be();
+            v.snat_port = port.unwrap_or(0).to_be();
+            ll_fw_action::LL_FW_SNAT
+        }
+        FwAction::Snat {
+            addr: IpAddr::V6(_),
+            ..
+        } => {
+            return Err(Error::Unsupported {
+                what: format!("rule {}: IPv6 source NAT", e.id),
+            })
+        }
+        FwAction::Masquerade => ll_fw_action::LL_FW_MASQUERADE,
+    };
+    Ok(v)
 }
 
 /// Map bytes of many keys or values.
@@ -413,9 +444,10 @@ impl Datapath {
     /// Replaces the whole rule set atomically: the datapath never sees half a
     /// rule set, and a failure leaves the old set active. Then flushes from
     /// conntrack every flow the new set would not let in as it is: flows whose
-    /// first packet it drops, traps or redirects, whose mark it changes, or
-    /// whose verdict depends on the interface the flow came in on (conntrack
-    /// does not keep it). Flows it still allows keep going untouched.
+    /// first packet it drops, traps or redirects, whose mark or source
+    /// translation it changes, or whose verdict depends on the interface the
+    /// flow came in on (conntrack does not keep it). Flows it still allows
+    /// keep going untouched.
     pub fn set_firewall(&self, entries: &[FwEntry], default: FwDefault) -> Result<()> {
         if entries.len() > FW_MAX_RULES {
             return Err(Error::MapFull { map: "ll_fw_rules" });
@@ -433,8 +465,18 @@ impl Datapath {
 
         let live: HashSet<u32> = entries.iter().map(|e| e.id).collect();
         delete_where::<u32>(&m.stats, |id| !live.contains(id))?;
-        self.flush_conntrack(|k, v| {
-            v.dir == ll_ct_dir::LL_CT_ORIGINAL && !still_allowed(&c, default, k, v)
+        let judged = |t: Tuple, v: &ll_ct| {
+            v.dir == ll_ct_dir::LL_CT_ORIGINAL && !still_allowed(&c, default, &t, v)
+        };
+        self.flush_table(|k: &ll_ct_key, v| {
+            let (s, d) = (k.saddr.to_ne_bytes(), k.daddr.to_ne_bytes());
+            judged(Tuple::new(s.into(), d.into(), k.sport, k.dport, k.proto), v)
+        })?;
+        self.flush_table(|k: &ll_ct6_key, v| {
+            judged(
+                Tuple::new(k.saddr.into(), k.daddr.into(), k.sport, k.dport, k.proto),
+                v,
+            )
         })
         .map(|_| ())
     }
@@ -598,6 +640,8 @@ fn event(e: &ll_fw_event) -> FwEvent {
             ll_fw_action::LL_FW_DROP => "drop",
             ll_fw_action::LL_FW_TRAP => "trap",
             ll_fw_action::LL_FW_REDIRECT => "redirect",
+            ll_fw_action::LL_FW_SNAT => "snat",
+            ll_fw_action::LL_FW_MASQUERADE => "masquerade",
             _ => "-",
         },
         src: addr(&e.saddr),
@@ -608,24 +652,36 @@ fn event(e: &ll_fw_event) -> FwEvent {
     }
 }
 
-/// Whether a tracked flow, seen from its original entry, would be let in as
+/// Whether the flow `t`, whose original entry is `v`, would be let in as
 /// it is by the rule set `c` with policy `default`.
-fn still_allowed(c: &Compiled, default: FwDefault, k: &ll_ct_key, v: &ll_ct) -> bool {
-    let ports = k.proto == 6 || k.proto == 17;
-    let t = Tuple {
-        src: IpAddr::from(u32::from_be(k.saddr).to_be_bytes()),
-        dst: IpAddr::from(u32::from_be(k.daddr).to_be_bytes()),
-        sport: ports.then(|| u16::from_be(k.sport)),
-        dport: ports.then(|| u16::from_be(k.dport)),
-        proto: k.proto,
-    };
-    // The mark the flow would get, if it is let in.
-    let mark = match c.first_match(&t) {
-        None if default == FwDefault::Allow => 0,
+fn still_allowed(c: &Compiled, default: FwDefault, t: &Tuple, v: &ll_ct) -> bool {
+    let rule = match c.first_match(t) {
+        None if default == FwDefault::Allow => None,
         None => return false,
-        Some(e) if e.ifindex.is_some() || e.action != FwAction::Allow => return false,
-        Some(e) => e.mark.unwrap_or(0),
+        // Conntrack does not keep the interface: judge such flows again.
+        Some(e) if e.ifindex.is_some() => return false,
+        Some(e) => Some(e),
     };
-    // Load-balanced flows carry no mark in conntrack.
-    v.svc_id != SVC_NONE || v.ep_idx == mark
+    let action = rule.map_or(FwAction::Allow, |e| e.action);
+    if !matches!(
+        action,
+        FwAction::Allow | FwAction::Snat { .. } | FwAction::Masquerade
+    ) {
+        return false;
+    }
+    // Load-balanced flows are translated by their service and carry no mark.
+    if v.svc_id != SVC_NONE {
+        return true;
+    }
+    let translated = v.xlate.0 & ll_xlate::LL_XLATE_SRC.0 != 0;
+    let same_nat = match action {
+        FwAction::Snat {
+            addr: IpAddr::V4(a),
+            ..
+        } => translated && v.nat.saddr == u32::from(a).to_be(),
+        // The egress interface's address when the flow started.
+        FwAction::Masquerade => translated,
+        _ => !translated,
+    };
+    same_nat && v.ep_idx == rule.and_then(|e| e.mark).unwrap_or(0)
 }

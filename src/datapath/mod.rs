@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, ProgramHandle};
 
-pub use conntrack::{ct_partner, monotonic_ns, CtCounters, Removal, CT_BATCH};
+pub use conntrack::{monotonic_ns, CtCounters, CtKey, Removal, CT_BATCH};
 pub use firewall::{FwAction, FwDefault, FwEntry, FwEvent, FW_MAX_RULES};
 pub use hooks::{Hook, HookKind};
 use names::EnumLabels;
@@ -95,6 +95,8 @@ struct Maps {
     rr_cursor: MapHandle,
     conntrack: MapHandle,
     ct_stats: MapHandle,
+    conntrack6: MapHandle,
+    ct6_stats: MapHandle,
     svc_stats: MapHandle,
     ep_stats: MapHandle,
     reasons: MapHandle,
@@ -102,6 +104,8 @@ struct Maps {
     ep_active: MapHandle,
     ifaces: MapHandle,
     locals: MapHandle,
+    ifaddrs: MapHandle,
+    nat_ports: MapHandle,
     routes4: MapHandle,
     routes6: MapHandle,
     neighs: MapHandle,
@@ -163,6 +167,8 @@ impl Datapath {
             (&mut m.ll_maglev, limits.services),
             (&mut m.ll_ep_active, eps),
             (&mut m.ll_conntrack, limits.conntrack),
+            // IPv6 carries only the firewall's flows: a quarter of the memory.
+            (&mut m.ll_conntrack6, (limits.conntrack / 4).max(1024)),
             (&mut m.ll_routes4, limits.routes),
             (&mut m.ll_routes6, limits.routes),
             (&mut m.ll_neighs, limits.neighbours),
@@ -195,6 +201,8 @@ impl Datapath {
             rr_cursor: handle(&skel.maps.ll_rr_cursor)?,
             conntrack: handle(&skel.maps.ll_conntrack)?,
             ct_stats: handle(&skel.maps.ll_ct_stats)?,
+            conntrack6: handle(&skel.maps.ll_conntrack6)?,
+            ct6_stats: handle(&skel.maps.ll_ct6_stats)?,
             svc_stats: handle(&skel.maps.ll_svc_stats)?,
             ep_stats: handle(&skel.maps.ll_ep_stats)?,
             reasons: handle(&skel.maps.ll_reasons)?,
@@ -202,6 +210,8 @@ impl Datapath {
             ep_active: handle(&skel.maps.ll_ep_active)?,
             ifaces: handle(&skel.maps.ll_ifaces)?,
             locals: handle(&skel.maps.ll_locals)?,
+            ifaddrs: handle(&skel.maps.ll_ifaddrs)?,
+            nat_ports: handle(&skel.maps.ll_nat_ports)?,
             routes4: handle(&skel.maps.ll_routes4)?,
             routes6: handle(&skel.maps.ll_routes6)?,
             neighs: handle(&skel.maps.ll_neighs)?,
@@ -240,6 +250,18 @@ impl Datapath {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The source ports that source-translated flows (fullnat, onearm) get.
+    pub fn set_nat_ports(&self, ports: std::ops::RangeInclusive<u16>) -> Result<()> {
+        let v = types::ll_nat_ports {
+            min: *ports.start(),
+            max: *ports.end(),
+        };
+        self.maps
+            .nat_ports
+            .update(&0u32.to_ne_bytes(), pod::bytes(&v), MapFlags::ANY)
+            .map_err(Error::bpf("writing the NAT port range"))
     }
 
     /// Adds or replaces a service in one map update.

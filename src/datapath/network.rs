@@ -1,12 +1,13 @@
 //! The mirrored network state <-> the forwarding maps.
-use std::net::IpAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use super::pod;
 use super::types::{
-    ll_addr_key, ll_iface, ll_local, ll_lpm4_key, ll_lpm6_key, ll_neigh, ll_neigh_key, ll_nexthop,
-    ll_route, ll_route_type,
+    ll_addr_key, ll_iface, ll_ifaddr_key, ll_local, ll_lpm4_key, ll_lpm6_key, ll_neigh,
+    ll_neigh_key, ll_nexthop, ll_route, ll_route_type,
 };
 use super::{Datapath, Error, Result};
 use crate::kernel::model::{Addr, Iface, Neigh, NextHop, Prefix, Route, RouteKind};
@@ -150,6 +151,49 @@ impl Datapath {
             .collect();
         v.sort_by_key(|a| (a.ifindex, a.ip));
         v
+    }
+
+    /// Makes ll_ifaddrs hold the IPv4 addresses among `addrs` (all of the
+    /// host's), which source translation picks from: per interface and
+    /// subnet the lowest address in it, and per interface its lowest address
+    /// as the fallback. Linux would prefer the first address added; the
+    /// mirror does not know the order, so the choice is the lowest.
+    pub fn set_source_addrs<'a>(&self, addrs: impl IntoIterator<Item = &'a Addr>) -> Result<()> {
+        let mut want: BTreeMap<Vec<u8>, Ipv4Addr> = BTreeMap::new();
+        let mut keep = |key: ll_ifaddr_key, ip: Ipv4Addr| {
+            let slot = want.entry(pod::bytes(&key).to_vec()).or_insert(ip);
+            *slot = (*slot).min(ip);
+        };
+        for a in addrs {
+            let IpAddr::V4(ip) = a.ip else { continue };
+            let mask = u32::MAX.checked_shl(32 - u32::from(a.prefix)).unwrap_or(0);
+            let subnet = Ipv4Addr::from(u32::from(ip) & mask);
+            keep(
+                ll_ifaddr_key {
+                    prefixlen: 32 + u32::from(a.prefix),
+                    ifindex: a.ifindex,
+                    addr: subnet.octets(),
+                },
+                ip,
+            );
+            keep(
+                ll_ifaddr_key {
+                    prefixlen: 32,
+                    ifindex: a.ifindex,
+                    addr: [0; 4],
+                },
+                ip,
+            );
+        }
+        let map = &self.maps.ifaddrs;
+        for key in map.keys().filter(|k| !want.contains_key(k)) {
+            ignore_missing(map.delete(&key), "deleting a source address")?;
+        }
+        for (key, ip) in &want {
+            map.update(key, &ip.octets(), MapFlags::ANY)
+                .map_err(|e| super::full_or(e, "ll_ifaddrs", "writing a source address"))?;
+        }
+        Ok(())
     }
 
     fn route_map(&self, p: &Prefix) -> (&MapHandle, Vec<u8>) {

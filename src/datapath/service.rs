@@ -1,8 +1,8 @@
 //! Rules -> the service map's value layout.
 use super::pod;
-use super::types::{ll_endpoint, ll_maglev, ll_selection, ll_svc, ll_svc_key};
+use super::types::{ll_endpoint, ll_maglev, ll_mode, ll_selection, ll_svc, ll_svc_key};
 use super::{Datapath, Result, MAX_ENDPOINTS, MAX_SLOTS};
-use crate::rules::{LbRule, Selection, ServiceKey, DEFAULT_INACTIVITY_TIMEOUT};
+use crate::rules::{LbRule, Mode, Selection, ServiceKey, DEFAULT_INACTIVITY_TIMEOUT};
 
 pub(super) fn svc_key(k: &ServiceKey) -> ll_svc_key {
     ll_svc_key {
@@ -64,6 +64,12 @@ impl Datapath {
                 Selection::Maglev => ll_selection::LL_SEL_MAGLEV,
             },
             n_endpoints: rule.endpoints.len() as u8,
+            mode: match rule.mode {
+                Mode::Default => ll_mode::LL_MODE_DEFAULT,
+                Mode::OneArm => ll_mode::LL_MODE_ONEARM,
+                Mode::FullNat => ll_mode::LL_MODE_FULLNAT,
+                Mode::Dsr => ll_mode::LL_MODE_DSR,
+            },
             persist_s: match rule.inactivity_timeout {
                 0 => DEFAULT_INACTIVITY_TIMEOUT,
                 t => t,

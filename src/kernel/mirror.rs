@@ -221,6 +221,11 @@ impl Mirror {
         Ok(())
     }
 
+    /// Source translation's addresses follow the address set as a whole.
+    fn sync_source_addrs(&self) -> anyhow::Result<()> {
+        Ok(self.dp.set_source_addrs(self.addrs.values())?)
+    }
+
     fn addr_del(&mut self, a: &Addr) -> anyhow::Result<()> {
         self.addrs.remove(&(a.ip, a.ifindex));
         // The same address may still be on another interface.
@@ -324,8 +329,14 @@ impl Mirror {
         match msg {
             M::NewLink(m) => self.link_set(convert::link(&m)),
             M::DelLink(m) => self.link_del(m.header.index),
-            M::NewAddress(m) => convert::addr(&m).map_or(Ok(()), |a| self.addr_set(a)),
-            M::DelAddress(m) => convert::addr(&m).map_or(Ok(()), |a| self.addr_del(&a)),
+            M::NewAddress(m) => convert::addr(&m).map_or(Ok(()), |a| {
+                self.addr_set(a)?;
+                self.sync_source_addrs()
+            }),
+            M::DelAddress(m) => convert::addr(&m).map_or(Ok(()), |a| {
+                self.addr_del(&a)?;
+                self.sync_source_addrs()
+            }),
             M::NewRoute(m) => self.on_route(&m, true),
             M::DelRoute(m) => self.on_route(&m, false),
             M::NewNeighbour(m) => convert::neigh(&m).map_or(Ok(()), |n| self.neigh_set(n)),
@@ -386,6 +397,7 @@ impl Mirror {
         for a in addrs.into_values() {
             self.addr_set(a)?;
         }
+        self.sync_source_addrs()?;
 
         self.replace_routes(snap.routes)?;
 

@@ -110,15 +110,27 @@ pub enum Mode {
     /// DNAT to the endpoint, reverse translation on replies.
     #[default]
     Default,
+    /// Out the interface the packet came in, with its source translated to
+    /// the LB's address there, so that replies come back through the LB.
+    OneArm,
+    /// Source translated to the LB's address towards the endpoint, so that
+    /// endpoints need no route back to clients.
+    FullNat,
+    /// L2 direct server return: only the destination MAC changes; endpoints
+    /// hold the VIP themselves and answer clients directly.
+    Dsr,
 }
 
 impl Mode {
     pub fn parse(field: &str, s: &str) -> Result<Mode> {
         match s.to_ascii_lowercase().as_str() {
             "" | "default" => Ok(Mode::Default),
+            "onearm" => Ok(Mode::OneArm),
+            "fullnat" => Ok(Mode::FullNat),
+            "dsr" => Ok(Mode::Dsr),
             other => Err(Error::invalid(
                 field,
-                format!("unknown mode {other:?} (default)"),
+                format!("unknown mode {other:?} (default, onearm, fullnat, dsr)"),
             )),
         }
     }
@@ -126,6 +138,9 @@ impl Mode {
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Default => "default",
+            Mode::OneArm => "onearm",
+            Mode::FullNat => "fullnat",
+            Mode::Dsr => "dsr",
         }
     }
 }
@@ -240,6 +255,9 @@ impl LbRule {
                 ));
             }
         }
+        if self.mode == Mode::Dsr {
+            self.validate_dsr(field)?;
+        }
         if self.name.len() > 63
             || self
                 .name
@@ -249,6 +267,32 @@ impl LbRule {
             return Err(Error::invalid(
                 format!("{field}.name"),
                 "must be at most 63 characters, without spaces or control characters",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl LbRule {
+    /// DSR keeps no reply state: every packet of a flow must find the same
+    /// endpoint by its hash, and the endpoint receives the packet unchanged.
+    fn validate_dsr(&self, field: &str) -> Result<()> {
+        if self.selection != Selection::Hash {
+            return Err(Error::invalid(
+                format!("{field}.selection"),
+                format!(
+                    "mode dsr needs selection hash, not {}",
+                    self.selection.as_str()
+                ),
+            ));
+        }
+        if let Some(i) = self.endpoints.iter().position(|e| e.port != self.key.port) {
+            return Err(Error::invalid(
+                format!("{field}.endpoints[{i}].target_port"),
+                format!(
+                    "mode dsr does not change ports: must be the service port {}, not {}",
+                    self.key.port, self.endpoints[i].port
+                ),
             ));
         }
         Ok(())
@@ -335,7 +379,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("maglev"));
-        assert!(Mode::parse("m", "dsr").is_err());
+        assert_eq!(Mode::parse("m", "DSR").unwrap(), Mode::Dsr);
+        assert_eq!(Mode::parse("m", "onearm").unwrap(), Mode::OneArm);
+        assert_eq!(Mode::parse("m", "fullnat").unwrap(), Mode::FullNat);
+        assert!(Mode::parse("m", "l3dsr")
+            .unwrap_err()
+            .to_string()
+            .contains("onearm, fullnat, dsr"));
         assert_eq!(parse_weight("w", 0).unwrap(), 1);
         assert!(parse_weight("w", 256).is_err());
     }
@@ -354,5 +404,29 @@ mod tests {
         assert!(e.starts_with("lb.endpoints[1]: "), "{e}");
         let many = (0..=MAX_ENDPOINTS as u8).map(ep).collect();
         assert!(rule(many).validate("lb").is_err());
+    }
+
+    #[test]
+    fn dsr_needs_hash_and_unchanged_ports() {
+        let same_port = |last| Endpoint {
+            port: 2020,
+            ..ep(last)
+        };
+        let mut r = LbRule {
+            mode: Mode::Dsr,
+            ..rule(vec![same_port(1), same_port(2)])
+        };
+        assert_eq!(
+            r.validate("lb").unwrap_err().to_string(),
+            "lb.selection: mode dsr needs selection hash, not rr"
+        );
+        r.selection = Selection::Hash;
+        assert!(r.validate("lb").is_ok());
+        r.endpoints[1].port = 8080;
+        assert_eq!(
+            r.validate("lb").unwrap_err().to_string(),
+            "lb.endpoints[1].target_port: mode dsr does not change ports: \
+             must be the service port 2020, not 8080"
+        );
     }
 }
