@@ -265,6 +265,12 @@ impl FwRule {
                     }
                     Some(_) => {}
                 }
+                if ip.is_ipv6() {
+                    return Err(Error::invalid(
+                        format!("{o}.snat_ip"),
+                        "IPv6 source NAT is not supported yet (IPv4 TCP and UDP only)",
+                    ));
+                }
                 if *port == Some(0) {
                     return Err(Error::invalid(
                         format!("{o}.snat_port"),
@@ -272,7 +278,15 @@ impl FwRule {
                     ));
                 }
             }
-            FwAction::Allow | FwAction::Drop | FwAction::Trap | FwAction::Masquerade => {}
+            FwAction::Masquerade => {
+                if let Some(p) = r.source.or(r.destination).filter(|p| p.addr.is_ipv6()) {
+                    return Err(Error::invalid(
+                        format!("{o}.masquerade"),
+                        format!("IPv6 source NAT is not supported yet ({p} in the match)"),
+                    ));
+                }
+            }
+            FwAction::Allow | FwAction::Drop | FwAction::Trap => {}
         }
         Ok(())
     }
@@ -443,6 +457,11 @@ mod tests {
         assert!(rule(Some(6), snat("192.0.2.1")).validate("m", "o").is_ok());
         assert!(err(rule(Some(6), snat("fd00::1")).validate("m", "o"))
             .starts_with("o.snat_ip: fd00::1 is not of the match's address family"));
+        let mut r = rule(Some(6), snat("fd00::1"));
+        r.matches.source = Some(IpPrefix::parse("f", "fd00::/8").unwrap());
+        assert!(err(r.validate("m", "o")).contains("IPv6 source NAT is not supported"));
+        r.action = FwAction::Masquerade;
+        assert!(err(r.validate("m", "o")).starts_with("o.masquerade: IPv6 source NAT"));
         let mut r = rule(Some(6), snat("192.0.2.1"));
         r.matches.source = None;
         assert!(err(r.validate("m", "o")).contains("SNAT needs a sourceIP"));
