@@ -167,6 +167,19 @@ async fn refresh_active_flows(dp: Arc<Datapath>, store: Arc<RuleStore>) {
     }
 }
 
+/// Resolves the interface names of firewall rules again whenever the
+/// mirror sees an interface come, go or change its name.
+async fn follow_interfaces(changed: Arc<tokio::sync::Notify>, store: Arc<RuleStore>) {
+    loop {
+        changed.notified().await;
+        let store = store.clone();
+        let res = tokio::task::spawn_blocking(move || store.refresh_firewall_interfaces()).await;
+        if let Ok(Err(e)) = res {
+            tracing::error!(error = %e, "reprogramming the firewall after an interface change failed");
+        }
+    }
+}
+
 /// Detaches every loxilight program in this namespace and removes the pins
 /// and the state file.
 /// Logs the packets that firewall rules with `record` match, at most
@@ -263,7 +276,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let ageing = Ageing::spawn(dp.clone(), cfg.ageing.clone())
         .context("starting the conntrack ageing thread")?;
     // Rules first: a bad state file stops the start before any interface is touched.
-    let store = RuleStore::open(dp.clone(), Some(cfg.state_file()))
+    let store = RuleStore::open(dp.clone(), Some(cfg.state_file()), cfg.firewall_default)
         .with_context(|| format!("restoring the rules from {}", cfg.state_file().display()))?;
     let store = Arc::new(store);
     let watcher = match loxilight::kernel::start(dp.clone(), cfg.mirror.clone()).await {
@@ -274,6 +287,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     let mirror = tokio::spawn(watcher);
+    tokio::spawn(follow_interfaces(
+        cfg.mirror.links_changed.clone(),
+        store.clone(),
+    ));
     tokio::spawn(refresh_active_flows(dp.clone(), store.clone()));
     let health = loxilight::health::Health::spawn(store.clone());
     log_firewall_events(dp.clone()).context("starting the firewall event logger")?;
