@@ -744,6 +744,28 @@ fn a_dropped_host_still_answers_flows_opened_towards_it_but_opens_none() {
         udp_seen(&lab, &b1.0, to_client).is_err(),
         "b1 opened a UDP flow"
     );
+
+    // The same over IPv6.
+    let b1_6 = lab.backends[0].ip6.clone();
+    let to_client6: SocketAddr = format!("[fd77:1::2]:{}", echo.port).parse().unwrap();
+    assert!(
+        tcp_seen(&lab, &b1.0, to_client6).is_ok(),
+        "b1 reaches the client over IPv6 before the rule"
+    );
+    create(
+        &lab,
+        &format!("sourceIP:{b1_6}/128,preference:100"),
+        &["--drop"],
+    );
+    assert_eq!(
+        lab.http_get(&b1_6, HTTP_PORT).as_deref().ok(),
+        Some("b1"),
+        "an IPv6 request to b1"
+    );
+    assert!(
+        tcp_seen(&lab, &b1.0, to_client6).is_err(),
+        "b1 opened an IPv6 TCP flow"
+    );
 }
 
 /// Backend `i`'s namespace and address.
