@@ -180,8 +180,6 @@ async fn follow_interfaces(changed: Arc<tokio::sync::Notify>, store: Arc<RuleSto
     }
 }
 
-/// Detaches every loxilight program in this namespace and removes the pins
-/// and the state file.
 /// Logs the packets that firewall rules with `record` match, at most
 /// EVENTS_PER_SECOND a second: a flood of matches must not flood the log.
 /// Beyond that they are counted, and the count is logged.
@@ -225,6 +223,8 @@ fn log_firewall_events(dp: Arc<Datapath>) -> std::io::Result<()> {
         .map(|_| ())
 }
 
+/// Detaches every loxilight program in this namespace and removes the pins
+/// and the state file.
 async fn cleanup(cfg: &Config) -> anyhow::Result<()> {
     let links = loxilight::kernel::interfaces().await?;
     let detached = Datapath::detach_everywhere(links.iter().map(|l| l.index))
