@@ -26,6 +26,8 @@ int ll_tc_ingress(struct __sk_buff *skb)
 	p.vlan |= skb->vlan_present;
 	/* GSO packets are segmented to the egress MTU on the way out. */
 	ll_pipeline(&p, skb->ingress_ifindex, skb->gso_size ? 0 : skb->len - p.l3_off, &v);
+	if (v.mark)
+		skb->mark = v.mark;
 	if (v.nat_reason) {
 		ll_count(&ll_reasons, v.nat_reason, skb->len);
 		if (ll_tc_rewrite(skb, &p, &v.nat))
@@ -40,12 +42,15 @@ int ll_tc_ingress(struct __sk_buff *skb)
 		return bpf_redirect(v.fwd.ifindex, 0);
 	}
 	ll_count(&ll_reasons, v.reason, skb->len);
-	return ll_reason_drops(v.reason) ? TC_ACT_SHOT : TC_ACT_OK;
+	if (v.reason == LL_R_FW_REDIRECT)
+		return bpf_redirect(v.fwd.ifindex, 0);
+	return ll_dropped(v.reason) ? TC_ACT_SHOT : TC_ACT_OK;
 corrupt:
 	ll_count(&ll_reasons, LL_R_DROP_REWRITE, skb->len);
 	return TC_ACT_SHOT;
 }
 
+/* XDP has no skb and so no mark: a firewall rule's mark is not applied. */
 SEC("xdp")
 int ll_xdp(struct xdp_md *ctx)
 {
@@ -73,7 +78,9 @@ int ll_xdp(struct xdp_md *ctx)
 		return bpf_redirect(v.fwd.ifindex, 0);
 	}
 	ll_count(&ll_reasons, v.reason, len);
-	return ll_reason_drops(v.reason) ? XDP_DROP : XDP_PASS;
+	if (v.reason == LL_R_FW_REDIRECT)
+		return bpf_redirect(v.fwd.ifindex, 0);
+	return ll_dropped(v.reason) ? XDP_DROP : XDP_PASS;
 corrupt:
 	ll_count(&ll_reasons, LL_R_DROP_REWRITE, len);
 	return XDP_DROP;

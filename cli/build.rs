@@ -34,6 +34,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".loxilight.v1.Endpoint.counters",
             "#[serde(skip_serializing_if = \"Option::is_none\")]",
         )
+        .field_attribute(
+            ".loxilight.v1.FirewallRule.counters",
+            "#[serde(skip_serializing_if = \"Option::is_none\")]",
+        )
+        .field_attribute(
+            ".loxilight.v1.FirewallOptions.mark",
+            "#[serde(skip_serializing_if = \"Option::is_none\")]",
+        )
         .compile_protos(&protos, &[PathBuf::from(PROTO_ROOT)])?;
     Ok(())
 }

@@ -11,6 +11,7 @@ use crate::api::{check_exposure, ListenAddr, TlsFiles};
 use crate::conntrack::AgeingConfig;
 use crate::datapath::{default_pin_dir, HookKind, Limits};
 use crate::kernel::{Managed, MirrorOptions};
+use crate::rules::DefaultPolicy;
 
 /// The config file. Every key is optional; a flag given on the command line
 /// wins over the file.
@@ -50,6 +51,28 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     /// Source ports of source-translated flows (fullnat, onearm), "MIN-MAX".
     pub nat_ports: Option<String>,
+    /// `[firewall]`: the default policy.
+    pub firewall: Option<FirewallFile>,
+}
+
+/// `[firewall]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallFile {
+    /// What happens to the first packet of a flow that no rule matches:
+    /// "allow" (default) or "drop".
+    pub default_policy: Option<String>,
+}
+
+impl FirewallFile {
+    fn default_policy(&self) -> anyhow::Result<DefaultPolicy> {
+        match &self.default_policy {
+            None => Ok(DefaultPolicy::default()),
+            Some(p) => DefaultPolicy::parse(p).with_context(|| {
+                format!("firewall.default_policy: {p:?} is neither \"allow\" nor \"drop\"")
+            }),
+        }
+    }
 }
 
 /// A duration in the config file: seconds, or a string with a unit
@@ -174,6 +197,7 @@ pub struct Config {
     pub limits: Limits,
     pub mirror: MirrorOptions,
     pub ageing: AgeingConfig,
+    pub firewall_default: DefaultPolicy,
     pub nat_ports: RangeInclusive<u16>,
 }
 
@@ -269,6 +293,7 @@ impl Config {
             .filter(|v| !v.is_empty());
         let hook = parse_hook(flags.hook.or(file.hook).as_deref().unwrap_or("tc"))?;
         let ageing = file.conntrack.unwrap_or_default().merge()?;
+        let firewall_default = file.firewall.unwrap_or_default().default_policy()?;
         let nat_ports = file
             .nat_ports
             .as_deref()
@@ -307,8 +332,10 @@ impl Config {
                 hook,
                 netlink_rcvbuf: file.netlink_rcvbuf.unwrap_or(DEFAULT_NETLINK_RCVBUF),
                 stats: Default::default(),
+                links_changed: Default::default(),
             },
             ageing,
+            firewall_default,
             nat_ports,
         })
     }
@@ -431,6 +458,7 @@ mod tests {
             hook,
             netlink_rcvbuf,
             state_dir,
+            firewall,
             nat_ports,
         } = toml::from_str(&text).unwrap();
         let d = Limits::default();
@@ -452,10 +480,29 @@ mod tests {
         assert_eq!(hook.as_deref(), Some("tc"));
         assert_eq!(netlink_rcvbuf, Some(DEFAULT_NETLINK_RCVBUF));
         assert_eq!(state_dir, Some(PathBuf::from(DEFAULT_STATE_DIR)));
+        let policy = firewall.expect("a [firewall] table").default_policy();
+        assert_eq!(policy.unwrap(), DefaultPolicy::default());
         assert_eq!(
             parse_nat_ports(&nat_ports.expect("nat_ports")).unwrap(),
             DEFAULT_NAT_PORTS
         );
+    }
+
+    #[test]
+    fn the_firewall_default_policy_is_allow_or_drop() {
+        let policy = |t: &str| {
+            let file: FileConfig = toml::from_str(t)?;
+            Config::merge(file, Overrides::default()).map(|c| c.firewall_default)
+        };
+        assert_eq!(policy("").unwrap(), DefaultPolicy::Allow);
+        let drop = "[firewall]\ndefault_policy = \"drop\"";
+        assert_eq!(policy(drop).unwrap(), DefaultPolicy::Drop);
+        let e = format!(
+            "{:#}",
+            policy("[firewall]\ndefault_policy = \"deny\"").unwrap_err()
+        );
+        assert!(e.contains("firewall.default_policy: \"deny\""), "{e}");
+        assert!(policy("[firewall]\npolicy = \"drop\"").is_err());
     }
 
     #[test]

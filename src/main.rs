@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -166,6 +167,62 @@ async fn refresh_active_flows(dp: Arc<Datapath>, store: Arc<RuleStore>) {
     }
 }
 
+/// Resolves the interface names of firewall rules again whenever the
+/// mirror sees an interface come, go or change its name.
+async fn follow_interfaces(changed: Arc<tokio::sync::Notify>, store: Arc<RuleStore>) {
+    loop {
+        changed.notified().await;
+        let store = store.clone();
+        let res = tokio::task::spawn_blocking(move || store.refresh_firewall_interfaces()).await;
+        if let Ok(Err(e)) = res {
+            tracing::error!(error = %e, "reprogramming the firewall after an interface change failed");
+        }
+    }
+}
+
+/// Logs the packets that firewall rules with `record` match, at most
+/// EVENTS_PER_SECOND a second: a flood of matches must not flood the log.
+/// Beyond that they are counted, and the count is logged.
+fn log_firewall_events(dp: Arc<Datapath>) -> std::io::Result<()> {
+    const EVENTS_PER_SECOND: u32 = 100;
+    std::thread::Builder::new()
+        .name("fw-events".into())
+        .spawn(move || {
+            let mut window = Instant::now();
+            let (mut logged, mut unlogged) = (0u32, 0u64);
+            let watched = dp.watch_firewall_events(|e| {
+                if window.elapsed() >= Duration::from_secs(1) {
+                    if unlogged > 0 {
+                        tracing::warn!(target: "firewall", unlogged, "recorded matches not logged (over {EVENTS_PER_SECOND} a second); the rules' counters have them");
+                    }
+                    (window, logged, unlogged) = (Instant::now(), 0, 0);
+                }
+                if logged == EVENTS_PER_SECOND {
+                    unlogged += 1;
+                    return true;
+                }
+                logged += 1;
+                tracing::info!(
+                    target: "firewall",
+                    rule = e.rule_id,
+                    action = e.action,
+                    ifindex = e.ifindex,
+                    proto = e.proto,
+                    src = %e.src,
+                    sport = e.sport,
+                    dst = %e.dst,
+                    dport = e.dport,
+                    "firewall rule matched"
+                );
+                true
+            });
+            if let Err(e) = watched {
+                tracing::error!(error = %e, "reading firewall events failed; recorded matches are counted but not logged");
+            }
+        })
+        .map(|_| ())
+}
+
 /// Detaches every loxilight program in this namespace and removes the pins
 /// and the state file.
 async fn cleanup(cfg: &Config) -> anyhow::Result<()> {
@@ -219,7 +276,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let ageing = Ageing::spawn(dp.clone(), cfg.ageing.clone())
         .context("starting the conntrack ageing thread")?;
     // Rules first: a bad state file stops the start before any interface is touched.
-    let store = RuleStore::open(dp.clone(), Some(cfg.state_file()))
+    let store = RuleStore::open(dp.clone(), Some(cfg.state_file()), cfg.firewall_default)
         .with_context(|| format!("restoring the rules from {}", cfg.state_file().display()))?;
     let store = Arc::new(store);
     let watcher = match loxilight::kernel::start(dp.clone(), cfg.mirror.clone()).await {
@@ -230,8 +287,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     let mirror = tokio::spawn(watcher);
+    tokio::spawn(follow_interfaces(
+        cfg.mirror.links_changed.clone(),
+        store.clone(),
+    ));
     tokio::spawn(refresh_active_flows(dp.clone(), store.clone()));
     let health = loxilight::health::Health::spawn(store.clone());
+    log_firewall_events(dp.clone()).context("starting the firewall event logger")?;
     let api_stats = Arc::new(ApiStats::default());
     let sources = metrics::Sources {
         dp: dp.clone(),

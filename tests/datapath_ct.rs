@@ -78,7 +78,7 @@ fn rule(proto: Protocol, eps: &[SocketAddrV4]) -> LbRule {
 
 /// An empty rule store on `dp`, which names the services in listings.
 fn store(dp: &Arc<Datapath>) -> Arc<RuleStore> {
-    Arc::new(RuleStore::open(dp.clone(), None).expect("opening a rule store"))
+    Arc::new(RuleStore::open(dp.clone(), None, Default::default()).expect("opening a rule store"))
 }
 
 /// A datapath with a TCP service to EP1 and EP2 (rr) and a UDP one to

@@ -41,7 +41,8 @@ fn lb() -> (Arc<Datapath>, RuleStore) {
         Datapath::load(limits, None)
             .unwrap_or_else(|e| panic!("datapath tests need root with CAP_BPF: {e}")),
     );
-    let store = RuleStore::open(dp.clone(), None).expect("opening a rule store");
+    let store =
+        RuleStore::open(dp.clone(), None, Default::default()).expect("opening a rule store");
     (dp, store)
 }
 

@@ -267,7 +267,8 @@ fn nat66_to_linux_untouched() {
 #[test]
 fn nat66_conntrack_in_the_daemon() {
     let dp = Arc::new(load());
-    let store = RuleStore::open(dp.clone(), None).expect("opening a rule store");
+    let store =
+        RuleStore::open(dp.clone(), None, Default::default()).expect("opening a rule store");
     let eps = [(EP1, 8080), (EP2, 8080)];
     store
         .create(rule(Protocol::Tcp, Selection::LeastConnections, &eps))

@@ -87,9 +87,14 @@ enum ll_reason {
 	LL_R_FWD,                /* forwarded by the datapath (redirect) */
 	LL_R_PASS_MARTIAN,       /* loopback, unspecified, ... addresses Linux drops */
 	LL_R_DROP_SOURCE,        /* new flow to a VIP from a client outside its allowed sources */
+	LL_R_DROP_FW,            /* a firewall rule drops the flow's first packet */
+	LL_R_DROP_FW_DEFAULT,    /* no firewall rule matched and the default policy is drop */
+	LL_R_PASS_FW_TRAP,       /* a firewall rule traps the packet to Linux */
+	LL_R_FW_REDIRECT,        /* a firewall rule redirects the packet, unchanged, to an interface */
 	LL_R_DROP_NAT_PORTS,     /* no free source port for a source-translated flow: refused */
 	LL_R_PASS_NO_NAT_ADDR,   /* no LB address on the interface towards the endpoint */
 	LL_R_PASS_ONEARM_EGRESS, /* onearm: the endpoint is not reached through the ingress interface */
+	LL_R_PASS_NO_SNAT,       /* a SNAT rule matched IPv6, or neither TCP nor UDP: untranslated to Linux */
 	LL_R_MAX,
 };
 
@@ -278,7 +283,8 @@ struct ll_ct_key {
 	__u8 pad[3];
 };
 
-/* An IPv6 flow's direction (ll_conntrack6). */
+/* An IPv6 flow's direction (ll_conntrack6): load balanced, or let in by
+ * the firewall untranslated. */
 struct ll_ct6_key {
 	__u8 saddr[16];
 	__u8 daddr[16];
@@ -400,6 +406,102 @@ enum ll_ct_stat {
 struct ll_counters {
 	__u64 packets;
 	__u64 bytes;
+};
+
+/* ll_ct.svc_id of a flow that is not load balanced: the firewall let it in
+ * untranslated. Such flows carry the firewall's mark in ll_ct.ep_idx. */
+#define LL_SVC_NONE 0xffffffffu
+
+/* Firewall (bpf/lib/fw.h). Rules are numbered by position, highest
+ * preference first; a rule set is a bitmap over positions, cut into blocks
+ * of LL_FW_BLOCK_WORDS words, stored only where non-zero. */
+#define LL_FW_MAX_RULES 16384
+#define LL_FW_BLOCK_WORDS 8
+#define LL_FW_BLOCK_BITS (LL_FW_BLOCK_WORDS * 64)
+#define LL_FW_BLOCKS (LL_FW_MAX_RULES / LL_FW_BLOCK_BITS) /* one bit each in ll_fw_set.blocks */
+/* The port "value" of a packet without ports (neither TCP nor UDP). */
+#define LL_FW_NO_PORT 65536
+#define LL_FW_PORTS (65536 + 1)
+/* Fields looked up per packet, each yielding a rule set. */
+#define LL_FW_FIELDS 6
+
+enum ll_fw_action {
+	LL_FW_ALLOW = 0,
+	LL_FW_DROP = 1,
+	LL_FW_TRAP = 2,     /* to Linux unchanged */
+	LL_FW_REDIRECT = 3, /* bpf_redirect to ll_fw_rule.ifindex, unchanged */
+	LL_FW_SNAT = 4,     /* translate the source to snat_addr (snat_port first) */
+	LL_FW_MASQUERADE = 5, /* translate the source to the egress interface's address */
+};
+
+#define LL_FW_RECORD 0x1 /* emit an ll_fw_event per matched packet */
+
+/* The rule at one position of a generation (ll_fw_rules). */
+struct ll_fw_rule {
+	__u32 id;           /* the daemon's rule id: key of ll_fw_stats, in events */
+	enum ll_fw_action action;
+	__u32 flags;        /* LL_FW_RECORD */
+	__u32 mark;         /* TC: skb->mark for the flow's packets; 0 = leave it */
+	__u32 ifindex;      /* LL_FW_REDIRECT: where to */
+	__be32 snat_addr;   /* LL_FW_SNAT */
+	__be16 snat_port;   /* LL_FW_SNAT: tried first; 0: the flow's own */
+	__u16 pad;
+};
+
+/* A set of rules: the id of its bitmap and which of its blocks are
+ * non-zero (bit b: block b is in ll_fw_blocks). */
+struct ll_fw_set {
+	__u32 id;
+	__u32 blocks;
+};
+
+struct ll_fw_block_key {
+	__u32 set;
+	__u32 block;
+};
+
+struct ll_fw_block {
+	__u64 w[LL_FW_BLOCK_WORDS];
+};
+
+/* One generation of the rule set. The daemon fills the inactive one, then
+ * flips ll_fw_cur: the datapath never sees half a rule set. */
+struct ll_fw_gen {
+	__u32 active;       /* rules exist or the default is drop: judge new flows */
+	__u32 default_drop;
+	__u32 n_rules;
+	__u32 pad;
+	struct ll_fw_set any_iface; /* rules without an interface */
+};
+
+/* Source (field 0) or destination (field 1) prefix of one generation and
+ * family; prefixlen counts the 32 bits of gen/field/family/pad too. */
+struct ll_fw_lpm_key {
+	__u32 prefixlen;
+	__u8 gen;
+	__u8 field;
+	__u8 family;        /* 4 or 6 */
+	__u8 pad;
+	__u8 addr[16];
+};
+
+struct ll_fw_iface_key {
+	__u32 gen;
+	__u32 ifindex;
+};
+
+/* What a rule with LL_FW_RECORD reports per matched packet (ll_fw_events). */
+struct ll_fw_event {
+	__u32 rule_id;
+	__u32 ifindex;      /* ingress */
+	enum ll_fw_action action;
+	__u32 family;       /* 4 or 6 */
+	__u8 saddr[16];     /* IPv4 in the first 4 bytes */
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
 };
 
 #endif

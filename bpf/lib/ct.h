@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
-/* Connection tracking. A flow is two entries of the ll_conntrack LRU hash,
- * one per direction, each carrying its own translation. The datapath creates
+/* Connection tracking. A flow is two entries of the ll_conntrack (IPv4) or
+ * ll_conntrack6 (IPv6) LRU hash, one per direction, each carrying its own translation. The datapath creates
  * flows and moves them through their states; the daemon ages them out
  * (src/conntrack), since timeouts are policy and a per-packet clock check
  * would cost every packet. */
@@ -196,35 +196,22 @@ static __always_inline void ll_ct_settle(struct ll_ct *ct, __u8 proto, __u32 ev)
 		ct->state = ll_ct_state_of(proto, now);
 }
 
-/* Accounts packet p to entry (k, ct) and moves the flow's state on, in both
- * of its entries. The partner is looked up only when something changes. */
-static __always_inline void ll_ct_touch(int v6, const struct ll_pkt *p, const void *k,
-					struct ll_ct *ct)
+/* Accounts packet p to its entry ct. Returns whether the flow's state moves
+ * on (then ll_ct_advance, with the partner entry), with the events in *ev. */
+static __always_inline int ll_ct_count(const struct ll_pkt *p, struct ll_ct *ct, __u32 *ev)
 {
-	int reopen = ll_ct_reopens(p, ct);
-	__u32 ev = ll_ct_events(p, ct);
-	struct ll_ct_key pk4 = {};
-	struct ll_ct *partner;
-	struct ll_ct6_keys *k6;
-	void *pk = &pk4;
-	__u32 zero = 0;
-
 	__sync_fetch_and_add(&ct->packets, 1);
 	__sync_fetch_and_add(&ct->bytes, p->len);
 	ct->last_seen_ns = bpf_ktime_get_ns();
-	if (!reopen && (ct->seen & ev) == ev)
-		return;
+	*ev = ll_ct_events(p, ct);
+	return ll_ct_reopens(p, ct) || (ct->seen & *ev) != *ev;
+}
 
-	if (v6) {
-		k6 = bpf_map_lookup_elem(&ll_ct6_keys, &zero);
-		if (!k6)
-			return;
-		pk = &k6->partner;
-	}
-	ll_ct_partner(v6, p->proto, ct, pk);
-	/* A DSR flow has no other direction. */
-	partner = ct->xlate & LL_XLATE_DSR ? NULL : bpf_map_lookup_elem(LL_CT_MAP(v6), pk);
-	if (reopen) {
+/* Moves the flow's state on in both of its entries (partner may be gone). */
+static __always_inline void ll_ct_advance(const struct ll_pkt *p, struct ll_ct *ct,
+					  struct ll_ct *partner, __u32 ev)
+{
+	if (ll_ct_reopens(p, ct)) {
 		ll_ct_restart(ct);
 		if (partner)
 			ll_ct_restart(partner);
@@ -239,10 +226,55 @@ static __always_inline void ll_ct_touch(int v6, const struct ll_pkt *p, const vo
 		ll_ct_settle(partner, p->proto, ev);
 }
 
+/* Accounts packet p to entry (k, ct) and moves the flow's state on, in both
+ * of its entries. The partner is looked up only when something changes. */
+static __always_inline void ll_ct_touch(int v6, const struct ll_pkt *p, const void *k,
+					struct ll_ct *ct)
+{
+	struct ll_ct_key pk4 = {};
+	struct ll_ct6_keys *k6;
+	void *pk = &pk4;
+	__u32 zero = 0, ev;
+
+	if (!ll_ct_count(p, ct, &ev))
+		return;
+	if (v6) {
+		k6 = bpf_map_lookup_elem(&ll_ct6_keys, &zero);
+		if (!k6)
+			return;
+		pk = &k6->partner;
+	}
+	ll_ct_partner(v6, p->proto, ct, pk);
+	/* A DSR flow has no other direction. */
+	ll_ct_advance(p, ct,
+		      ct->xlate & LL_XLATE_DSR ? NULL : bpf_map_lookup_elem(LL_CT_MAP(v6), pk), ev);
+}
+
 static __always_inline void ll_ct_undo(int v6, const void *k)
 {
 	if (!bpf_map_delete_elem(LL_CT_MAP(v6), k))
 		ll_ct_stat(v6, LL_CT_STAT_DELETED);
+}
+
+/* The flow-wide fields of a new flow's entries, from its first packet p,
+ * built in the per-CPU scratch of its family (the pipeline's frame is near
+ * the limit); ll_ct_set_dir fills in each direction. */
+static __always_inline struct ll_ct *ll_ct_build(int v6, const struct ll_pkt *p, __u32 svc_id,
+						 __u32 ep_idx)
+{
+	__u32 zero = 0;
+	struct ll_ct *ct =
+		bpf_map_lookup_elem(v6 ? (void *)&ll_ct6_scratch : (void *)&ll_ct_scratch, &zero);
+
+	if (!ct)
+		return 0;
+	ct->seen = ll_ct_first_events(p);
+	ct->state = ll_ct_state_of(p->proto, ct->seen);
+	ct->fin_ack = 0;
+	ct->svc_id = svc_id;
+	ct->ep_idx = ep_idx;
+	ct->last_seen_ns = bpf_ktime_get_ns();
+	return ct;
 }
 
 /* Makes ct the entry of one direction of a flow whose first packet is p:
@@ -282,8 +314,7 @@ static __always_inline int ll_ct_create(int v6, const struct ll_pkt *p, const vo
 	__u32 zero = 0;
 	long err;
 
-	/* Built off the stack: the pipeline's frame is near the limit. */
-	ct = bpf_map_lookup_elem(v6 ? (void *)&ll_ct6_scratch : (void *)&ll_ct_scratch, &zero);
+	ct = ll_ct_build(v6, p, svc_id, ep_idx);
 	if (!ct)
 		return LL_R_PASS_CT_FULL;
 	ct6 = (struct ll_ct6 *)ct;
@@ -293,7 +324,8 @@ static __always_inline int ll_ct_create(int v6, const struct ll_pkt *p, const vo
 		if (!to6 || !k6)
 			return LL_R_PASS_CT_FULL;
 		/* Zeroed: compared whole in ll_ct_key_eq. */
-		__builtin_memset(k6, 0, sizeof(*k6));
+		__builtin_memset(&k6->partner, 0, sizeof(k6->partner));
+		__builtin_memset(&k6->other, 0, sizeof(k6->other));
 		rkey = &k6->partner;
 		other = &k6->other;
 	} else {
@@ -302,15 +334,9 @@ static __always_inline int ll_ct_create(int v6, const struct ll_pkt *p, const vo
 		back.saddr = k4->daddr;
 		back.daddr = k4->saddr;
 	}
-	ct->seen = ll_ct_first_events(p);
-	ct->state = ll_ct_state_of(p->proto, ct->seen);
-	ct->fin_ack = 0;
-	ct->svc_id = svc_id;
-	ct->ep_idx = ep_idx;
-	ct->last_seen_ns = bpf_ktime_get_ns();
 
-	/* IPv6 services translate destinations only (the daemon refuses other
-	 * modes for them). */
+	/* IPv6 flows translate their destination (load balanced: the daemon
+	 * refuses other modes for IPv6) or nothing (let in by the firewall). */
 	if (!v6 && (nat->xlate & LL_XLATE_SRC)) {
 		/* The reply entry first: claiming it claims the source port. */
 		ll_ct_set_dir(ct, p, &back, rxlate, LL_CT_REPLY);

@@ -6,7 +6,17 @@
 #define LL_LB_H
 
 #include "ct.h"
-#include "stats.h"
+#include "fw.h"
+#include "fwd.h"
+
+/* The whole decision for one packet; the hook's entry file applies it. */
+struct ll_verdict {
+	int reason;     /* LL_R_FWD, LL_R_FW_REDIRECT, or why the packet goes to Linux or is dropped */
+	int nat_reason; /* LL_R_NAT_NEW / LL_R_NAT_EST when translated, else 0 */
+	__u32 mark;     /* TC: the firewall's skb->mark, 0 = leave it */
+	struct ll_nat nat;
+	struct ll_fwd fwd; /* LL_R_FW_REDIRECT: only ifindex */
+};
 
 static __always_inline __u32 ll_svc_mark(__u32 svc_id)
 {
@@ -335,43 +345,71 @@ static __always_inline int ll_lb_new_flow(int v6, const struct ll_pkt *p, __u32 
 	return LL_R_NAT_NEW;
 }
 
-/* For a TCP, UDP, SCTP or (IPv4) ICMP echo packet: LL_R_NAT_NEW or
- * LL_R_NAT_EST with *nat (and for IPv6 ll_nat6) filled in, LL_LB_NONE, or
- * the reason to hand the VIP's packet to Linux as it is. */
-static __always_inline int ll_lb_decide(int v6, const struct ll_pkt *p, __u32 ingress,
-					struct ll_nat *nat)
+/* The new-flow path per family, each a subprogram of its own with only its
+ * family's code, on a frame of its own: verified apart, its states do not
+ * multiply those of ll_lb_first's other paths (inlined there, TC verified
+ * 795k instructions and XDP over the 1M limit; apart, ~305k and ~590k). */
+static __noinline int ll_lb_new_flow4(const struct ll_pkt *p, __u32 ingress, const void *key,
+				      struct ll_nat *nat)
 {
-	struct ll_ct_key key4 = {
-		.saddr = p->saddr,
-		.daddr = p->daddr,
-		.sport = p->sport,
-		.dport = p->dport,
-		.proto = p->proto,
-	};
-	struct ll_ct6_key key6 = {};
-	void *key = v6 ? (void *)&key6 : (void *)&key4;
-	void *map = LL_CT_MAP(v6);
-	struct ll_ct *hit;
+	return ll_lb_new_flow(0, p, ingress, key, nat);
+}
+
+static __noinline int ll_lb_new_flow6(const struct ll_pkt *p, __u32 ingress, const void *key,
+				      struct ll_nat *nat)
+{
+	return ll_lb_new_flow(1, p, ingress, key, nat);
+}
+
+/* A new flow the firewall let in that is not load balanced: both entries,
+ * untranslated (nat is scratch space), with the rule's mark. Returns
+ * LL_LB_NONE, LL_CT_RACED or the reason to hand p to Linux. */
+static __always_inline int ll_fw_track(int v6, const struct ll_pkt *p, const void *key,
+				       struct ll_nat *nat, __u32 mark)
+{
 	__u32 zero = 0;
 	int r;
 
-	if (v6)
-		ll_ct6_key_of(p, &key6);
-	hit = bpf_map_lookup_elem(map, key);
-	if (!hit) {
-		r = ll_lb_new_flow(v6, p, ingress, key, nat);
-		if (r != LL_CT_RACED)
-			return r;
-		/* Another CPU created this flow first: follow its choice. */
-		hit = bpf_map_lookup_elem(map, key);
-		if (!hit)
+	nat->to.saddr = p->saddr;
+	nat->to.daddr = p->daddr;
+	nat->to.sport = p->sport;
+	nat->to.dport = p->dport;
+	nat->xlate = LL_XLATE_NONE;
+	if (v6) {
+		struct ll_addrs6 *to6 = bpf_map_lookup_elem(&ll_nat6, &zero);
+
+		if (!to6)
 			return LL_R_PASS_CT_FULL;
+		__builtin_memcpy(to6->saddr, p->saddr6, 16);
+		__builtin_memcpy(to6->daddr, p->daddr6, 16);
 	}
+	r = ll_ct_create(v6, p, key, nat, LL_SVC_NONE, mark);
+	return r ? r : LL_LB_NONE;
+}
+
+/* ll_lb_decide: the packet belongs to no tracked flow. */
+#define LL_CT_MISS (-6)
+
+/* A packet of a tracked flow, whose entry (*key, hit) it matched:
+ * LL_R_NAT_EST with v->nat (and for IPv6 ll_nat6) filled in, or LL_LB_NONE
+ * for a flow the firewall let in untranslated. Flows the firewall let in
+ * set v->mark. */
+static __always_inline int ll_ct_follow(int v6, const struct ll_pkt *p, const void *key,
+					struct ll_ct *hit, struct ll_verdict *v)
+{
+	__u32 zero = 0;
+
 	ll_ct_touch(v6, p, key, hit);
-	ll_count_flow(hit->svc_id, hit->ep_idx, p->len);
-	nat->to = hit->nat;
-	nat->xlate = hit->xlate;
-	nat->mark = ll_svc_mark(hit->svc_id);
+	if (hit->svc_id == LL_SVC_NONE) {
+		v->mark = hit->ep_idx;
+		if (hit->xlate == LL_XLATE_NONE)
+			return LL_LB_NONE;
+	} else {
+		ll_count_flow(hit->svc_id, hit->ep_idx, p->len);
+		v->nat.mark = ll_svc_mark(hit->svc_id);
+	}
+	v->nat.to = hit->nat;
+	v->nat.xlate = hit->xlate;
 	if (v6) {
 		struct ll_addrs6 *to6 = bpf_map_lookup_elem(&ll_nat6, &zero);
 
@@ -382,15 +420,144 @@ static __always_inline int ll_lb_decide(int v6, const struct ll_pkt *p, __u32 in
 	return LL_R_NAT_EST;
 }
 
-/* One subprogram per family, each with only its own code. */
-static __noinline int ll_lb_decide4(const struct ll_pkt *p, __u32 ingress, struct ll_nat *nat)
+/* The conntrack key of packet p in its family's table: *k4, or for IPv6
+ * the per-CPU scratch's (NULL if that is missing). */
+static __always_inline void *ll_ct_key_of(int v6, const struct ll_pkt *p, struct ll_ct_key *k4)
 {
-	return ll_lb_decide(0, p, ingress, nat);
+	__u32 zero = 0;
+
+	if (v6) {
+		struct ll_ct6_keys *k6 = bpf_map_lookup_elem(&ll_ct6_keys, &zero);
+
+		if (!k6)
+			return 0;
+		__builtin_memset(&k6->key, 0, sizeof(k6->key));
+		ll_ct6_key_of(p, &k6->key);
+		return &k6->key;
+	}
+	k4->saddr = p->saddr;
+	k4->daddr = p->daddr;
+	k4->sport = p->sport;
+	k4->dport = p->dport;
+	k4->proto = p->proto;
+	return k4;
 }
 
-static __noinline int ll_lb_decide6(const struct ll_pkt *p, __u32 ingress, struct ll_nat *nat)
+/* For a packet of a tracked flow: as ll_ct_follow; otherwise LL_CT_MISS.
+ * Packets without ports are tracked by protocol and addresses (ports 0). */
+static __always_inline int ll_lb_decide(int v6, const struct ll_pkt *p, struct ll_verdict *v)
 {
-	return ll_lb_decide(1, p, ingress, nat);
+	struct ll_ct_key key4 = {};
+	void *key = ll_ct_key_of(v6, p, &key4);
+	struct ll_ct *hit;
+
+	if (!key)
+		return LL_R_PASS_CT_FULL;
+	hit = bpf_map_lookup_elem(LL_CT_MAP(v6), key);
+	return hit ? ll_ct_follow(v6, p, key, hit, v) : LL_CT_MISS;
+}
+
+/* A new flow that a firewall SNAT or masquerade rule let in and that is not
+ * load balanced: v->nat.to holds the source to translate to (ll_fw_first);
+ * the port is claimed with the flow's entries. LL_R_NAT_NEW, LL_CT_RACED or
+ * the reason to drop p or hand it to Linux. IPv4 only. */
+static __always_inline int ll_fw_snat(const struct ll_pkt *p, const struct ll_ct_key *key,
+				      struct ll_verdict *v)
+{
+	int r = 0;
+
+	if (!v->nat.to.saddr)
+		r = ll_nat_source(p->daddr, 0, 0, &v->nat.to.saddr);
+	if (r)
+		return r;
+	v->nat.to.daddr = p->daddr;
+	v->nat.to.dport = p->dport;
+	v->nat.xlate = LL_XLATE_SRC;
+	r = ll_ct_create(0, p, key, &v->nat, LL_SVC_NONE, v->mark);
+	return r ? r : LL_R_NAT_NEW;
+}
+
+/* A new flow the firewall let in (fw) that is not load balanced: tracked,
+ * source-translated by a SNAT rule (IPv4 only), or LL_LB_NONE. Per family
+ * a subprogram of its own, as ll_lb_new_flow4/6 (inlined, ll_lb_first's
+ * frame pushes the combined stack past 512 bytes). */
+static __always_inline int ll_fw_new_flow(int v6, const struct ll_pkt *p, const void *key,
+					  struct ll_verdict *v, int fw)
+{
+	if (fw == LL_FW_TRANSLATE && !v6)
+		return ll_fw_snat(p, key, v);
+	if (fw == LL_FW_ALLOWED)
+		return ll_fw_track(v6, p, key, &v->nat, v->mark);
+	return LL_LB_NONE;
+}
+
+static __noinline int ll_fw_new_flow4(const struct ll_pkt *p, const void *key, struct ll_verdict *v,
+				      int fw)
+{
+	return ll_fw_new_flow(0, p, key, v, fw);
+}
+
+static __noinline int ll_fw_new_flow6(const struct ll_pkt *p, const void *key, struct ll_verdict *v,
+				      int fw)
+{
+	return ll_fw_new_flow(1, p, key, v, fw);
+}
+
+/* For the first packet of a flow that came in on interface ingress, once
+ * the firewall has let it in (fw: LL_FW_OFF, LL_FW_ALLOWED or
+ * LL_FW_TRANSLATE): LL_R_NAT_NEW with v->nat (and for IPv6 ll_nat6) filled
+ * in, LL_LB_NONE, or the reason to hand the packet to Linux as it is (or
+ * drop it). With the firewall active every flow is tracked, so that
+ * replies pass without a rule walk and the other side cannot open flows of
+ * its own. Load-balanced flows are translated as their service says, never
+ * by SNAT rules (which are IPv4 only). */
+static __always_inline int ll_lb_first(int v6, const struct ll_pkt *p, __u32 ingress,
+				       struct ll_verdict *v, int fw)
+{
+	struct ll_ct_key key4 = {};
+	void *key = ll_ct_key_of(v6, p, &key4);
+	struct ll_ct *hit;
+	int r;
+
+	if (!key)
+		return LL_R_PASS_CT_FULL;
+	if (!p->has_ports)
+		r = LL_LB_NONE;
+	else
+		r = v6 ? ll_lb_new_flow6(p, ingress, key, &v->nat) :
+			 ll_lb_new_flow4(p, ingress, key, &v->nat);
+	if (r == LL_LB_NONE && fw != LL_FW_OFF)
+		r = v6 ? ll_fw_new_flow6(p, key, v, fw) : ll_fw_new_flow4(p, key, v, fw);
+	if (r != LL_CT_RACED)
+		return r;
+	/* Another CPU created this flow first: follow its choice. */
+	hit = bpf_map_lookup_elem(LL_CT_MAP(v6), key);
+	if (!hit)
+		return LL_R_PASS_CT_FULL;
+	return ll_ct_follow(v6, p, key, hit, v);
+}
+
+/* One subprogram per family and step, each with only its own code. */
+static __noinline int ll_lb_decide4(const struct ll_pkt *p, struct ll_verdict *v)
+{
+	return ll_lb_decide(0, p, v);
+}
+
+static __noinline int ll_lb_decide6(const struct ll_pkt *p, struct ll_verdict *v)
+{
+	return ll_lb_decide(1, p, v);
+}
+
+static __noinline int ll_lb_first4(const struct ll_pkt *p, __u32 ingress, struct ll_verdict *v,
+				   int fw)
+{
+	return ll_lb_first(0, p, ingress, v, fw);
+}
+
+static __noinline int ll_lb_first6(const struct ll_pkt *p, __u32 ingress, struct ll_verdict *v,
+				   int fw)
+{
+	return ll_lb_first(1, p, ingress, v, fw);
 }
 
 #endif

@@ -56,8 +56,9 @@ struct {
 	__type(value, struct ll_ct);
 } ll_conntrack SEC(".maps");
 
-/* IPv6 flows, apart so that the IPv4 table's entries stay small; the daemon
- * sizes it to a quarter of ll_conntrack. */
+/* IPv6 flows (load balanced, or let in by the firewall), apart so that the
+ * IPv4 table's entries stay small; the daemon sizes it to a quarter of
+ * ll_conntrack. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, LL_DEFAULT_CT / 4);
@@ -81,9 +82,10 @@ struct {
 	__type(value, struct ll_ct6);
 } ll_ct6_scratch SEC(".maps");
 
-/* Per-CPU scratch for the IPv6 keys that ct.h derives from an entry (too
- * big for the pipeline's stack). */
+/* Per-CPU scratch for IPv6 conntrack keys (too big for the pipeline's
+ * stack): the packet's, and those ct.h derives from entries. */
 struct ll_ct6_keys {
+	struct ll_ct6_key key;
 	struct ll_ct6_key partner;
 	struct ll_ct6_key other;
 };
@@ -267,10 +269,111 @@ struct {
 	__type(value, __u64);
 } ll_miss_seen SEC(".maps");
 
+/* The firewall's active generation (0 or 1), flipped by the daemon. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} ll_fw_cur SEC(".maps");
+
+/* Per generation. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct ll_fw_gen);
+} ll_fw_gens SEC(".maps");
+
+/* gen * LL_FW_MAX_RULES + position -> rule. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * LL_FW_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct ll_fw_rule);
+} ll_fw_rules SEC(".maps");
+
+/* Source and destination prefixes -> the rules whose prefix contains them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 8 * (LL_FW_MAX_RULES + 1));
+	__type(key, struct ll_fw_lpm_key);
+	__type(value, struct ll_fw_set);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ll_fw_lpm SEC(".maps");
+
+/* (gen * 2 + field) * LL_FW_PORTS + port -> the rules whose source (field
+ * 0) or destination (1) port range holds the port. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4 * LL_FW_PORTS);
+	__type(key, __u32);
+	__type(value, struct ll_fw_set);
+} ll_fw_ports SEC(".maps");
+
+/* gen * 256 + IP protocol -> rules. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * 256);
+	__type(key, __u32);
+	__type(value, struct ll_fw_set);
+} ll_fw_protos SEC(".maps");
+
+/* Input interfaces named by rules -> rules; any other interface takes the
+ * generation's any_iface. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2 * LL_FW_MAX_RULES);
+	__type(key, struct ll_fw_iface_key);
+	__type(value, struct ll_fw_set);
+} ll_fw_ifaces SEC(".maps");
+
+/* The non-zero blocks of every rule set's bitmap. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct ll_fw_block_key);
+	__type(value, struct ll_fw_block);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ll_fw_blocks SEC(".maps");
+
+/* Per-CPU scratch for classifying one packet: the sets of its fields, their
+ * AND, and the lookup keys (off the stack, which the pipeline nearly fills). */
+struct ll_fw_scratch {
+	struct ll_fw_set f[LL_FW_FIELDS];
+	struct ll_fw_block acc;
+	struct ll_fw_lpm_key lpm;
+	struct ll_fw_iface_key iface;
+	struct ll_fw_block_key blk;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ll_fw_scratch);
+} ll_fw_scratch SEC(".maps");
+
+/* Rule id -> packets and bytes of the first packets it matched. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 2 * LL_FW_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct ll_counters);
+} ll_fw_stats SEC(".maps");
+
+/* Packets matched by rules with LL_FW_RECORD, for the daemon's log. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} ll_fw_events SEC(".maps");
+
 /* Unused by the program: it puts enum ll_reason into BTF (array keys must be
  * plain integers), so the skeleton gives the daemon the reason names. */
 const volatile enum ll_reason ll_reason_count = LL_R_MAX;
 /* The same for enum ll_ct_stat. */
 const volatile enum ll_ct_stat ll_ct_stat_count = LL_CT_STAT_MAX;
+/* The same for the firewall's events, whose ring buffer has no value type. */
+const volatile struct ll_fw_event ll_fw_event_layout;
 
 #endif

@@ -1,36 +1,45 @@
 /* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
-/* The whole per-packet decision, the same for every hook: load balancing
- * (conntrack, service, endpoint) then forwarding. */
+/* The whole per-packet decision, the same for every hook: conntrack, the
+ * firewall on a flow's first packet, load balancing (service, endpoint),
+ * then forwarding. */
 #ifndef LL_PIPELINE_H
 #define LL_PIPELINE_H
 
 #include "fwd.h"
 #include "lb.h"
 
-struct ll_verdict {
-	int reason;     /* LL_R_FWD, or why the packet goes to Linux */
-	int nat_reason; /* LL_R_NAT_NEW / LL_R_NAT_EST when translated, else 0 */
-	struct ll_nat nat;
-	struct ll_fwd fwd;
-};
-
-/* The verdicts that drop the packet rather than hand it to Linux. */
-static __always_inline int ll_reason_drops(int r)
+/* Conntrack, then for a packet of no tracked flow the firewall and the
+ * service lookup: LL_R_NAT_NEW / LL_R_NAT_EST (v->nat), LL_LB_NONE (go on
+ * untranslated) or the packet's final reason. */
+static __always_inline int ll_decide(const struct ll_pkt *p, __u32 ingress, struct ll_verdict *v)
 {
-	return r == LL_R_DROP_SOURCE || r == LL_R_DROP_NAT_PORTS;
+	int v6 = p->family == LL_AF_INET6;
+	int r = v6 ? ll_lb_decide6(p, v) : ll_lb_decide4(p, v);
+	int fw;
+
+	if (r != LL_CT_MISS)
+		return r;
+	fw = ll_fw_first(p, ingress, &v->mark, &v->fwd.ifindex, &v->nat.to);
+	if (fw != LL_FW_OFF && fw != LL_FW_ALLOWED && fw != LL_FW_TRANSLATE)
+		return fw;
+	return v6 ? ll_lb_first6(p, ingress, v, fw) : ll_lb_first4(p, ingress, v, fw);
+}
+
+/* Whether the verdict drops the packet. */
+static __always_inline int ll_dropped(int reason)
+{
+	return reason == LL_R_DROP_FW || reason == LL_R_DROP_FW_DEFAULT ||
+	       reason == LL_R_DROP_NAT_PORTS || reason == LL_R_DROP_SOURCE;
 }
 
 static __always_inline void ll_pipeline(const struct ll_pkt *p, __u32 ingress, __u32 mtu_len,
 					struct ll_verdict *v)
 {
 	__u8 daddr[16] = {};
-	int v6 = p->family == LL_AF_INET6;
 	__be32 d4 = p->daddr;
-	int r = LL_LB_NONE;
+	int r = ll_decide(p, ingress, v);
 	__u32 zero = 0;
 
-	if (p->has_ports)
-		r = v6 ? ll_lb_decide6(p, ingress, &v->nat) : ll_lb_decide4(p, ingress, &v->nat);
 	if (r == LL_R_NAT_NEW || r == LL_R_NAT_EST) {
 		v->nat_reason = r;
 		d4 = v->nat.to.daddr;
@@ -38,7 +47,7 @@ static __always_inline void ll_pipeline(const struct ll_pkt *p, __u32 ingress, _
 		v->reason = r;
 		return;
 	}
-	if (!v6) {
+	if (p->family == LL_AF_INET) {
 		__builtin_memcpy(daddr, &d4, 4);
 	} else if (v->nat_reason) {
 		struct ll_addrs6 *to6 = bpf_map_lookup_elem(&ll_nat6, &zero);

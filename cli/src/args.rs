@@ -180,6 +180,63 @@ pub fn parse_endpoints(
         .collect()
 }
 
+/// Parses `--firewallRule="KEY:VALUE,..."` (LoxiLB's syntax). An IPv6 value
+/// keeps its colons: only the first one separates the key.
+pub fn parse_firewall_rule(value: &str) -> Result<crate::pb::FirewallMatch, ArgError> {
+    const FLAG: &str = "--firewallRule";
+    let mut m = crate::pb::FirewallMatch::default();
+    let mut seen = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let Some((key, v)) = item.split_once(':') else {
+            return fail(FLAG, item, "expected KEY:VALUE");
+        };
+        if v.is_empty() {
+            return fail(FLAG, item, "missing value");
+        }
+        if seen.contains(&key) {
+            return fail(FLAG, item, "key given twice");
+        }
+        seen.push(key);
+        let num = |slot: &mut u32| {
+            *slot = number(v).map_or_else(|| fail(FLAG, item, "must be a number"), Ok)?;
+            Ok(())
+        };
+        match key {
+            "sourceIP" => m.source_ip = v.to_owned(),
+            "destinationIP" => m.destination_ip = v.to_owned(),
+            "minSourcePort" => num(&mut m.min_source_port)?,
+            "maxSourcePort" => num(&mut m.max_source_port)?,
+            "minDestinationPort" => num(&mut m.min_destination_port)?,
+            "maxDestinationPort" => num(&mut m.max_destination_port)?,
+            "protocol" => num(&mut m.protocol)?,
+            "portName" => m.port_name = v.to_owned(),
+            "preference" => num(&mut m.preference)?,
+            _ => return fail(FLAG, item, FW_KEYS_REASON),
+        }
+    }
+    Ok(m)
+}
+
+/// The keys of `--firewallRule`, as LoxiLB's loxicmd names them.
+const FW_KEYS_REASON: &str = "unknown key (sourceIP, destinationIP, minSourcePort, \
+     maxSourcePort, minDestinationPort, maxDestinationPort, protocol, portName, preference)";
+
+/// Parses `--snat=IP[,PORT]` into the address and the port (0: none).
+pub fn parse_snat(value: &str) -> Result<(String, u32), ArgError> {
+    const FLAG: &str = "--snat";
+    let (ip, port) = match value.split_once(',') {
+        None => (value, 0),
+        Some((ip, port)) => match number(port) {
+            Some(p) => (ip, p),
+            None => return fail(FLAG, value, "expected IP[,PORT]: the port must be a number"),
+        },
+    };
+    if ip.is_empty() {
+        return fail(FLAG, value, "missing IP");
+    }
+    Ok((ip.to_owned(), port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,5 +389,66 @@ mod tests {
             err.to_string(),
             r#"--udp: "x:53": port must be a number or a range MIN-MAX"#
         );
+    }
+
+    #[test]
+    fn firewall_rules_use_loxilb_keys() {
+        let m = parse_firewall_rule(
+            "sourceIP:1.2.3.2/32,destinationIP:fd00::/64,minSourcePort:100,maxSourcePort:200,\
+             minDestinationPort:80,maxDestinationPort:90,protocol:6,portName:eth1,preference:200",
+        )
+        .unwrap();
+        assert_eq!(
+            (m.source_ip.as_str(), m.destination_ip.as_str()),
+            ("1.2.3.2/32", "fd00::/64")
+        );
+        assert_eq!((m.min_source_port, m.max_source_port), (100, 200));
+        assert_eq!((m.min_destination_port, m.max_destination_port), (80, 90));
+        assert_eq!(
+            (m.protocol, m.port_name.as_str(), m.preference),
+            (6, "eth1", 200)
+        );
+        // Ranges are the daemon's to judge.
+        assert_eq!(
+            parse_firewall_rule("minSourcePort:65536")
+                .unwrap()
+                .min_source_port,
+            65536
+        );
+        assert_eq!(parse_firewall_rule("").unwrap(), Default::default());
+    }
+
+    #[test]
+    fn bad_firewall_rules_name_the_item() {
+        for (value, message) in [
+            (
+                "sourceIp:1.2.3.4",
+                r#""sourceIp:1.2.3.4": unknown key (sourceIP"#,
+            ),
+            ("protocol:tcp", r#""protocol:tcp": must be a number"#),
+            ("preference", r#""preference": expected KEY:VALUE"#),
+            ("portName:", r#""portName:": missing value"#),
+            (
+                "protocol:6,protocol:17",
+                r#""protocol:17": key given twice"#,
+            ),
+        ] {
+            let err = parse_firewall_rule(value).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("--firewallRule: {message}")),
+                "{value}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn snat_takes_an_optional_port() {
+        assert_eq!(parse_snat("10.0.0.1").unwrap(), ("10.0.0.1".into(), 0));
+        assert_eq!(
+            parse_snat("fd00::1,4000").unwrap(),
+            ("fd00::1".into(), 4000)
+        );
+        assert!(parse_snat("10.0.0.1,x").is_err());
+        assert!(parse_snat(",80").is_err());
     }
 }

@@ -11,16 +11,19 @@ use tonic::{Response, Status};
 
 use crate::pb::conntrack_service_client::ConntrackServiceClient;
 use crate::pb::endpoint_service_client::EndpointServiceClient;
+use crate::pb::firewall_service_client::FirewallServiceClient;
 use crate::pb::load_balancer_service_client::LoadBalancerServiceClient;
 use crate::pb::network_service_client::NetworkServiceClient;
 use crate::pb::{
-    ApplyLoadBalancersRequest, ApplyLoadBalancersResponse, ConntrackFilter, CountConntrackRequest,
-    CountConntrackResponse, CreateLoadBalancerRequest, DeleteConntrackRequest,
-    DeleteConntrackResponse, DeleteLoadBalancerRequest, ListAddressesRequest,
-    ListAddressesResponse, ListConntrackRequest, ListConntrackResponse, ListInterfacesRequest,
-    ListInterfacesResponse, ListLoadBalancersRequest, ListLoadBalancersResponse,
-    ListNeighboursRequest, ListNeighboursResponse, ListRoutesRequest, ListRoutesResponse,
-    LoadBalancer, ServiceKey,
+    ApplyFirewallRulesRequest, ApplyFirewallRulesResponse, ApplyLoadBalancersRequest,
+    ApplyLoadBalancersResponse, ConntrackFilter, CountConntrackRequest, CountConntrackResponse,
+    CreateFirewallRuleRequest, CreateLoadBalancerRequest, DeleteConntrackRequest,
+    DeleteConntrackResponse, DeleteFirewallRuleRequest, DeleteLoadBalancerRequest, FirewallMatch,
+    FirewallRule, ListAddressesRequest, ListAddressesResponse, ListConntrackRequest,
+    ListConntrackResponse, ListFirewallRulesRequest, ListFirewallRulesResponse,
+    ListInterfacesRequest, ListInterfacesResponse, ListLoadBalancersRequest,
+    ListLoadBalancersResponse, ListNeighboursRequest, ListNeighboursResponse, ListRoutesRequest,
+    ListRoutesResponse, LoadBalancer, ServiceKey,
 };
 use crate::pb::{
     CreateEndpointProbeRequest, DeleteEndpointProbeRequest, EndpointProbe, GetLoadBalancerRequest,
@@ -82,6 +85,7 @@ pub struct Client {
     peer: Peer,
     lb: LoadBalancerServiceClient<Channel>,
     ct: ConntrackServiceClient<Channel>,
+    fw: FirewallServiceClient<Channel>,
     net: NetworkServiceClient<Channel>,
     ep: EndpointServiceClient<Channel>,
 }
@@ -148,6 +152,7 @@ impl Client {
             lb: LoadBalancerServiceClient::new(channel.clone()),
             ct: ConntrackServiceClient::new(channel.clone()),
             ep: EndpointServiceClient::new(channel.clone()),
+            fw: FirewallServiceClient::new(channel.clone()),
             net: NetworkServiceClient::new(channel),
         })
     }
@@ -208,6 +213,39 @@ impl Client {
             dry_run,
         };
         answer(&self.peer, self.lb.apply_load_balancers(request)).await
+    }
+
+    pub async fn create_firewall(&mut self, firewall_rule: FirewallRule) -> Result<()> {
+        let request = CreateFirewallRuleRequest {
+            firewall_rule: Some(firewall_rule),
+        };
+        answer(&self.peer, self.fw.create_firewall_rule(request)).await?;
+        Ok(())
+    }
+
+    pub async fn delete_firewall(&mut self, r#match: FirewallMatch) -> Result<()> {
+        let request = DeleteFirewallRuleRequest {
+            r#match: Some(r#match),
+        };
+        answer(&self.peer, self.fw.delete_firewall_rule(request)).await?;
+        Ok(())
+    }
+
+    pub async fn list_firewall(&mut self) -> Result<ListFirewallRulesResponse> {
+        let call = self.fw.list_firewall_rules(ListFirewallRulesRequest {});
+        answer(&self.peer, call).await
+    }
+
+    pub async fn apply_firewall(
+        &mut self,
+        firewall_rules: Vec<FirewallRule>,
+        dry_run: bool,
+    ) -> Result<ApplyFirewallRulesResponse> {
+        let request = ApplyFirewallRulesRequest {
+            firewall_rules,
+            dry_run,
+        };
+        answer(&self.peer, self.fw.apply_firewall_rules(request)).await
     }
 
     pub async fn list_conntrack(

@@ -143,6 +143,8 @@ enum CreateResource {
     /// Define the health probe of an endpoint address
     #[command(alias = "ep")]
     Endpoint(CreateEndpoint),
+    /// Create a firewall rule: a match, a preference and one action
+    Firewall(CreateFirewall),
 }
 
 #[derive(Subcommand)]
@@ -159,6 +161,8 @@ enum DeleteResource {
         /// Endpoint IP address
         ip: String,
     },
+    /// Delete the firewall rule with this match and preference
+    Firewall(FirewallRuleArg),
 }
 
 #[derive(Subcommand)]
@@ -166,6 +170,8 @@ enum GetResource {
     /// List load-balancer rules
     #[command(alias = "loadbalancer")]
     Lb,
+    /// List firewall rules, highest preference first, with hit counters
+    Firewall,
     /// List tracked connections (both directions of each), with counts
     #[command(alias = "conntrack")]
     Ct(GetCt),
@@ -322,6 +328,49 @@ const ICMP_PORTS: args::PortMap = args::PortMap {
     target_port: 0,
 };
 
+/// `--firewallRule`: what a firewall rule matches, and its preference.
+#[derive(Args)]
+struct FirewallRuleArg {
+    /// "sourceIP:1.2.3.0/24,destinationIP:…,minSourcePort:…,maxSourcePort:…,
+    /// minDestinationPort:…,maxDestinationPort:…,protocol:6,portName:eth1,
+    /// preference:200"; keys left out match anything (preference: 0)
+    #[arg(long = "firewallRule", value_name = "KEY:VALUE,...")]
+    firewall_rule: String,
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("action").required(true).args(
+    ["allow", "drop", "trap", "redirect", "snat", "masquerade"]
+)))]
+struct CreateFirewall {
+    #[command(flatten)]
+    rule: FirewallRuleArg,
+    /// Let the flow through
+    #[arg(long)]
+    allow: bool,
+    /// Drop the flow
+    #[arg(long)]
+    drop: bool,
+    /// Hand the flow to Linux (iptables/nftables see it)
+    #[arg(long)]
+    trap: bool,
+    /// Send the flow out of this interface
+    #[arg(long, value_name = "INTERFACE")]
+    redirect: Option<String>,
+    /// Source NAT to this address (and port)
+    #[arg(long, value_name = "IP[,PORT]")]
+    snat: Option<String>,
+    /// Source NAT to the address of the outgoing interface
+    #[arg(long)]
+    masquerade: bool,
+    /// Count the rule's hits and report the flows it judges
+    #[arg(long)]
+    record: bool,
+    /// Set this mark on what the rule judges
+    #[arg(long, value_name = "N")]
+    setmark: Option<String>,
+}
+
 /// Selects tracked connections; every filter given must match.
 #[derive(Args)]
 struct CtFilter {
@@ -455,6 +504,26 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("Deleted lb {label}");
             }
         }
+        Command::Create {
+            resource: CreateResource::Firewall(fw),
+        } => {
+            let rule = firewall_rule(&fw)?;
+            connect().await?.create_firewall(rule).await?;
+            println!("Created firewall rule {}", fw.rule.firewall_rule);
+        }
+        Command::Delete {
+            resource: DeleteResource::Firewall(fw),
+        } => {
+            let m = args::parse_firewall_rule(&fw.firewall_rule)?;
+            connect().await?.delete_firewall(m).await?;
+            println!("Deleted firewall rule {}", fw.firewall_rule);
+        }
+        Command::Get {
+            resource: GetResource::Firewall,
+        } => {
+            let response = connect().await?.list_firewall().await?;
+            print_list(cli.output, &response, output::firewall_table)?;
+        }
         Command::Delete {
             resource: DeleteResource::Ct(delete),
         } => {
@@ -492,13 +561,20 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Save { file } => {
-            let mut rules = connect().await?.list_lbs().await?;
-            for lb in &mut rules.load_balancers {
+            let mut client = connect().await?;
+            let mut rules = RuleSet {
+                load_balancers: Some(client.list_lbs().await?.load_balancers),
+                firewall_rules: Some(client.list_firewall().await?.firewall_rules),
+            };
+            for lb in rules.load_balancers.iter_mut().flatten() {
                 lb.counters = None;
                 lb.endpoints.iter_mut().for_each(|e| {
                     e.counters = None;
                     e.state.clear();
                 });
+            }
+            for fw in rules.firewall_rules.iter_mut().flatten() {
+                fw.counters = None;
             }
             let text = serde_json::to_string_pretty(&rules)? + "\n";
             match file {
@@ -510,18 +586,34 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Apply { file, dry_run } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let rules: pb::ListLoadBalancersResponse =
-                serde_json::from_str(&text).with_context(|| {
-                    format!(
-                        "{}: not a rule set as `loxicmd save` writes it",
-                        file.display()
-                    )
-                })?;
-            let report = connect()
-                .await?
-                .apply_lbs(rules.load_balancers, dry_run)
-                .await?;
-            print!("{}", output::apply_report(&report, dry_run));
+            let rules: RuleSet = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{}: not a rule set as `loxicmd save` writes it",
+                    file.display()
+                )
+            })?;
+            let mut client = connect().await?;
+            // Both parts are checked in full before either changes, so that a
+            // bad rule in one leaves the other untouched too.
+            let passes: &[bool] = if dry_run { &[true] } else { &[true, false] };
+            for &dry in passes {
+                let lb = match &rules.load_balancers {
+                    Some(lb) => Some(client.apply_lbs(lb.clone(), dry).await?),
+                    None => None,
+                };
+                let fw = match &rules.firewall_rules {
+                    Some(fw) => Some(client.apply_firewall(fw.clone(), dry).await?),
+                    None => None,
+                };
+                if dry == dry_run {
+                    if let Some(lb) = lb {
+                        print!("{}", output::apply_report(&lb, dry_run));
+                    }
+                    if let Some(fw) = fw {
+                        print!("{}", output::firewall_apply_report(&fw, dry_run));
+                    }
+                }
+            }
         }
         Command::Get {
             resource: GetResource::Ct(get),
@@ -592,6 +684,45 @@ fn print_list<T: Serialize>(
         None | Some(OutputFormat::Wide) => print!("{}", table(response)),
     }
     Ok(())
+}
+
+/// What `save` writes and `apply` reads. A part the file leaves out is left
+/// as it runs, so files from before the firewall existed keep working.
+#[derive(Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RuleSet {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    load_balancers: Option<Vec<pb::LoadBalancer>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    firewall_rules: Option<Vec<pb::FirewallRule>>,
+}
+
+/// The CreateFirewallRule request of `create firewall`.
+fn firewall_rule(fw: &CreateFirewall) -> Result<pb::FirewallRule, ArgError> {
+    let (snat_ip, snat_port) = match &fw.snat {
+        Some(v) => args::parse_snat(v)?,
+        None => (String::new(), 0),
+    };
+    let mark = fw
+        .setmark
+        .as_deref()
+        .map(|m| args::parse_number("--setmark", m, "mark must be a number"))
+        .transpose()?;
+    Ok(pb::FirewallRule {
+        r#match: Some(args::parse_firewall_rule(&fw.rule.firewall_rule)?),
+        options: Some(pb::FirewallOptions {
+            allow: fw.allow,
+            drop: fw.drop,
+            trap: fw.trap,
+            redirect: fw.redirect.clone().unwrap_or_default(),
+            snat_ip,
+            snat_port,
+            masquerade: fw.masquerade,
+            record: fw.record,
+            mark,
+        }),
+        counters: None,
+    })
 }
 
 /// The endpoint probe of `create endpoint`; numbers must be numbers, the
@@ -868,6 +999,68 @@ mod tests {
             let line = format!("loxicmd get {name}");
             assert!(matches!(resource(&line), GetResource::Neighbor), "{name}");
         }
+    }
+
+    #[test]
+    fn create_firewall_takes_exactly_one_action() {
+        let rule = "--firewallRule=sourceIP:10.0.0.0/8,protocol:17,preference:9";
+        let cli = parse(&format!(
+            "loxicmd create firewall {rule} --snat=192.0.2.1,4000 --record --setmark=7"
+        ));
+        let Command::Create {
+            resource: CreateResource::Firewall(fw),
+        } = cli.command
+        else {
+            panic!("not create firewall");
+        };
+        let r = firewall_rule(&fw).unwrap();
+        let (m, o) = (r.r#match.unwrap(), r.options.unwrap());
+        assert_eq!(
+            (m.source_ip.as_str(), m.protocol, m.preference),
+            ("10.0.0.0/8", 17, 9)
+        );
+        assert_eq!((o.snat_ip.as_str(), o.snat_port), ("192.0.2.1", 4000));
+        assert!(o.record && !o.allow && !o.drop);
+        assert_eq!(o.mark, Some(7));
+        for line in [
+            format!("loxicmd create firewall {rule}"),
+            format!("loxicmd create firewall {rule} --allow --drop"),
+            "loxicmd create firewall --drop".to_owned(),
+        ] {
+            assert!(
+                Cli::try_parse_from(line.split_whitespace()).is_err(),
+                "{line}"
+            );
+        }
+        let cli = parse(&format!(
+            "loxicmd create firewall {rule} --drop --setmark=x"
+        ));
+        let Command::Create {
+            resource: CreateResource::Firewall(fw),
+        } = cli.command
+        else {
+            panic!("not create firewall");
+        };
+        assert!(firewall_rule(&fw)
+            .unwrap_err()
+            .to_string()
+            .contains("--setmark"));
+    }
+
+    #[test]
+    fn rule_files_leave_out_what_they_do_not_change() {
+        let old: RuleSet = serde_json::from_str(r#"{"loadBalancers": []}"#).unwrap();
+        assert!(old.firewall_rules.is_none());
+        assert_eq!(old.load_balancers.map(|l| l.len()), Some(0));
+        let new: RuleSet = serde_json::from_str(
+            r#"{"firewallRules": [{"match": {"sourceIp": "10.0.0.0/8", "preference": 3},
+                "options": {"drop": true}}]}"#,
+        )
+        .unwrap();
+        assert!(new.load_balancers.is_none());
+        let rules = new.firewall_rules.unwrap();
+        assert_eq!(rules[0].r#match.as_ref().unwrap().preference, 3);
+        assert!(rules[0].options.as_ref().unwrap().drop);
     }
 
     #[test]

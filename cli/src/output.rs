@@ -4,9 +4,10 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::pb::{
-    Address, ApplyLoadBalancersResponse, ConntrackCount, ConntrackEntry, ConntrackTable, Counters,
-    EndpointProbe, Interface, ListLoadBalancersResponse, LoadBalancer, Neighbour, NextHop, Route,
-    ServiceKey,
+    Address, ApplyFirewallRulesResponse, ApplyLoadBalancersResponse, ConntrackCount,
+    ConntrackEntry, ConntrackTable, Counters, EndpointProbe, FirewallMatch, FirewallOptions,
+    Interface, ListFirewallRulesResponse, ListLoadBalancersResponse, LoadBalancer, Neighbour,
+    NextHop, Route, ServiceKey,
 };
 
 /// The ports of a service as loxicmd takes them: `2020`, a range `8080-8081`,
@@ -347,21 +348,154 @@ fn render(header: &[&str], rows: &[Vec<String>]) -> String {
 
 /// One line per change (`+` create, `~` update, `-` delete), then totals.
 pub fn apply_report(r: &ApplyLoadBalancersResponse, dry_run: bool) -> String {
+    let label = |keys: &[crate::pb::ServiceKey]| -> Vec<String> {
+        keys.iter().map(service_label).collect()
+    };
+    let changes = [label(&r.created), label(&r.updated), label(&r.deleted)];
+    report_lines("lb", changes, r.unchanged, dry_run)
+}
+
+/// `apply_report` for the firewall part of a rule file.
+pub fn firewall_apply_report(r: &ApplyFirewallRulesResponse, dry_run: bool) -> String {
+    let label = |keys: &[FirewallMatch]| -> Vec<String> { keys.iter().map(rule_label).collect() };
+    let changes = [label(&r.created), label(&r.updated), label(&r.deleted)];
+    report_lines("firewall", changes, r.unchanged, dry_run)
+}
+
+/// `[created, updated, deleted]` labels of rules of `kind`.
+fn report_lines(kind: &str, changes: [Vec<String>; 3], unchanged: u32, dry_run: bool) -> String {
     let mut out = String::new();
-    for (sign, keys) in [("+", &r.created), ("~", &r.updated), ("-", &r.deleted)] {
-        for k in keys {
-            out += &format!("{sign} lb {}\n", service_label(k));
+    for (sign, labels) in ["+", "~", "-"].iter().zip(&changes) {
+        for l in labels {
+            out += &format!("{sign} {kind} {l}\n");
         }
     }
     let verb = if dry_run { "would be" } else { "were" };
     out += &format!(
-        "{} created, {} updated, {} deleted, {} unchanged ({verb} changed)\n",
-        r.created.len(),
-        r.updated.len(),
-        r.deleted.len(),
-        r.unchanged
+        "{kind}: {} created, {} updated, {} deleted, {unchanged} unchanged ({verb} changed)\n",
+        changes[0].len(),
+        changes[1].len(),
+        changes[2].len(),
     );
     out
+}
+
+/// A firewall match in `--firewallRule` syntax, with the keys that are set.
+pub fn rule_label(m: &FirewallMatch) -> String {
+    let mut parts = Vec::new();
+    for (key, v) in [
+        ("sourceIP", &m.source_ip),
+        ("destinationIP", &m.destination_ip),
+    ] {
+        if !v.is_empty() {
+            parts.push(format!("{key}:{v}"));
+        }
+    }
+    for (name, min, max) in [
+        ("Source", m.min_source_port, m.max_source_port),
+        (
+            "Destination",
+            m.min_destination_port,
+            m.max_destination_port,
+        ),
+    ] {
+        if (min, max) != (0, 65535) && (min, max) != (0, 0) {
+            parts.push(format!("min{name}Port:{min},max{name}Port:{max}"));
+        }
+    }
+    if m.protocol != 0 {
+        parts.push(format!("protocol:{}", m.protocol));
+    }
+    if !m.port_name.is_empty() {
+        parts.push(format!("portName:{}", m.port_name));
+    }
+    parts.push(format!("preference:{}", m.preference));
+    parts.join(",")
+}
+
+/// The action column of `get firewall`, in loxicmd's flag syntax.
+fn firewall_action(o: &FirewallOptions) -> String {
+    let mut parts = Vec::new();
+    for (set, name) in [
+        (o.allow, "allow"),
+        (o.drop, "drop"),
+        (o.trap, "trap"),
+        (o.masquerade, "masquerade"),
+        (o.record, "record"),
+    ] {
+        if set {
+            parts.push(name.to_owned());
+        }
+    }
+    if !o.redirect.is_empty() {
+        parts.insert(0, format!("redirect={}", o.redirect));
+    }
+    if !o.snat_ip.is_empty() {
+        let port = match o.snat_port {
+            0 => String::new(),
+            p => format!(",{p}"),
+        };
+        parts.insert(0, format!("snat={}{port}", o.snat_ip));
+    }
+    if let Some(mark) = o.mark {
+        parts.push(format!("setmark={mark}"));
+    }
+    parts.join(" ")
+}
+
+/// `get firewall` table, then the default policy.
+pub fn firewall_table(r: &ListFirewallRulesResponse) -> String {
+    let header = [
+        "SOURCE IP",
+        "DESTINATION IP",
+        "SPORT",
+        "DPORT",
+        "PROTO",
+        "PORT NAME",
+        "PREF",
+        "ACTION",
+        "PACKETS",
+        "BYTES",
+    ];
+    let any = |s: &str| {
+        if s.is_empty() {
+            "any".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    let ports = |min: u32, max: u32| match (min, max) {
+        (0, 0) | (0, 65535) => "any".to_owned(),
+        (a, b) if a == b => a.to_string(),
+        (a, b) => format!("{a}-{b}"),
+    };
+    let rows: Vec<Vec<String>> = r
+        .firewall_rules
+        .iter()
+        .map(|rule| {
+            let m = rule.r#match.clone().unwrap_or_default();
+            let mut row = vec![
+                any(&m.source_ip),
+                any(&m.destination_ip),
+                ports(m.min_source_port, m.max_source_port),
+                ports(m.min_destination_port, m.max_destination_port),
+                match m.protocol {
+                    0 => "any".to_owned(),
+                    p => p.to_string(),
+                },
+                any(&m.port_name),
+                m.preference.to_string(),
+                firewall_action(&rule.options.clone().unwrap_or_default()),
+            ];
+            row.extend(counter_cells(rule.counters));
+            row
+        })
+        .collect();
+    format!(
+        "{}Default policy: {}\n",
+        render(&header, &rows),
+        r.default_policy
+    )
 }
 
 #[cfg(test)]
@@ -722,5 +856,63 @@ mod tests {
             assert_eq!(service_label(&k), label);
         }
         assert_eq!(ports_label(&key("20.20.20.1", 0, 0, "icmp")), "-");
+    }
+
+    #[test]
+    fn firewall_table_shows_rules_actions_and_the_default() {
+        use crate::pb::FirewallRule;
+        let rule = |m: FirewallMatch, o: FirewallOptions, packets| FirewallRule {
+            r#match: Some(m),
+            options: Some(o),
+            counters: Some(Counters {
+                packets,
+                bytes: packets * 100,
+            }),
+        };
+        let r = ListFirewallRulesResponse {
+            firewall_rules: vec![
+                rule(
+                    FirewallMatch {
+                        source_ip: "10.0.0.0/8".into(),
+                        min_destination_port: 80,
+                        max_destination_port: 90,
+                        protocol: 6,
+                        port_name: "eth1".into(),
+                        preference: 200,
+                        ..Default::default()
+                    },
+                    FirewallOptions {
+                        snat_ip: "192.0.2.1".into(),
+                        snat_port: 4000,
+                        record: true,
+                        mark: Some(7),
+                        ..Default::default()
+                    },
+                    3,
+                ),
+                rule(
+                    FirewallMatch::default(),
+                    FirewallOptions {
+                        drop: true,
+                        ..Default::default()
+                    },
+                    0,
+                ),
+            ],
+            default_policy: "allow".into(),
+        };
+        let expected = "\
+| SOURCE IP  | DESTINATION IP | SPORT | DPORT | PROTO | PORT NAME | PREF | ACTION                               | PACKETS | BYTES |
+|------------|----------------|-------|-------|-------|-----------|------|--------------------------------------|---------|-------|
+| 10.0.0.0/8 | any            | any   | 80-90 | 6     | eth1      | 200  | snat=192.0.2.1,4000 record setmark=7 | 3       | 300   |
+| any        | any            | any   | any   | any   | any       | 0    | drop                                 | 0       | 0     |
+Default policy: allow
+";
+        assert_eq!(firewall_table(&r), expected);
+        assert_eq!(
+            rule_label(r.firewall_rules[0].r#match.as_ref().unwrap()),
+            "sourceIP:10.0.0.0/8,minDestinationPort:80,maxDestinationPort:90,protocol:6,\
+             portName:eth1,preference:200"
+        );
     }
 }

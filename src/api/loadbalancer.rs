@@ -166,18 +166,10 @@ impl LoadBalancerService for Api {
             .map(|(i, lb)| rule_from_proto(&format!("load_balancers[{i}]"), Some(lb)))
             .collect::<crate::rules::Result<Vec<_>>>()?;
         let store = self.store.clone();
-        // Thousands of map updates and a file write: keep them off the reactor.
-        let report = tokio::task::spawn_blocking(move || store.apply(rules, req.dry_run))
-            .await
-            .map_err(|e| Status::internal(format!("applying: {e}")))??;
+        let report = super::blocking("applying", move || store.apply(rules, req.dry_run)).await?;
         if !req.dry_run {
             self.health.notify();
-            tracing::info!(
-                created = report.created.len(),
-                updated = report.updated.len(),
-                deleted = report.deleted.len(),
-                "rule set applied"
-            );
+            super::log_applied(&report, "rule set");
         }
         let keys = |v: &[crate::rules::ServiceKey]| v.iter().map(key_to_proto).collect();
         Ok(Response::new(pb::ApplyLoadBalancersResponse {

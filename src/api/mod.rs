@@ -1,6 +1,7 @@
 //! The gRPC API: translates proto <-> domain and maps errors to status codes.
 mod conntrack;
 mod endpoint;
+mod firewall;
 mod loadbalancer;
 mod network;
 mod stats;
@@ -19,6 +20,7 @@ use crate::health::Health;
 use crate::metrics::ApiStats;
 use crate::proto::v1::conntrack_service_server::ConntrackServiceServer;
 use crate::proto::v1::endpoint_service_server::EndpointServiceServer;
+use crate::proto::v1::firewall_service_server::FirewallServiceServer;
 use crate::proto::v1::load_balancer_service_server::LoadBalancerServiceServer;
 use crate::proto::v1::network_service_server::NetworkServiceServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
@@ -35,6 +37,9 @@ impl From<rules::Error> for Status {
             rules::Error::Datapath(datapath::Error::MapFull { .. }) => {
                 Status::resource_exhausted(msg)
             }
+            rules::Error::Datapath(datapath::Error::Unsupported { .. }) => {
+                Status::failed_precondition(msg)
+            }
             rules::Error::Persist(_) => {
                 tracing::error!(error = %msg, "persisting the rules failed");
                 Status::unavailable(msg)
@@ -45,6 +50,28 @@ impl From<rules::Error> for Status {
             }
         }
     }
+}
+
+/// Runs a rule-store change off the async reactor: it may be thousands of
+/// map updates and a file write.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> rules::Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("{what}: {e}")))?
+        .map_err(Status::from)
+}
+
+/// Logs what an apply (not a dry run) changed.
+fn log_applied<K>(report: &rules::ApplyReport<K>, what: &str) {
+    tracing::info!(
+        created = report.created.len(),
+        updated = report.updated.len(),
+        deleted = report.deleted.len(),
+        "{what} applied"
+    );
 }
 
 /// Serves the API on `listener` (with TLS if given; `tls` is for TCP only)
@@ -72,6 +99,9 @@ pub async fn serve(
     health_reporter
         .set_serving::<EndpointServiceServer<endpoint::Api>>()
         .await;
+    health_reporter
+        .set_serving::<FirewallServiceServer<firewall::Api>>()
+        .await;
 
     let mut server = Server::builder();
     if let Some(tls) = tls {
@@ -91,6 +121,10 @@ pub async fn serve(
             health,
         )))
         .add_service(ConntrackServiceServer::new(conntrack::Api::new(
+            store.clone(),
+            dp.clone(),
+        )))
+        .add_service(FirewallServiceServer::new(firewall::Api::new(
             store,
             dp.clone(),
         )))

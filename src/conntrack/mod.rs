@@ -90,7 +90,9 @@ fn flow_id(e: &View) -> Tuple {
 /// replies. A direction that translates both sides shows both, source first
 /// ("snat-…,dnat-…"); the reply direction's names say which translation of
 /// the original it undoes. A DSR entry shows the endpoint it routes to
-/// ("dsr-31.31.31.1"): only the MAC changes.
+/// ("dsr-31.31.31.1"): only the MAC changes. A flow the firewall let in
+/// untranslated shows "allow", or "allow-mark-N" with the mark it carries
+/// (in ep_idx).
 fn action(e: &View) -> String {
     if e.one_way() {
         return format!("dsr-{}", e.nat.dst);
@@ -118,10 +120,14 @@ fn action(e: &View) -> String {
             IpAddr::V6(a) => format!("{name}-[{a}]:{port}"),
         })
         .collect();
-    if parts.is_empty() {
-        "-".into()
-    } else {
+    if !parts.is_empty() {
         parts.join(",")
+    } else if e.ct.svc_id != datapath::SVC_NONE {
+        "-".into()
+    } else if e.ct.ep_idx == 0 {
+        "allow".into()
+    } else {
+        format!("allow-mark-{}", e.ct.ep_idx)
     }
 }
 

@@ -24,6 +24,9 @@ pub trait CtTable {
     /// The table and its ll_ct_stat counters.
     fn maps(dp: &Datapath) -> (&MapHandle, &MapHandle);
     fn ct(v: &Self::Value) -> &ll_ct;
+    /// The key of the other direction of the flow that (k, v) belongs to:
+    /// the translated tuple turned around (as ll_ct_partner in bpf/lib/ct.h).
+    fn partner(k: &Self::Key, v: &Self::Value) -> Self::Key;
 }
 
 /// IPv4 flows.
@@ -40,6 +43,16 @@ impl CtTable for Ct4 {
     fn ct(v: &ll_ct) -> &ll_ct {
         v
     }
+    fn partner(k: &ll_ct_key, v: &ll_ct) -> ll_ct_key {
+        ll_ct_key {
+            saddr: v.nat.daddr,
+            daddr: v.nat.saddr,
+            sport: v.nat.dport,
+            dport: v.nat.sport,
+            proto: k.proto,
+            pad: [0; 3],
+        }
+    }
 }
 
 impl CtTable for Ct6 {
@@ -50,6 +63,16 @@ impl CtTable for Ct6 {
     }
     fn ct(v: &ll_ct6) -> &ll_ct {
         &v.ct
+    }
+    fn partner(k: &ll_ct6_key, v: &ll_ct6) -> ll_ct6_key {
+        ll_ct6_key {
+            saddr: v.nat6.daddr,
+            daddr: v.nat6.saddr,
+            sport: v.ct.nat.dport,
+            dport: v.ct.nat.sport,
+            proto: k.proto,
+            pad: [0; 3],
+        }
     }
 }
 
@@ -225,7 +248,8 @@ impl Datapath {
         Ok(deleted)
     }
 
-    /// Deletes the conntrack entries for which `pred` holds; returns how many.
+    /// Deletes the IPv4 flows (both entries) of which an entry satisfies
+    /// `pred`; returns how many entries went.
     pub fn flush_conntrack(&self, pred: impl Fn(&ll_ct_key, &ll_ct) -> bool) -> Result<u64> {
         self.flush_table::<Ct4>(pred)
     }
@@ -244,7 +268,7 @@ impl Datapath {
                 keys.iter()
                     .zip(values)
                     .filter(|(k, v)| pred(k, v))
-                    .map(|(k, _)| *k),
+                    .flat_map(|(k, v)| [*k, T::partner(k, v)]),
             );
             match self.delete_in::<T>(&doomed, Removal::Requested) {
                 Ok(n) => {
@@ -260,12 +284,16 @@ impl Datapath {
         failed.map_or(Ok(deleted), Err)
     }
 
-    /// The table's running totals.
+    /// The IPv4 table's running totals.
     pub fn conntrack_counters(&self) -> Result<CtCounters> {
+        self.table_counters::<Ct4>()
+    }
+
+    /// The running totals of either table.
+    pub fn table_counters<T: CtTable>(&self) -> Result<CtCounters> {
+        let stats = T::maps(self).1;
         let sum = |stat: ll_ct_stat| -> Result<u64> {
-            Ok(percpu_values::<u64>(&self.maps.ct_stats, stat.0)?
-                .iter()
-                .sum())
+            Ok(percpu_values::<u64>(stats, stat.0)?.iter().sum())
         };
         Ok(CtCounters {
             created: sum(ll_ct_stat::LL_CT_STAT_CREATED)?,

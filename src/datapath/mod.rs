@@ -1,6 +1,7 @@
 //! The only code that touches BPF: loads the skeleton, pins its maps, attaches
 //! the TC program, and gives typed access to the maps.
 mod conntrack;
+mod firewall;
 mod hooks;
 mod names;
 mod network;
@@ -21,6 +22,7 @@ use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, ProgramHandle};
 
 pub use conntrack::{monotonic_ns, Ct4, Ct6, CtCounters, CtTable, Removal, CT_BATCH};
+pub use firewall::{FwAction, FwDefault, FwEntry, FwEvent, FW_MAX_RULES};
 pub use hooks::{Hook, HookKind};
 use names::EnumLabels;
 pub use skel::types;
@@ -30,6 +32,8 @@ use types::{ll_counters, ll_ct_state, ll_reason, ll_svc};
 /// Endpoints per service and selection slots per service (bpf/lib/common.h).
 pub const MAX_ENDPOINTS: usize = 32;
 pub const MAX_SLOTS: usize = 128;
+/// ll_ct.svc_id of a flow the firewall let in untranslated (LL_SVC_NONE).
+pub const SVC_NONE: u32 = u32::MAX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -47,6 +51,8 @@ pub enum Error {
     },
     #[error("map {map} is full")]
     MapFull { map: &'static str },
+    #[error("{what} is not supported yet")]
+    Unsupported { what: String },
 }
 
 impl Error {
@@ -87,13 +93,13 @@ impl Default for Limits {
 struct Maps {
     services: MapHandle,
     services6: MapHandle,
-    conntrack6: MapHandle,
-    ct6_stats: MapHandle,
     ranges: MapHandle,
     range_vips: MapHandle,
     rr_cursor: MapHandle,
     conntrack: MapHandle,
     ct_stats: MapHandle,
+    conntrack6: MapHandle,
+    ct6_stats: MapHandle,
     svc_stats: MapHandle,
     ep_stats: MapHandle,
     reasons: MapHandle,
@@ -109,6 +115,7 @@ struct Maps {
     routes6: MapHandle,
     neighs: MapHandle,
     neigh_miss: MapHandle,
+    fw: firewall::FwMaps,
 }
 
 /// A loaded datapath. Maps and program are held by their own file
@@ -124,6 +131,8 @@ pub struct Datapath {
     hooks: Mutex<HashMap<u32, Hook>>,
     /// Serialises the daemon's updates of its conntrack counters.
     ct_stats_lock: Mutex<()>,
+    /// Serialises firewall changes (each fills the inactive generation).
+    fw_lock: Mutex<()>,
     /// The highest lower bound of LRU evictions seen by a table walk.
     ct_evicted: AtomicU64,
 }
@@ -134,6 +143,8 @@ pub struct TestRun {
     pub retval: u32,
     pub data: Vec<u8>,
     pub duration_ns: u32,
+    /// skb->mark as the program left it (TC; always 0 for XDP).
+    pub mark: u32,
 }
 
 impl Datapath {
@@ -163,7 +174,8 @@ impl Datapath {
             (&mut m.ll_svc_opts, limits.services),
             (&mut m.ll_ep_active, eps),
             (&mut m.ll_conntrack, limits.conntrack),
-            (&mut m.ll_conntrack6, (limits.conntrack / 4).max(1)),
+            // IPv6 flows: a quarter of the memory.
+            (&mut m.ll_conntrack6, (limits.conntrack / 4).max(1024)),
             (&mut m.ll_services6, limits.services),
             (&mut m.ll_routes4, limits.routes),
             (&mut m.ll_routes6, limits.routes),
@@ -173,11 +185,13 @@ impl Datapath {
         }
         if let Some(dir) = pin_dir {
             fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
-            // Only our state: .rodata is frozen and per-load, and the miss
-            // report channel belongs to the daemon that reads it.
+            // Only our state: .rodata is frozen and per-load, and the ring
+            // buffers (neighbour misses, firewall events) belong to the
+            // daemon that reads them.
             for mut map in open.open_object_mut().maps_mut() {
-                let name = map.name().as_encoded_bytes();
-                if !name.starts_with(b"ll_") || name.starts_with(b"ll_neigh_miss") {
+                if !map.name().as_encoded_bytes().starts_with(b"ll_")
+                    || map.map_type() == libbpf_rs::MapType::RingBuf
+                {
                     continue;
                 }
                 let path = dir.join(map.name());
@@ -194,13 +208,13 @@ impl Datapath {
         let maps = Maps {
             services: handle(&skel.maps.ll_services)?,
             services6: handle(&skel.maps.ll_services6)?,
-            conntrack6: handle(&skel.maps.ll_conntrack6)?,
-            ct6_stats: handle(&skel.maps.ll_ct6_stats)?,
             ranges: handle(&skel.maps.ll_svc_ranges)?,
             range_vips: handle(&skel.maps.ll_range_vips)?,
             rr_cursor: handle(&skel.maps.ll_rr_cursor)?,
             conntrack: handle(&skel.maps.ll_conntrack)?,
             ct_stats: handle(&skel.maps.ll_ct_stats)?,
+            conntrack6: handle(&skel.maps.ll_conntrack6)?,
+            ct6_stats: handle(&skel.maps.ll_ct6_stats)?,
             svc_stats: handle(&skel.maps.ll_svc_stats)?,
             ep_stats: handle(&skel.maps.ll_ep_stats)?,
             reasons: handle(&skel.maps.ll_reasons)?,
@@ -216,6 +230,18 @@ impl Datapath {
             routes6: handle(&skel.maps.ll_routes6)?,
             neighs: handle(&skel.maps.ll_neighs)?,
             neigh_miss: handle(&skel.maps.ll_neigh_miss)?,
+            fw: firewall::FwMaps {
+                cur: handle(&skel.maps.ll_fw_cur)?,
+                gens: handle(&skel.maps.ll_fw_gens)?,
+                rules: handle(&skel.maps.ll_fw_rules)?,
+                lpm: handle(&skel.maps.ll_fw_lpm)?,
+                ports: handle(&skel.maps.ll_fw_ports)?,
+                protos: handle(&skel.maps.ll_fw_protos)?,
+                ifaces: handle(&skel.maps.ll_fw_ifaces)?,
+                blocks: handle(&skel.maps.ll_fw_blocks)?,
+                stats: handle(&skel.maps.ll_fw_stats)?,
+                events: handle(&skel.maps.ll_fw_events)?,
+            },
         };
         let tc_prog = ProgramHandle::try_from(&skel.progs.ll_tc_ingress)
             .map_err(Error::bpf("taking the TC program handle"))?;
@@ -231,6 +257,7 @@ impl Datapath {
             labels,
             hooks: Mutex::new(HashMap::new()),
             ct_stats_lock: Mutex::new(()),
+            fw_lock: Mutex::new(()),
             ct_evicted: AtomicU64::new(0),
         })
     }
@@ -413,6 +440,17 @@ impl Datapath {
         opts.data_out = out.as_mut_ptr().cast();
         opts.data_size_out = out.len() as u32;
         opts.repeat = repeat.max(1) as _;
+        // A zeroed struct __sk_buff (192 bytes today; the kernel accepts a
+        // longer one with a zero tail) in, mark (its third field) out.
+        let mut skb = [0u32; 64];
+        if hook == HookKind::Tc {
+            let size = std::mem::size_of_val(&skb) as u32;
+            let ctx = skb.as_mut_ptr();
+            opts.ctx_in = ctx.cast();
+            opts.ctx_size_in = size;
+            opts.ctx_out = ctx.cast();
+            opts.ctx_size_out = size;
+        }
         // SAFETY: see above; the fd is owned by self.
         let ret = unsafe {
             libbpf_sys::bpf_prog_test_run_opts(self.prog(hook).as_fd().as_raw_fd(), &mut opts)
@@ -428,6 +466,7 @@ impl Datapath {
             retval: opts.retval,
             data: out,
             duration_ns: opts.duration,
+            mark: skb[2],
         })
     }
 }

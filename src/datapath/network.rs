@@ -342,24 +342,35 @@ impl Datapath {
     /// Blocks, calling `f(ifindex, next hop)` for each unresolved next hop
     /// the datapath reports, until `f` returns false.
     pub fn watch_neigh_misses(&self, mut f: impl FnMut(u32, IpAddr) -> bool) -> Result<()> {
+        self.watch_ring(&self.maps.neigh_miss, "neighbour misses", |data| {
+            pod::read::<ll_neigh_key>(data).is_none_or(|k| f(k.ifindex, ip_from(k.family, &k.addr)))
+        })
+    }
+
+    /// Blocks, calling `f` with each record of the ring buffer `map` until
+    /// it returns false.
+    pub(super) fn watch_ring(
+        &self,
+        map: &libbpf_rs::MapHandle,
+        what: &str,
+        mut f: impl FnMut(&[u8]) -> bool,
+    ) -> Result<()> {
         let stop = std::cell::Cell::new(false);
         let mut builder = libbpf_rs::RingBufferBuilder::new();
         builder
-            .add(&self.maps.neigh_miss, |data: &[u8]| {
-                if let Some(k) = pod::read::<ll_neigh_key>(data) {
-                    if !f(k.ifindex, ip_from(k.family, &k.addr)) {
-                        stop.set(true);
-                    }
+            .add(map, |data: &[u8]| {
+                if !f(data) {
+                    stop.set(true);
                 }
                 0
             })
-            .map_err(Error::bpf("reading neighbour misses"))?;
+            .map_err(Error::bpf(format!("reading {what}")))?;
         let rb = builder
             .build()
-            .map_err(Error::bpf("reading neighbour misses"))?;
+            .map_err(Error::bpf(format!("reading {what}")))?;
         while !stop.get() {
             rb.poll(std::time::Duration::from_millis(500))
-                .map_err(Error::bpf("polling neighbour misses"))?;
+                .map_err(Error::bpf(format!("polling {what}")))?;
         }
         Ok(())
     }

@@ -44,6 +44,9 @@ pub struct MirrorOptions {
     pub netlink_rcvbuf: usize,
     /// Shared with whoever reports on the mirror (the metrics endpoint).
     pub stats: Arc<MirrorStats>,
+    /// Notified when an interface appears, goes or is renamed, for rules
+    /// that name interfaces (the firewall's).
+    pub links_changed: Arc<tokio::sync::Notify>,
 }
 
 /// What the mirror has done since start, counted as it happens so that a
@@ -190,8 +193,12 @@ impl Mirror {
             tracing::info!(interface = %i.name, ifindex = i.index, hook = hook.as_str(), "datapath attached");
         }
         self.dp.set_iface(&i, self.dp.hook_of(i.index).is_some())?;
-        if self.links.get(&i.index).is_some_and(|o| o.up != i.up) {
+        let old = self.links.get(&i.index);
+        if old.is_some_and(|o| o.up != i.up) {
             self.route_resync = true;
+        }
+        if old.is_none_or(|o| o.name != i.name) {
+            self.opts.links_changed.notify_one();
         }
         self.links.insert(i.index, i);
         Ok(())
@@ -203,6 +210,7 @@ impl Mirror {
         }
         self.dp.forget(index);
         self.dp.del_iface(index)?;
+        self.opts.links_changed.notify_one();
         self.route_resync = true;
         Ok(())
     }

@@ -58,6 +58,7 @@ pub fn render(src: &Sources) -> datapath::Result<String> {
         1,
     );
     render_rules(&mut w, src)?;
+    render_firewall(&mut w, src)?;
     render_datapath(&mut w, &src.dp)?;
     render_mirror(&mut w, &src.mirror);
     render_api(&mut w, &src.api);
@@ -219,6 +220,39 @@ fn render_rules(w: &mut Writer, src: &Sources) -> datapath::Result<()> {
 
 /// Verdicts (every packet has exactly one) and NAT outcomes (counted on top
 /// of the verdict) are separate families, so that each sums to something.
+/// Firewall rules and their hits, labelled with the rule in loxicmd's
+/// `--firewallRule` syntax (its identity) and its action.
+fn render_firewall(w: &mut Writer, src: &Sources) -> datapath::Result<()> {
+    let rules = src.store.list_firewall_rules();
+    let counters = src.dp.firewall_counters()?;
+    let name = "loxilight_firewall_rules";
+    w.family(name, Kind::Gauge, "Firewall rules in the rule store.");
+    w.sample(name, &[], rules.len());
+    for (name, help, bytes) in [
+        (
+            "loxilight_firewall_rule_packets_total",
+            "Packets a firewall rule judged.",
+            false,
+        ),
+        (
+            "loxilight_firewall_rule_bytes_total",
+            "Bytes a firewall rule judged.",
+            true,
+        ),
+    ] {
+        w.family(name, Kind::Counter, help);
+        for s in &rules {
+            let value = counters
+                .get(&s.id)
+                .map_or(0, |c| if bytes { c.bytes } else { c.packets });
+            let rule = s.rule.matches.to_string();
+            let labels = [("rule", rule.as_str()), ("action", s.rule.action.as_str())];
+            w.sample(name, &labels, value);
+        }
+    }
+    Ok(())
+}
+
 fn render_datapath(w: &mut Writer, dp: &Datapath) -> datapath::Result<()> {
     let mut verdicts = Vec::new();
     let mut nat = Vec::new();

@@ -1,9 +1,15 @@
 //! The domain model of the rule set, its validation, and the rule store (the
 //! single source of truth that the datapath is programmed from).
+mod firewall;
+mod fwstore;
 mod model;
 mod persist;
 mod store;
 
+pub use firewall::{
+    parse_snat_ip, DefaultPolicy, FwAction, FwMatch, FwRule, IpPrefix, PortRange, PORT_PROTOCOLS,
+};
+pub use fwstore::StoredFwRule;
 pub use model::{
     parse_ip, parse_port, parse_target_port, parse_weight, Endpoint, EndpointProbe, LbRule, Mode,
     ProbeType, Protocol, Selection, ServiceKey, SourcePrefix, DEFAULT_INACTIVITY_TIMEOUT,

@@ -6,10 +6,14 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Endpoint, EndpointProbe, Error, LbRule, Result, StoredRule};
+use super::{Endpoint, EndpointProbe, Error, FwRule, LbRule, Result, StoredFwRule, StoredRule};
 use crate::datapath::MAX_ENDPOINTS;
 
+/// Files without firewall rules are written as version 1, which every
+/// daemon reads; with them, as version 2, so that a daemon from before the
+/// firewall refuses the file instead of starting without its rules.
 const VERSION: u32 = 1;
+const VERSION_FIREWALL: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct StateFile {
@@ -18,6 +22,15 @@ struct StateFile {
     /// Absent from files written before health checks.
     #[serde(default)]
     endpoint_probes: Vec<EndpointProbe>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    firewall_rules: Vec<PersistedFw>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PersistedFw {
+    id: u32,
+    #[serde(flatten)]
+    rule: FwRule,
 }
 
 /// What the state file holds.
@@ -25,6 +38,7 @@ struct StateFile {
 pub struct State {
     pub rules: Vec<StoredRule>,
     pub probes: Vec<EndpointProbe>,
+    pub firewall: Vec<StoredFwRule>,
 }
 
 /// A rule with its datapath id, kept so that a restarted daemon adopts the
@@ -53,7 +67,7 @@ pub fn load(path: &Path) -> Result<State> {
         Err(e) => return Err(io_err("reading", path, e)),
     };
     let file: StateFile = serde_json::from_str(&text).map_err(|e| io_err("parsing", path, e))?;
-    if file.version != VERSION {
+    if file.version != VERSION && file.version != VERSION_FIREWALL {
         return Err(io_err(
             "reading",
             path,
@@ -95,18 +109,48 @@ pub fn load(path: &Path) -> Result<State> {
                 .map_err(|e| io_err("validating", path, e))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(State { rules, probes })
+    let firewall = file
+        .firewall_rules
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let f = format!("firewall_rules[{i}]");
+            p.rule
+                .validate(&format!("{f}.match"), &f)
+                .map_err(|e| io_err("validating", path, e))?;
+            Ok(StoredFwRule {
+                id: p.id,
+                rule: p.rule,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(State {
+        rules,
+        probes,
+        firewall,
+    })
 }
 
-/// Writes `rules` to `path` so that a crash leaves either the old file or
+/// Writes the rule set to `path` so that a crash leaves either the old file or
 /// the new one: a temporary file, fsync, rename, fsync of the directory.
 pub fn save<'a>(
     path: &Path,
     rules: impl Iterator<Item = &'a StoredRule>,
     probes: impl Iterator<Item = &'a EndpointProbe>,
+    firewall: impl Iterator<Item = &'a StoredFwRule>,
 ) -> Result<()> {
+    let firewall_rules: Vec<PersistedFw> = firewall
+        .map(|s| PersistedFw {
+            id: s.id,
+            rule: s.rule.clone(),
+        })
+        .collect();
     let file = StateFile {
-        version: VERSION,
+        version: if firewall_rules.is_empty() {
+            VERSION
+        } else {
+            VERSION_FIREWALL
+        },
         load_balancers: rules
             .map(|s| Persisted {
                 id: s.id,
@@ -119,6 +163,7 @@ pub fn save<'a>(
             })
             .collect(),
         endpoint_probes: probes.cloned().collect(),
+        firewall_rules,
     };
     let json = serde_json::to_vec_pretty(&file).map_err(|e| io_err("encoding", path, e))?;
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -139,7 +184,9 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::rules::{Mode, ProbeType, Protocol, Selection, ServiceKey};
+    use crate::rules::{
+        FwAction, FwMatch, IpPrefix, Mode, PortRange, ProbeType, Protocol, Selection, ServiceKey,
+    };
 
     fn ep(last: u8) -> Endpoint {
         Endpoint {
@@ -201,7 +248,7 @@ mod tests {
         let mut draining = rule(54);
         draining.slots.insert(0, ep(9));
         let rules = [rule(53), draining];
-        save(&path, rules.iter(), [probe()].iter()).unwrap();
+        save(&path, rules.iter(), [probe()].iter(), [].iter()).unwrap();
         let back = load(&path).unwrap();
         assert_eq!(back.rules.len(), 2);
         assert_eq!(
@@ -247,7 +294,7 @@ mod tests {
         let path = dir.join("state.json");
         let mut range = rule(8080);
         range.rule.key.port_max = 8089;
-        save(&path, [range.clone()].iter(), [].iter()).unwrap();
+        save(&path, [range.clone()].iter(), [].iter(), [].iter()).unwrap();
         assert_eq!(load(&path).unwrap().rules[0].rule, range.rule);
         // A file written before ranges existed has no port_max.
         let old = fs::read_to_string(&path)
@@ -258,7 +305,7 @@ mod tests {
         assert_eq!(load(&path).unwrap().rules[0].rule.key.port_max, 0);
         // A range that ends before it starts is refused.
         range.rule.key.port_max = 80;
-        save(&path, [range].iter(), [].iter()).unwrap();
+        save(&path, [range].iter(), [].iter(), [].iter()).unwrap();
         assert!(load(&path)
             .unwrap_err()
             .to_string()
@@ -277,16 +324,76 @@ mod tests {
         }
         let mut r = rule(53);
         r.rule.endpoints.clear();
-        save(&path, [r].iter(), [].iter()).unwrap();
+        save(&path, [r].iter(), [].iter(), [].iter()).unwrap();
         assert!(load(&path)
             .unwrap_err()
             .to_string()
             .contains("at least one endpoint"));
         let mut p = probe();
         p.period_s = 99999;
-        save(&path, [rule(53)].iter(), [p].iter()).unwrap();
+        save(&path, [rule(53)].iter(), [p].iter(), [].iter()).unwrap();
         let e = load(&path).unwrap_err().to_string();
         assert!(e.contains("endpoint_probes[0].period"), "{e}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn fw_rule(id: u32, action: FwAction) -> StoredFwRule {
+        StoredFwRule {
+            id,
+            rule: FwRule {
+                matches: FwMatch {
+                    source: Some(IpPrefix::parse("s", "10.0.0.0/8").unwrap()),
+                    destination: None,
+                    source_ports: PortRange::ANY,
+                    destination_ports: PortRange { min: 80, max: 90 },
+                    protocol: Some(6),
+                    port_name: Some("eth1".into()),
+                    preference: id,
+                },
+                action,
+                record: true,
+                mark: Some(7),
+            },
+        }
+    }
+
+    #[test]
+    fn firewall_rules_round_trip_and_old_files_still_load() {
+        let (dir, path) = temp("fw");
+        let fw = [
+            fw_rule(0, FwAction::Drop),
+            fw_rule(1, FwAction::Redirect("eth2".into())),
+            fw_rule(
+                2,
+                FwAction::Snat {
+                    ip: "192.0.2.1".parse().unwrap(),
+                    port: Some(4000),
+                },
+            ),
+            fw_rule(3, FwAction::Masquerade),
+        ];
+        save(&path, [rule(53)].iter(), [].iter(), fw.iter()).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("\"version\": 2") && text.contains("\"source\": \"10.0.0.0/8\""),
+            "{text}"
+        );
+        let back = load(&path).unwrap();
+        assert_eq!(back.rules.len(), 1);
+        assert_eq!(back.firewall, fw);
+
+        // A file written before the firewall existed.
+        fs::write(&path, r#"{"version":1,"load_balancers":[]}"#).unwrap();
+        assert!(load(&path).unwrap().firewall.is_empty());
+
+        let mut bad = fw_rule(0, FwAction::Drop);
+        bad.rule.matches.protocol = None;
+        save(&path, [].iter(), [].iter(), [bad].iter()).unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("firewall_rules[0].match.min_destination_port"),
+            "{e}"
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 }

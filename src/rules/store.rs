@@ -3,7 +3,10 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{persist, Endpoint, EndpointProbe, Error, LbRule, Result, ServiceKey};
+use super::{
+    persist, DefaultPolicy, Endpoint, EndpointProbe, Error, FwMatch, LbRule, Result, ServiceKey,
+    StoredFwRule,
+};
 use crate::datapath::{Datapath, MAX_ENDPOINTS};
 
 /// An endpoint address and target port that health checks found down.
@@ -108,37 +111,71 @@ enum Change {
     Delete(StoredRule),
 }
 
-/// What an apply changed (or, for a dry run, would change).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ApplyReport {
-    pub created: Vec<ServiceKey>,
-    pub updated: Vec<ServiceKey>,
-    pub deleted: Vec<ServiceKey>,
+/// What an apply changed (or, for a dry run, would change), by rule key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyReport<K = ServiceKey> {
+    pub created: Vec<K>,
+    pub updated: Vec<K>,
+    pub deleted: Vec<K>,
     pub unchanged: usize,
 }
 
-struct Inner {
-    rules: BTreeMap<ServiceKey, StoredRule>,
-    free_ids: Vec<u32>,
-    next_id: u32,
-    probes: BTreeMap<IpAddr, EndpointProbe>,
-    /// Endpoints that health checks found down (for monitored rules).
-    down: HashSet<EndpointAddr>,
+impl<K> Default for ApplyReport<K> {
+    fn default() -> Self {
+        ApplyReport {
+            created: Vec::new(),
+            updated: Vec::new(),
+            deleted: Vec::new(),
+            unchanged: 0,
+        }
+    }
 }
 
-impl Inner {
-    fn alloc_id(&mut self, limit: u32) -> Result<u32> {
-        if let Some(id) = self.free_ids.pop() {
+/// Datapath ids of one kind of rule: the lowest free ones are reused, so
+/// that ids stay below the size of the tables they index.
+#[derive(Default)]
+pub(super) struct IdPool {
+    free: Vec<u32>,
+    next: u32,
+}
+
+impl IdPool {
+    /// A pool where `live` are taken.
+    pub(super) fn with_live(live: &HashSet<u32>) -> IdPool {
+        let next = live.iter().max().map_or(0, |m| m + 1);
+        let mut free: Vec<u32> = (0..next).filter(|i| !live.contains(i)).collect();
+        free.reverse();
+        IdPool { free, next }
+    }
+
+    /// `what` names the table in the error when `limit` ids are taken.
+    pub(super) fn alloc(&mut self, limit: u32, what: &str) -> Result<u32> {
+        if let Some(id) = self.free.pop() {
             return Ok(id);
         }
-        if self.next_id >= limit {
+        if self.next >= limit {
             return Err(Error::Exhausted(format!(
-                "the service table is full ({limit} services)"
+                "the {what} table is full ({limit} entries)"
             )));
         }
-        self.next_id += 1;
-        Ok(self.next_id - 1)
+        self.next += 1;
+        Ok(self.next - 1)
     }
+
+    pub(super) fn release(&mut self, ids: impl IntoIterator<Item = u32>) {
+        self.free.extend(ids);
+        // Lowest last, so that it is reused first.
+        self.free.sort_unstable_by(|a, b| b.cmp(a));
+    }
+}
+
+pub(super) struct Inner {
+    pub(super) rules: BTreeMap<ServiceKey, StoredRule>,
+    ids: IdPool,
+    pub(super) probes: BTreeMap<IpAddr, EndpointProbe>,
+    /// Endpoints that health checks found down (for monitored rules).
+    down: HashSet<EndpointAddr>,
+    pub(super) firewall: super::fwstore::FirewallState,
 }
 
 /// The rule set: the single source of truth the datapath is programmed from.
@@ -146,8 +183,10 @@ impl Inner {
 /// only if both took it; otherwise it is undone, so a failed change leaves
 /// the old state intact.
 pub struct RuleStore {
-    dp: Arc<Datapath>,
-    state_file: Option<PathBuf>,
+    pub(super) dp: Arc<Datapath>,
+    pub(super) state_file: Option<PathBuf>,
+    /// For first packets that no firewall rule matches.
+    pub(super) fw_default: DefaultPolicy,
     inner: Mutex<Inner>,
 }
 
@@ -155,8 +194,13 @@ impl RuleStore {
     /// A store persisted in `state_file` (when given). Rules saved there are
     /// programmed again under their old ids, so a restarted daemon adopts
     /// the pinned counters and flows; services the file does not know are
-    /// removed from the datapath.
-    pub fn open(dp: Arc<Datapath>, state_file: Option<PathBuf>) -> Result<RuleStore> {
+    /// removed from the datapath. The firewall is programmed with
+    /// `fw_default` for what its rules do not match.
+    pub fn open(
+        dp: Arc<Datapath>,
+        state_file: Option<PathBuf>,
+        fw_default: DefaultPolicy,
+    ) -> Result<RuleStore> {
         let saved = match &state_file {
             Some(path) => persist::load(path)?,
             None => persist::State::default(),
@@ -175,22 +219,23 @@ impl RuleStore {
         }
         let live: HashSet<u32> = rules.values().map(|s| s.id).collect();
         dp.prune_services(&live)?;
-        let next_id = live.iter().max().map_or(0, |m| m + 1);
-        let free_ids = (0..next_id).filter(|i| !live.contains(i)).collect();
-        Ok(RuleStore {
+        let store = RuleStore {
             dp,
             state_file,
+            fw_default,
             inner: Mutex::new(Inner {
                 rules,
-                free_ids,
-                next_id,
+                ids: IdPool::with_live(&live),
                 probes: saved.probes.into_iter().map(|p| (p.ip, p)).collect(),
                 down: HashSet::new(),
+                firewall: Default::default(),
             }),
-        })
+        };
+        store.open_firewall(saved.firewall)?;
+        Ok(store)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic elsewhere must not take the API down with it.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -257,22 +302,24 @@ impl RuleStore {
                 }
             }
         }
-        if let Err(e) = self.save(&rules, &inner.probes) {
+        if let Err(e) = self.save(&rules, &inner.probes, &inner.firewall.rules) {
             undo_all(&done);
             return Err(e);
         }
         inner.rules = rules;
-        inner.free_ids.extend(keys.iter().map(|(_, id)| *id));
+        inner.ids.release(keys.iter().map(|(_, id)| *id));
         Ok(())
     }
 
-    fn save(
+    /// Writes the state file, when there is one, with these contents.
+    pub(super) fn save(
         &self,
         rules: &BTreeMap<ServiceKey, StoredRule>,
         probes: &BTreeMap<IpAddr, EndpointProbe>,
+        firewall: &BTreeMap<FwMatch, StoredFwRule>,
     ) -> Result<()> {
         match &self.state_file {
-            Some(path) => persist::save(path, rules.values(), probes.values()),
+            Some(path) => persist::save(path, rules.values(), probes.values(), firewall.values()),
             None => Ok(()),
         }
     }
@@ -300,10 +347,10 @@ impl RuleStore {
                 format!("{} overlaps the rule {other}", rule.key),
             ));
         }
-        let stored = StoredRule::new(inner.alloc_id(self.dp.limits().services)?, rule);
+        let stored = StoredRule::new(inner.ids.alloc(self.dp.limits().services, "service")?, rule);
         let changes = vec![Change::Create(stored.clone())];
         if let Err(e) = self.commit(&mut inner, changes) {
-            inner.free_ids.push(stored.id);
+            inner.ids.release([stored.id]);
             return Err(e);
         }
         Ok((stored, true))
@@ -365,20 +412,20 @@ impl RuleStore {
         let mut allocated = Vec::new();
         for c in changes.iter_mut() {
             if let Change::Create(s) = c {
-                match inner.alloc_id(limit) {
+                match inner.ids.alloc(limit, "service") {
                     Ok(id) => {
                         s.id = id;
                         allocated.push(id);
                     }
                     Err(e) => {
-                        inner.free_ids.extend(allocated);
+                        inner.ids.release(allocated);
                         return Err(e);
                     }
                 }
             }
         }
         if let Err(e) = self.commit(&mut inner, changes) {
-            inner.free_ids.extend(allocated);
+            inner.ids.release(allocated);
             return Err(e);
         }
         Ok(report)
@@ -446,7 +493,7 @@ impl RuleStore {
         }
         let mut probes = inner.probes.clone();
         probes.insert(probe.ip, probe);
-        self.save(&inner.rules, &probes)?;
+        self.save(&inner.rules, &probes, &inner.firewall.rules)?;
         inner.probes = probes;
         Ok(())
     }
@@ -457,7 +504,7 @@ impl RuleStore {
         if probes.remove(&ip).is_none() {
             return Err(Error::NotFound(format!("endpoint {ip}")));
         }
-        self.save(&inner.rules, &probes)?;
+        self.save(&inner.rules, &probes, &inner.firewall.rules)?;
         inner.probes = probes;
         Ok(())
     }

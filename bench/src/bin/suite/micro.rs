@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use anyhow::{ensure, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::ProgramInput;
-use loxilight::datapath::{Datapath, HookKind, Limits};
+use loxilight::datapath::{Datapath, FwAction, FwDefault, FwEntry, HookKind, Limits};
 use loxilight::kernel::model::{nud, Iface, Neigh, NextHop, Prefix, Route, RouteKind};
 use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, Selection, ServiceKey};
 use serde_json::{json, Value};
@@ -80,7 +80,8 @@ fn datapath(runs: usize) -> Result<Datapath> {
     let dp = Datapath::load(
         Limits {
             services: 64,
-            // Every new-flow run adds a flow of two entries; none may be evicted.
+            // Every new-flow run (plain and through the firewall) adds a
+            // flow of two entries; none may be evicted.
             conntrack: (4 * runs as u32).max(65_536),
             routes: 64,
             neighbours: 64,
@@ -150,6 +151,31 @@ fn datapath(runs: usize) -> Result<Datapath> {
     Ok(dp)
 }
 
+/// Rules in the firewall case.
+const FW_RULES: u32 = 10_000;
+
+/// FW_RULES rules: the clients' /16 allowed at the lowest preference, and
+/// above it rules that drop one address of 11.0.0.0/8 each, so that every
+/// first packet is classified against all of them and matches the last.
+fn firewall_rules() -> Vec<FwEntry> {
+    let rule = |id: u32, src: Ipv4Addr, len: u8, action| FwEntry {
+        id,
+        preference: id,
+        src: Some((IpAddr::V4(src), len)),
+        dst: None,
+        sport: (0, u16::MAX),
+        dport: (0, u16::MAX),
+        proto: None,
+        ifindex: None,
+        action,
+        record: false,
+        mark: None,
+    };
+    std::iter::once(rule(0, Ipv4Addr::new(10, 1, 0, 0), 16, FwAction::Allow))
+        .chain((1..FW_RULES).map(|i| rule(i, Ipv4Addr::from(0x0b00_0000 + i), 32, FwAction::Drop)))
+        .collect()
+}
+
 /// A client address and port of its own for run `i`.
 fn client(i: usize) -> SocketAddrV4 {
     let ip = u32::from(Ipv4Addr::new(10, 1, 0, 1)) + (i / 60_000) as u32;
@@ -197,6 +223,7 @@ pub fn run(runs: usize, rounds: usize) -> Result<Value> {
             "established",
             "non_vip_forwarded",
             "non_vip_to_linux",
+            "firewall_first_packet",
         ]
         .iter()
         .map(|c| (*c, Vec::new()))
@@ -234,7 +261,15 @@ pub fn run(runs: usize, rounds: usize) -> Result<Value> {
                 redirect,
             )?;
             let linux = time_runs(&dp, hook, (0..runs).map(|i| frame(client(i), unrouted)), ok)?;
-            for (case, v) in cases.iter_mut().zip([floor_ns, new, est, fwd, linux]) {
+            // New clients again, now through the firewall.
+            dp.set_firewall(&firewall_rules(), FwDefault::Allow)?;
+            let fw = time_runs(
+                &dp,
+                hook,
+                (runs..2 * runs).map(|i| frame(client(i), vip)),
+                redirect,
+            )?;
+            for (case, v) in cases.iter_mut().zip([floor_ns, new, est, fwd, linux, fw]) {
                 case.1.push(median(v));
             }
         }
@@ -250,10 +285,6 @@ pub fn run(runs: usize, rounds: usize) -> Result<Value> {
                 }),
             );
         }
-        hook_out.insert(
-            "firewall_first_packet".into(),
-            json!({"available": false, "reason": "the firewall (issue 4) does not exist yet"}),
-        );
         out.insert(name.into(), Value::Object(hook_out));
     }
     Ok(json!({
@@ -266,7 +297,7 @@ pub fn run(runs: usize, rounds: usize) -> Result<Value> {
             "established": "to a VIP on a tracked flow: conntrack hit, DNAT, forward",
             "non_vip_forwarded": "to an endpoint directly: conntrack and service misses, then forward",
             "non_vip_to_linux": "to an unrouted non-VIP address: conntrack and service misses, no route, passed to Linux",
-            "firewall_first_packet": "not available: the firewall (issue 4) does not exist yet",
+            "firewall_first_packet": "as new_flow, with 10,000 firewall rules: the flow's first packet matches the lowest-preference one (an allow), then is load balanced and tracked",
         },
         "hooks": out,
     }))
