@@ -37,16 +37,7 @@ fn client(port: u16) -> SocketAddrV4 {
 }
 
 fn load(conntrack: u32) -> Arc<Datapath> {
-    let limits = Limits {
-        services: 64,
-        conntrack,
-        routes: 64,
-        neighbours: 64,
-    };
-    Arc::new(
-        Datapath::load(limits, None)
-            .unwrap_or_else(|e| panic!("datapath tests need root with CAP_BPF: {e}")),
-    )
+    Arc::new(pkt::load_with(conntrack))
 }
 
 fn rule(proto: Protocol, eps: &[SocketAddrV4]) -> LbRule {

@@ -13,27 +13,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use loxilight::conntrack::{sweep, Timeouts};
-use loxilight::datapath::types::{ll_ct6_key, ll_ct_key, ll_reason};
+use loxilight::datapath::types::{ll_ct6_key, ll_reason};
 use loxilight::datapath::{
-    monotonic_ns, Ct6, Datapath, Error, FwAction, FwDefault, FwEntry, HookKind, Limits, SVC_NONE,
+    monotonic_ns, Ct6, Datapath, Error, FwAction, FwDefault, FwEntry, HookKind, SVC_NONE,
 };
 use loxilight::kernel::model::{Addr, NextHop, Prefix, Route, RouteKind};
 use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, Selection, ServiceKey};
-use pkt::{assert_checksums, parse, Packet, ACK, ICMP, L4, SYN, TCP, UDP};
+use pkt::{assert_checksums, ct_key, parse, Packet, ACK, ICMP, L4, SYN, TCP, UDP};
 
 const HOOKS: [HookKind; 2] = [HookKind::Tc, HookKind::Xdp];
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
 
 fn load() -> Datapath {
-    let limits = Limits {
-        services: 64,
-        conntrack: 4096,
-        routes: 64,
-        neighbours: 64,
-    };
-    Datapath::load(limits, None)
-        .unwrap_or_else(|e| panic!("datapath tests need root with CAP_BPF: {e}"))
+    pkt::load_with(4096)
 }
 
 /// A rule matching everything, allowing it.
@@ -148,19 +141,8 @@ fn judge(dp: &Datapath, hook: HookKind, frame: &[u8]) -> ll_reason {
 const ALLOWED: ll_reason = ll_reason::LL_R_PASS_OTHER_HOST;
 const DROPPED: ll_reason = ll_reason::LL_R_DROP_FW;
 
-fn key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> ll_ct_key {
-    ll_ct_key {
-        saddr: u32::from(*src.ip()).to_be(),
-        daddr: u32::from(*dst.ip()).to_be(),
-        sport: src.port().to_be(),
-        dport: dst.port().to_be(),
-        proto,
-        pad: [0; 3],
-    }
-}
-
 fn tracked(dp: &Datapath, src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> bool {
-    dp.conntrack_entry(&key(src, dst, proto))
+    dp.conntrack_entry(&ct_key(src, dst, proto))
         .expect("reading conntrack")
         .is_some()
 }
@@ -365,14 +347,14 @@ fn replies_pass_and_the_other_side_cannot_open_flows() {
         let (c, s) = (at(CLIENT, port), at(SERVER, 80));
         assert_eq!(judge(&dp, hook, &tcp(c, s, SYN).build()), ALLOWED);
         let e = dp
-            .conntrack_entry(&key(c, s, TCP))
+            .conntrack_entry(&ct_key(c, s, TCP))
             .unwrap()
             .expect("tracked");
         assert_eq!(e.svc_id, SVC_NONE);
         assert_eq!(judge(&dp, hook, &tcp(s, c, SYN | ACK).build()), ALLOWED);
         assert_eq!(judge(&dp, hook, &tcp(c, s, ACK).build()), ALLOWED);
         let st = dp
-            .conntrack_entry(&key(s, c, TCP))
+            .conntrack_entry(&ct_key(s, c, TCP))
             .unwrap()
             .expect("reply entry");
         assert_eq!(
@@ -561,7 +543,7 @@ fn a_rule_change_flushes_the_flows_it_affects_and_only_those() {
         .unwrap();
     assert_eq!(r.mark, 5, "the flow's first packet is marked");
     let e = dp
-        .conntrack_entry(&key(b, s, TCP))
+        .conntrack_entry(&ct_key(b, s, TCP))
         .unwrap()
         .expect("tracked");
     assert_eq!((e.svc_id, e.ep_idx), (SVC_NONE, 5));
@@ -944,7 +926,10 @@ fn snat_translates_new_flows_and_their_replies_and_never_reuses_a_tuple() {
     // Later packets of the flow: the same translation.
     assert_eq!(translated(&dp, &udp(c2, server)).0, src3);
     // Listed as translated; a client outside the rule is not.
-    let e = dp.conntrack_entry(&key(c1, server, UDP)).unwrap().unwrap();
+    let e = dp
+        .conntrack_entry(&ct_key(c1, server, UDP))
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (e.svc_id, e.nat.saddr),
         (SVC_NONE, u32::from(public).to_be())

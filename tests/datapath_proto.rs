@@ -6,13 +6,13 @@
 #[allow(dead_code)] // shared with other test binaries; not every helper is used here
 mod pkt;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
 use loxilight::conntrack::state_name;
 use loxilight::datapath::types::{ll_ct_key, ll_reason};
-use loxilight::datapath::{Datapath, HookKind, Limits};
-use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, RuleStore, Selection, ServiceKey};
+use loxilight::datapath::{Datapath, HookKind};
+use loxilight::rules::{LbRule, Protocol, RuleStore, Selection, ServiceKey};
 use pkt::{
     ct_key, reasons, run, Packet, ACK, ICMP, ICMP_ECHO, ICMP_ECHOREPLY, L4, SCTP, SCTP_ABORT,
     SCTP_COOKIE_ACK, SCTP_COOKIE_ECHO, SCTP_DATA, SCTP_INIT, SCTP_INIT_ACK, SCTP_SHUTDOWN,
@@ -31,16 +31,7 @@ fn at(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
 }
 
 fn lb() -> (Arc<Datapath>, RuleStore) {
-    let limits = Limits {
-        services: 64,
-        conntrack: 1024,
-        routes: 64,
-        neighbours: 64,
-    };
-    let dp = Arc::new(
-        Datapath::load(limits, None)
-            .unwrap_or_else(|e| panic!("datapath tests need root with CAP_BPF: {e}")),
-    );
+    let dp = Arc::new(pkt::load());
     let store =
         RuleStore::open(dp.clone(), None, Default::default()).expect("opening a rule store");
     (dp, store)
@@ -57,25 +48,8 @@ fn key(proto: Protocol, port: u16, port_max: u16) -> ServiceKey {
 
 /// A round-robin rule for `key` to `eps` (address, target port).
 fn rule(key: ServiceKey, eps: &[(Ipv4Addr, u16)]) -> LbRule {
-    LbRule {
-        key,
-        name: String::new(),
-        selection: Selection::RoundRobin,
-        mode: Mode::Default,
-        endpoints: eps
-            .iter()
-            .map(|&(ip, port)| Endpoint {
-                ip: ip.into(),
-                port,
-                weight: 1,
-            })
-            .collect(),
-        inactivity_timeout: 0,
-        monitor: false,
-        bgp: false,
-        sources: vec![],
-        mark: 0,
-    }
+    let eps: Vec<(IpAddr, u16)> = eps.iter().map(|&(ip, port)| (ip.into(), port)).collect();
+    pkt::lb_rule(key, Selection::RoundRobin, &eps)
 }
 
 /// Asserts that `p` comes out as `p` sent from `src` to `dst` instead,

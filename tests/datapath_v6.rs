@@ -10,7 +10,7 @@ use std::sync::Arc;
 use loxilight::conntrack::{self, sweep, Filter, Timeouts};
 use loxilight::datapath::types::ll_reason;
 use loxilight::datapath::{monotonic_ns, Datapath, HookKind};
-use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, RuleStore, Selection, ServiceKey};
+use loxilight::rules::{LbRule, Protocol, RuleStore, Selection, ServiceKey};
 use pkt::{fold, load, reasons, sum16, ACK, DST_MAC, ETH_HLEN, RST, SRC_MAC, SYN, TCP};
 
 const VIP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
@@ -31,29 +31,16 @@ fn service(dp: &Datapath, proto: Protocol, selection: Selection, eps: &[(Ipv6Add
 }
 
 fn rule(proto: Protocol, selection: Selection, eps: &[(Ipv6Addr, u16)]) -> LbRule {
+    let key = ServiceKey {
+        ip: IpAddr::V6(VIP),
+        port: 80,
+        port_max: 0,
+        proto,
+    };
+    let eps: Vec<(IpAddr, u16)> = eps.iter().map(|&(ip, port)| (ip.into(), port)).collect();
     LbRule {
-        key: ServiceKey {
-            ip: IpAddr::V6(VIP),
-            port: 80,
-            port_max: 0,
-            proto,
-        },
         name: "v6".into(),
-        selection,
-        mode: Mode::Default,
-        endpoints: eps
-            .iter()
-            .map(|&(ip, port)| Endpoint {
-                ip: IpAddr::V6(ip),
-                port,
-                weight: 1,
-            })
-            .collect(),
-        inactivity_timeout: 0,
-        monitor: false,
-        bgp: false,
-        sources: vec![],
-        mark: 0,
+        ..pkt::lb_rule(key, selection, &eps)
     }
 }
 

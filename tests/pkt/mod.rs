@@ -1,10 +1,11 @@
 //! Frame builders and checksum checks for the datapath tests: Ethernet, an
 //! optional 802.1Q tag, IPv4 with options, then TCP, UDP, SCTP, ICMP echo or
 //! a raw payload.
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
 use loxilight::datapath::types::ll_ct_key;
 use loxilight::datapath::{Datapath, HookKind, Limits};
+use loxilight::rules::{Endpoint, LbRule, Mode, Selection, ServiceKey};
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
@@ -318,16 +319,45 @@ pub fn ct_key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> ll_ct_key {
     }
 }
 
-/// A datapath with small maps, for test runs.
-pub fn load() -> Datapath {
+/// A datapath with small maps and `conntrack` entries, for test runs.
+pub fn load_with(conntrack: u32) -> Datapath {
     let limits = Limits {
         services: 64,
-        conntrack: 1024,
+        conntrack,
         routes: 64,
         neighbours: 64,
     };
     Datapath::load(limits, None)
         .unwrap_or_else(|e| panic!("datapath tests need root with CAP_BPF: {e}"))
+}
+
+/// A datapath with small maps, for test runs.
+pub fn load() -> Datapath {
+    load_with(1024)
+}
+
+/// A default-mode rule for `key` to `eps` (address, target port), weight 1,
+/// every option at its default.
+pub fn lb_rule(key: ServiceKey, selection: Selection, eps: &[(IpAddr, u16)]) -> LbRule {
+    LbRule {
+        key,
+        name: String::new(),
+        selection,
+        mode: Mode::Default,
+        endpoints: eps
+            .iter()
+            .map(|&(ip, port)| Endpoint {
+                ip,
+                port,
+                weight: 1,
+            })
+            .collect(),
+        inactivity_timeout: 0,
+        monitor: false,
+        bgp: false,
+        sources: vec![],
+        mark: 0,
+    }
 }
 
 /// Packets per reason, indexed by ll_reason.
