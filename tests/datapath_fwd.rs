@@ -248,8 +248,8 @@ impl Net {
             .dp
             .test_run(self.hook, frame, 1)
             .unwrap_or_else(|e| panic!("{what}: test run: {e}"));
-        assert_eq!(r.retval, verdict, "{what}: verdict");
         assert_eq!(self.reasons(), want, "{what}: reason counters");
+        assert_eq!(r.retval, verdict, "{what}: verdict");
         r.data
     }
 
@@ -1151,5 +1151,212 @@ fn fullnat_without_an_address_in_the_next_hops_subnet_takes_the_interfaces_lowes
         net.route("10.8.0.0/24", vec![onlink(ingress_ifindex(hook))]);
         let syn = Packet::new(client_n(1), vip2, L4::Tcp { flags: SYN }).build();
         net.untouched("SYN", &syn, ll_reason::LL_R_PASS_NO_NAT_ADDR);
+    }
+}
+
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
+/// IPv6 clients, on B.
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xc, 0, 0, 0, 0, 0, 7);
+
+/// `p` (built as IPv4: its ports, L4 header and payload) carried over IPv6
+/// from `src` to `dst` instead, hop limit p.ttl, with the L4 checksum for
+/// IPv6 (UDP always has one there).
+fn as_ipv6(p: &Packet, src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
+    let v4 = p.build();
+    let mut l4 = v4[ETH_HLEN + 20..].to_vec();
+    let proto = v4[ETH_HLEN + 9];
+    let at = if proto == UDP { 6 } else { 16 };
+    l4[at..at + 2].fill(0);
+    let sum = pkt::sum16(&src.octets())
+        + pkt::sum16(&dst.octets())
+        + u32::from(proto)
+        + l4.len() as u32
+        + pkt::sum16(&l4);
+    l4[at..at + 2].copy_from_slice(&(!pkt::fold(sum)).to_be_bytes());
+    let mut f = v4[..12].to_vec();
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[proto, p.ttl]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&l4);
+    f
+}
+
+/// `p` as the translator writes an IPv4 header: identification 0 (DF is
+/// set, so it identifies no fragments).
+fn translated4(p: &Packet) -> Vec<u8> {
+    let mut f = p.build();
+    let ip = ETH_HLEN..ETH_HLEN + 20;
+    f[ETH_HLEN + 4..ETH_HLEN + 6].fill(0);
+    f[ETH_HLEN + 10..ETH_HLEN + 12].fill(0);
+    let c = !pkt::fold(pkt::sum16(&f[ip]));
+    f[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+impl Net {
+    /// `lb` with an IPv6 VIP served by `rule`'s IPv4 endpoints, and IPv6
+    /// clients on B.
+    fn nat64(hook: HookKind, rule: &LbRule) -> Net {
+        let net = Net::lb(hook, rule);
+        net.route("fd00:c::/64", vec![onlink(B)]);
+        for host in 7..=9 {
+            let mut c = CLIENT6.octets();
+            c[15] = host;
+            net.neigh(B, Ipv6Addr::from(c), CLIENT_MAC);
+        }
+        net
+    }
+}
+
+fn nat64_rule(proto: Protocol) -> LbRule {
+    let base = lb_rule(
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80),
+        SocketAddrV4::new(DST, 8080),
+        Selection::RoundRobin,
+        Mode::Default,
+    );
+    LbRule {
+        key: ServiceKey {
+            ip: VIP6.into(),
+            port: 80,
+            port_max: 0,
+            proto,
+        },
+        ..base
+    }
+}
+
+/// A conntrack key's bytes, to compare keys.
+fn pod(k: &loxilight::datapath::types::ll_ct_key) -> [u8; 16] {
+    // SAFETY: ll_ct_key is 16 bytes of plain integers.
+    unsafe { std::mem::transmute_copy(k) }
+}
+
+/// A client port as a placeholder address: as_ipv6 replaces the addresses.
+fn port(p: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, p)
+}
+
+/// IPv6 to the VIP leaves as IPv4 from the LB's address towards the
+/// endpoint, forwarded by the IPv4 routes; the endpoint's replies come back
+/// as IPv6 from the VIP, forwarded by the IPv6 routes. Every header is
+/// rebuilt exactly, checksums included.
+#[test]
+fn nat64_translates_both_ways_and_forwards_by_the_new_family() {
+    let ep = SocketAddrV4::new(DST, 8080);
+    for (proto, l4) in [
+        (Protocol::Tcp, L4::Tcp { flags: SYN }),
+        (Protocol::Udp, L4::Udp { checksum: true }),
+    ] {
+        for hook in HOOKS {
+            let what = format!("{hook:?} {proto:?}");
+            let net = Net::nat64(hook, &nat64_rule(proto));
+            let first = Packet::new(port(40000), port(80), l4.clone());
+            let out = net.send(
+                "first",
+                &as_ipv6(&first, CLIENT6, VIP6),
+                net.redirect(),
+                &NEW,
+            );
+            assert_checksums(&out);
+            let src = parse(&out).src;
+            assert_eq!(src, SocketAddrV4::new(LB_A, 40000), "{what}: source");
+            let want = Packet {
+                src,
+                dst: ep,
+                ttl: first.ttl - 1,
+                ..first.clone()
+            };
+            assert_eq!(
+                out,
+                with_macs(translated4(&want), GW_A_MAC, A_MAC),
+                "{what}: to the endpoint"
+            );
+
+            let reply_l4 = match &l4 {
+                L4::Tcp { .. } => L4::Tcp { flags: SYN | ACK },
+                other => other.clone(),
+            };
+            let reply = Packet::new(ep, src, reply_l4);
+            let back = net.send("reply", &reply.build(), net.redirect(), &EST);
+            let want = Packet {
+                src: port(80),
+                dst: port(40000),
+                ttl: reply.ttl - 1,
+                ..reply.clone()
+            };
+            assert_eq!(
+                back,
+                with_macs(as_ipv6(&want, VIP6, CLIENT6), CLIENT_MAC, B_MAC),
+                "{what}: back to the client"
+            );
+
+            // The reply tuple is reserved in the IPv4 table, which claims
+            // the port against fullnat and SNAT.
+            let ct = net.dp.conntrack().expect("reading conntrack");
+            let reserved: Vec<[u8; 16]> = ct
+                .iter()
+                .filter(|(_, v)| v.xlate.0 & ll_xlate::LL_XLATE_64.0 != 0)
+                .map(|(k, _)| pod(k))
+                .collect();
+            assert_eq!(
+                reserved,
+                [pod(&pkt::ct_key(ep, src, proto.number()))],
+                "{what}: reservation"
+            );
+        }
+    }
+}
+
+/// Source ports of NAT64 flows are claimed like fullnat's: a second client
+/// with the same port gets another, and running out of ports drops.
+/// An IPv4 UDP reply without a checksum (which IPv6 requires) goes to Linux
+/// untranslated.
+#[test]
+fn nat64_claims_ports_and_refuses_what_it_cannot_translate() {
+    for hook in HOOKS {
+        let net = Net::nat64(hook, &nat64_rule(Protocol::Udp));
+        net.dp.set_nat_ports(40000..=40001).expect("a port range");
+        let dgram = Packet::new(port(40000), port(80), L4::Udp { checksum: true });
+        let client = |host: u8| {
+            let mut c = CLIENT6.octets();
+            c[15] = host;
+            Ipv6Addr::from(c)
+        };
+        let ports: Vec<u16> = [7, 8]
+            .iter()
+            .map(|&host| {
+                let f = as_ipv6(&dgram, client(host), VIP6);
+                let out = net.send("datagram", &f, net.redirect(), &NEW);
+                parse(&out).src.port()
+            })
+            .collect();
+        assert_eq!(ports, [40000, 40001], "{hook:?}: claimed ports");
+        net.send(
+            "no port left",
+            &as_ipv6(&dgram, client(9), VIP6),
+            net.drop_verdict(),
+            &[ll_reason::LL_R_DROP_NAT_PORTS],
+        );
+
+        let bare = Packet::new(
+            SocketAddrV4::new(DST, 8080),
+            SocketAddrV4::new(LB_A, 40000),
+            L4::Udp { checksum: false },
+        )
+        .build();
+        let pass = match hook {
+            HookKind::Tc => TC_ACT_OK,
+            HookKind::Xdp => XDP_PASS,
+        };
+        let out = net.send(
+            "reply without checksum",
+            &bare,
+            pass,
+            &[ll_reason::LL_R_PASS_NAT64],
+        );
+        assert_eq!(out, bare, "{hook:?}: untouched");
     }
 }

@@ -36,6 +36,9 @@ enum __attribute__((packed)) ll_mode {
 	LL_MODE_ONEARM = 1,  /* out the ingress interface, source translated to the LB's address there */
 	LL_MODE_FULLNAT = 2, /* source translated to the LB's address towards the endpoint */
 	LL_MODE_DSR = 3,     /* L2 direct server return: destination MAC only */
+	/* An IPv6 VIP with IPv4 endpoints (set by the daemon, not a user
+	 * mode): both addresses translated across families (nat64.h). */
+	LL_MODE_NAT64 = 4,
 };
 
 /* Maglev lookup table size: a prime much larger than LL_MAX_ENDPOINTS. */
@@ -95,6 +98,8 @@ enum ll_reason {
 	LL_R_PASS_NO_NAT_ADDR,   /* no LB address on the interface towards the endpoint */
 	LL_R_PASS_ONEARM_EGRESS, /* onearm: the endpoint is not reached through the ingress interface */
 	LL_R_PASS_NO_SNAT,       /* a SNAT rule matched IPv6, or neither TCP nor UDP: untranslated to Linux */
+	LL_R_PASS_NAT64,         /* NAT64 packet not translatable (IP options, VLAN tag, UDP without
+				  * checksum, a reply whose flow is gone): untranslated to Linux */
 	LL_R_MAX,
 };
 
@@ -311,6 +316,11 @@ enum __attribute__((packed)) ll_xlate {
 	 * nat.daddr (the endpoint) instead of its destination, and the flow
 	 * has no reply entry (replies bypass the LB). */
 	LL_XLATE_DSR = 0x4,
+	/* A NAT64 flow's (nat64.h): in ll_conntrack6, one of its two entries
+	 * (the IPv4 side's under IPv4-mapped addresses); in ll_conntrack, the
+	 * reservation of its IPv4 reply tuple, which claims the source port and
+	 * sends the replies to the translator. */
+	LL_XLATE_64 = 0x8,
 };
 
 /* An IPv4 address and port pair for each end, laid out as in the IP and

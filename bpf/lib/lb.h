@@ -243,6 +243,8 @@ static __always_inline int ll_lb_translation(const struct ll_svc *svc,
 
 /* Not load-balancer traffic: not a VIP and not in conntrack. */
 #define LL_LB_NONE (-2)
+/* A packet of a NAT64 service or flow: the translator's (nat64.h). */
+#define LL_GO_NAT64 (-7)
 
 /* The 32-bit fold of an IPv6 address that stands in for it where IPv4 has
  * one (flow hash, persist, ll_svc6's endpoints); the daemon folds the same
@@ -307,6 +309,8 @@ static __always_inline int ll_lb_new_flow(int v6, const struct ll_pkt *p, __u32 
 	svc = ll_svc_lookup(v6, p, &svc6);
 	if (!svc)
 		return LL_LB_NONE;
+	if (v6 && svc->mode == LL_MODE_NAT64)
+		return LL_GO_NAT64;
 	/* The daemon gives IPv6 services no allowed sources. */
 	if (!v6 && !ll_source_allowed(svc->id, p->saddr))
 		return LL_R_DROP_SOURCE;
@@ -443,7 +447,8 @@ static __always_inline void *ll_ct_key_of(int v6, const struct ll_pkt *p, struct
 	return k4;
 }
 
-/* For a packet of a tracked flow: as ll_ct_follow; otherwise LL_CT_MISS.
+/* For a packet of a tracked flow: as ll_ct_follow, or LL_GO_NAT64;
+ * otherwise LL_CT_MISS.
  * Packets without ports are tracked by protocol and addresses (ports 0). */
 static __always_inline int ll_lb_decide(int v6, const struct ll_pkt *p, struct ll_verdict *v)
 {
@@ -454,7 +459,9 @@ static __always_inline int ll_lb_decide(int v6, const struct ll_pkt *p, struct l
 	if (!key)
 		return LL_R_PASS_CT_FULL;
 	hit = bpf_map_lookup_elem(LL_CT_MAP(v6), key);
-	return hit ? ll_ct_follow(v6, p, key, hit, v) : LL_CT_MISS;
+	if (!hit)
+		return LL_CT_MISS;
+	return hit->xlate & LL_XLATE_64 ? LL_GO_NAT64 : ll_ct_follow(v6, p, key, hit, v);
 }
 
 /* A new flow that a firewall SNAT or masquerade rule let in and that is not

@@ -6,11 +6,11 @@
 #define LL_PIPELINE_H
 
 #include "fwd.h"
-#include "lb.h"
+#include "nat64.h"
 
 /* Conntrack, then for a packet of no tracked flow the firewall and the
  * service lookup: LL_R_NAT_NEW / LL_R_NAT_EST (v->nat), LL_LB_NONE (go on
- * untranslated) or the packet's final reason. */
+ * untranslated), LL_GO_NAT64 or the packet's final reason. */
 static __always_inline int ll_decide(const struct ll_pkt *p, __u32 ingress, struct ll_verdict *v)
 {
 	int v6 = p->family == LL_AF_INET6;

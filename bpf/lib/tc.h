@@ -79,6 +79,54 @@ static __noinline int ll_tc_rewrite(struct __sk_buff *skb, const struct ll_pkt *
 	return 0;
 }
 
+/* Rebuilds NAT64 packet t->p as t->q: the L4 checksum and ports patched in
+ * place, then the IP header replaced by the other family's
+ * (bpf_skb_change_proto makes the room; the L4 header does not move).
+ * Returns 0, 1 when the packet cannot be translated (an IPv4 UDP datagram
+ * without checksum, which IPv6 requires) and is untouched, or -1. */
+static __noinline int ll_tc_nat64_rewrite(struct __sk_buff *skb, const struct ll_tail *t)
+{
+	const struct ll_pkt *p = &t->p;
+	int udp = p->proto == IPPROTO_UDP, to4 = p->family == LL_AF_INET6;
+	__u32 csum_off = p->l4_off + (udp ? offsetof(struct udphdr, check)
+					  : offsetof(struct tcphdr, check));
+	__u32 port_off = p->l4_off + offsetof(struct udphdr, source);
+	__u64 l4flags = udp ? BPF_F_MARK_MANGLED_0 : 0;
+	__be16 old_ports[2] = {p->sport, p->dport}, new_ports[2] = {t->q.sport, t->q.dport};
+	__be16 ethertype = bpf_htons(to4 ? ETH_P_IP : ETH_P_IPV6), w;
+	union {
+		struct iphdr ip;
+		struct ipv6hdr ip6;
+	} h;
+	__s64 diff;
+	__u8 tos;
+
+	if (bpf_skb_load_bytes(skb, p->l3_off, &w, 2))
+		return -1;
+	/* IPv6: version, traffic class, flow label; IPv4: version/IHL, TOS. */
+	tos = to4 ? (bpf_ntohs(w) >> 4) & 0xff : bpf_ntohs(w) & 0xff;
+	if (!to4 && udp && (bpf_skb_load_bytes(skb, csum_off, &w, 2) || !w))
+		return 1;
+	diff = ll_nat64_pseudo_diff(t);
+	if (diff < 0 || bpf_l4_csum_replace(skb, csum_off, 0, diff, l4flags | BPF_F_PSEUDO_HDR))
+		return -1;
+	for (int i = 0; i < 2; i++)
+		if (bpf_l4_csum_replace(skb, csum_off, old_ports[i], new_ports[i],
+					l4flags | sizeof(__be16)))
+			return -1;
+	if (bpf_skb_store_bytes(skb, port_off, new_ports, sizeof(new_ports), 0))
+		return -1;
+	if (bpf_skb_change_proto(skb, ethertype, 0))
+		return -1;
+	if (to4)
+		ll_nat64_ip4(t, tos, &h.ip);
+	else
+		ll_nat64_ip6(t, tos, &h.ip6);
+	if (bpf_skb_store_bytes(skb, p->l3_off, &h, to4 ? LL_IP4_HLEN : LL_IP6_HLEN, 0))
+		return -1;
+	return bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_proto), &ethertype, 2, 0);
+}
+
 /* TTL / hop limit decrement and the new MACs, for a packet about to be
  * redirected. */
 static __always_inline int ll_tc_forward(struct __sk_buff *skb, const struct ll_pkt *p,

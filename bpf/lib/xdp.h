@@ -8,13 +8,6 @@
 #include <stddef.h>
 #include "pipeline.h"
 
-static __always_inline __u16 ll_csum_fold(__u32 c)
-{
-	c = (c & 0xffff) + (c >> 16);
-	c = (c & 0xffff) + (c >> 16);
-	return (__u16)c;
-}
-
 /* HC' = ~(~HC + ~m + m') over 16-bit words, for a 4-byte field change. */
 static __always_inline __u16 ll_csum_replace4(__u16 check, __be32 from, __be32 to)
 {
@@ -108,6 +101,51 @@ static __noinline int ll_xdp_rewrite(struct xdp_md *ctx, const struct ll_pkt *p,
 	/* A UDP checksum of 0 means none; a computed 0 is sent as 0xffff. */
 	if (l4csum && (!udp || *l4csum))
 		*l4csum = udp && !l4c ? 0xffff : l4c;
+	return 0;
+}
+
+/* As ll_tc_nat64_rewrite: the L4 header stays where it is, the head of the
+ * frame moves by the headers' difference and is written anew. */
+static __noinline int ll_xdp_nat64_rewrite(struct xdp_md *ctx, const struct ll_tail *t)
+{
+	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	const struct ll_pkt *p = &t->p;
+	int udp = p->proto == IPPROTO_UDP, to4 = p->family == LL_AF_INET6;
+	/* ll_nat64_decide let through only IP headers without options or
+	 * extensions, right after Ethernet. */
+	__u32 l4_off = ETH_HLEN + (to4 ? LL_IP6_HLEN : LL_IP4_HLEN);
+	__be16 *ports, *csum, ethertype = bpf_htons(to4 ? ETH_P_IP : ETH_P_IPV6);
+	__u8 macs[12], tos, *ip;
+	__u16 c;
+
+	if (data + l4_off + (udp ? sizeof(struct udphdr) : sizeof(struct tcphdr)) > end)
+		return -1;
+	ip = data + ETH_HLEN;
+	tos = to4 ? (ip[0] << 4) | (ip[1] >> 4) : ip[1];
+	ports = data + l4_off;
+	csum = udp ? &((struct udphdr *)ports)->check : &((struct tcphdr *)ports)->check;
+	if (!to4 && udp && !*csum)
+		return 1;
+	c = ll_csum_apply(*csum, (__u32)ll_nat64_pseudo_diff(t));
+	c = ll_csum_replace2(c, ports[0], t->q.sport);
+	c = ll_csum_replace2(c, ports[1], t->q.dport);
+	*csum = udp && !c ? 0xffff : c;
+	ports[0] = t->q.sport;
+	ports[1] = t->q.dport;
+	__builtin_memcpy(macs, data, 12);
+
+	if (bpf_xdp_adjust_head(ctx, to4 ? LL_NAT64_GROWTH : -LL_NAT64_GROWTH))
+		return -1;
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	if (data + ETH_HLEN + (to4 ? LL_IP4_HLEN : LL_IP6_HLEN) > end)
+		return -1;
+	__builtin_memcpy(data, macs, 12);
+	__builtin_memcpy(data + 12, &ethertype, 2);
+	if (to4)
+		ll_nat64_ip4(t, tos, data + ETH_HLEN);
+	else
+		ll_nat64_ip6(t, tos, data + ETH_HLEN);
 	return 0;
 }
 

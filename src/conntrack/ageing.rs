@@ -18,6 +18,10 @@ const UDP: u8 = 17;
 const SCTP: u8 = 132;
 const ICMP: u8 = 1;
 
+/// How old a NAT64 reservation must be before its flow's absence makes it
+/// an orphan: the datapath creates the reservation first.
+const RESERVATION_GRACE_NS: u64 = 2_000_000_000;
+
 /// Idle time after which a flow is removed, per protocol and state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timeouts {
@@ -157,6 +161,8 @@ fn sweep_in<T: Table>(
     // Expired entries whose partner has not been walked yet, by their tuple.
     let mut waiting: HashMap<Tuple, T::Key> = HashMap::new();
     let mut doomed: Vec<T::Key> = Vec::new();
+    // NAT64 reservations, which live as long as their flow does.
+    let mut reservations: Vec<(T::Key, View)> = Vec::new();
     let mut failed = None;
     let mut started = Instant::now();
     dp.walk_table::<T>(CT_BATCH, |keys, values| {
@@ -165,7 +171,9 @@ fn sweep_in<T: Table>(
         for (k, v) in keys.iter().zip(values) {
             let e = T::view(k, v);
             let pk = e.partner();
-            if !expired(&e) {
+            if e.reservation() {
+                reservations.push((*k, e));
+            } else if !expired(&e) {
                 // A flow lives while either direction does.
                 waiting.remove(&pk);
             } else if e.one_way() {
@@ -209,6 +217,15 @@ fn sweep_in<T: Table>(
             None => orphans.push(k),
             Some(pv) if expired(&T::view(&pk, &pv)) => doomed.extend([k, pk]),
             Some(_) => {}
+        }
+    }
+    // A reservation whose flow is gone (aged, removed or evicted) frees its
+    // port. A young one may be waiting for its flow's entries.
+    for (k, e) in reservations {
+        if now.saturating_sub(e.ct.last_seen_ns) > RESERVATION_GRACE_NS
+            && dp.entry_in::<Ct6>(&Ct6::key_of(&e.key))?.is_none()
+        {
+            orphans.push(k);
         }
     }
     report.aged += dp.delete_in::<T>(&doomed, Removal::Aged)?;

@@ -1,7 +1,7 @@
 //! State and protocol names, and the filter that selects entries by them.
 use std::net::IpAddr;
 
-use super::table::View;
+use super::table::{shown, View};
 use crate::datapath::types::ll_ct_state;
 use crate::rules::{Error, Result};
 
@@ -148,7 +148,7 @@ impl Filter {
         }
         if self
             .ip
-            .is_some_and(|ip| ![k.src, k.dst, n.src, n.dst].contains(&ip))
+            .is_some_and(|ip| ![k.src, k.dst, n.src, n.dst].map(shown).contains(&ip))
         {
             return false;
         }

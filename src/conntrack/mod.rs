@@ -15,7 +15,7 @@ use crate::datapath::types::{ll_ct_dir, ll_ct_state, ll_reason, ll_xlate};
 use crate::datapath::{self, monotonic_ns, Ct4, Ct6, Datapath, Removal, CT_BATCH};
 use crate::rules::RuleStore;
 pub(crate) use table::View;
-use table::{Table, Tuple};
+use table::{shown, Table, Tuple};
 
 /// Entries a listing returns when the request does not say.
 pub const DEFAULT_LIMIT: usize = 1000;
@@ -115,7 +115,7 @@ fn action(e: &View) -> String {
     let parts: Vec<String> = sides
         .iter()
         .filter(|(bit, ..)| e.ct.xlate.0 & bit.0 != 0)
-        .map(|(_, name, addr, port)| match addr {
+        .map(|(_, name, addr, port)| match shown(*addr) {
             IpAddr::V4(a) => format!("{name}-{a}:{port}"),
             IpAddr::V6(a) => format!("{name}-[{a}]:{port}"),
         })
@@ -135,8 +135,8 @@ fn entry(names: &HashMap<u32, String>, now: u64, e: &View) -> CtEntry {
     let (k, v) = (&e.key, &e.ct);
     CtEntry {
         service: names.get(&v.svc_id).cloned().unwrap_or_else(|| "-".into()),
-        src: k.src,
-        dst: k.dst,
+        src: shown(k.src),
+        dst: shown(k.dst),
         sport: k.sport,
         dport: k.dport,
         proto: proto_name(k.proto),
@@ -215,7 +215,8 @@ pub fn list(
             IpAddr::V4(_) => walked += 1,
             IpAddr::V6(_) => walked6 += 1,
         }
-        if !filter.matches(e) {
+        // Bookkeeping, not a flow: the flow is listed from the IPv6 table.
+        if e.reservation() || !filter.matches(e) {
             return;
         }
         matched += 1;
@@ -304,7 +305,9 @@ fn delete_in<T: Table>(
         doomed.clear();
         for (k, v) in keys.iter().zip(values) {
             let e = T::view(k, v);
-            if filter.matches(&e) {
+            // A NAT64 flow's reservation goes with ageing's next sweep,
+            // once its flow is gone.
+            if !e.reservation() && filter.matches(&e) {
                 flows.insert(flow_id(&e));
                 // A filter matches both halves alike; the partner may be in
                 // a later batch, or gone already (then it is skipped).

@@ -48,6 +48,22 @@ impl View {
     pub fn one_way(&self) -> bool {
         self.ct.xlate.0 & ll_xlate::LL_XLATE_DSR.0 != 0
     }
+
+    /// An IPv4 entry that only reserves a NAT64 flow's IPv4 reply tuple
+    /// (bpf/lib/nat64.h). The flow is in the IPv6 table, its reply entry
+    /// under this key's addresses IPv4-mapped: `Ct6::key_of(&self.key)`.
+    pub fn reservation(&self) -> bool {
+        self.key.src.is_ipv4() && self.ct.xlate.0 & ll_xlate::LL_XLATE_64.0 != 0
+    }
+}
+
+/// An address as shown and filtered: the IPv4-mapped IPv6 addresses under
+/// which NAT64 flows keep their IPv4 side as the IPv4 addresses they are.
+pub(crate) fn shown(a: IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+        a => a,
+    }
 }
 
 /// A conntrack table whose entries convert to and from [`View`]s.

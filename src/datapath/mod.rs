@@ -124,6 +124,9 @@ pub struct Datapath {
     maps: Maps,
     tc_prog: ProgramHandle,
     xdp_prog: ProgramHandle,
+    /// The NAT64 tail-call arrays (TC, XDP): the kernel empties a program
+    /// array when its last user handle closes, so these keep them filled.
+    _tails: [MapHandle; 2],
     limits: Limits,
     ncpus: usize,
     labels: EnumLabels,
@@ -185,12 +188,16 @@ impl Datapath {
         }
         if let Some(dir) = pin_dir {
             fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
-            // Only our state: .rodata is frozen and per-load, and the ring
+            // Only our state: .rodata is frozen and per-load, the ring
             // buffers (neighbour misses, firewall events) belong to the
-            // daemon that reads them.
+            // daemon that reads them, and the tail-call arrays hold this
+            // load's programs.
             for mut map in open.open_object_mut().maps_mut() {
                 if !map.name().as_encoded_bytes().starts_with(b"ll_")
-                    || map.map_type() == libbpf_rs::MapType::RingBuf
+                    || matches!(
+                        map.map_type(),
+                        libbpf_rs::MapType::RingBuf | libbpf_rs::MapType::ProgArray
+                    )
                 {
                     continue;
                 }
@@ -247,11 +254,16 @@ impl Datapath {
             .map_err(Error::bpf("taking the TC program handle"))?;
         let xdp_prog = ProgramHandle::try_from(&skel.progs.ll_xdp)
             .map_err(Error::bpf("taking the XDP program handle"))?;
+        let tails = [
+            handle(&skel.maps.ll_tc_tails)?,
+            handle(&skel.maps.ll_xdp_tails)?,
+        ];
         let ncpus = libbpf_rs::num_possible_cpus().map_err(Error::bpf("counting CPUs"))?;
         Ok(Datapath {
             maps,
             tc_prog,
             xdp_prog,
+            _tails: tails,
             limits,
             ncpus,
             labels,

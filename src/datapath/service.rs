@@ -153,6 +153,7 @@ impl Datapath {
             },
             n_endpoints: endpoints.len() as u8,
             mode: match rule.mode {
+                _ if rule.is_nat64() => ll_mode::LL_MODE_NAT64,
                 Mode::Default => ll_mode::LL_MODE_DEFAULT,
                 Mode::OneArm => ll_mode::LL_MODE_ONEARM,
                 Mode::FullNat => ll_mode::LL_MODE_FULLNAT,
@@ -217,10 +218,13 @@ impl Datapath {
                 svc,
                 ..Default::default()
             };
+            // NAT64's IPv4 endpoints (whose addr the datapath uses) as
+            // IPv4-mapped addresses, as its conntrack keys them.
             for (a, (e, _)) in svc6.addr.iter_mut().zip(endpoints) {
-                if let IpAddr::V6(ip) = e.ip {
-                    *a = ip.octets();
-                }
+                *a = match e.ip {
+                    IpAddr::V6(ip) => ip.octets(),
+                    IpAddr::V4(ip) => ip.to_ipv6_mapped().octets(),
+                };
             }
             return self.upsert_service(&key, pod::bytes(&svc6));
         };

@@ -641,35 +641,65 @@ impl LbRule {
         Ok(())
     }
 
-    /// Endpoints are of the VIP's family. An IPv6 VIP has the default mode
-    /// only, no port ranges, no allowed sources (IPv4 prefixes) and no ICMP
-    /// (ICMPv6 is left to Linux).
+    /// An IPv6 VIP served by IPv4 endpoints: the datapath translates
+    /// between the families (bpf/lib/nat64.h).
+    pub fn is_nat64(&self) -> bool {
+        self.key.ip.is_ipv6() && self.endpoints.first().is_some_and(|e| e.ip.is_ipv4())
+    }
+
+    /// An IPv4 VIP has IPv4 endpoints; an IPv6 VIP has IPv6 endpoints, or
+    /// IPv4 ones only (NAT64). An IPv6 VIP has no port ranges, no allowed
+    /// sources (IPv4 prefixes) and no ICMP (ICMPv6 is left to Linux), and
+    /// the default mode, or for NAT64 fullnat too (which NAT64 always is).
     fn validate_families(&self, field: &str) -> Result<()> {
         let vip = family(self.key.ip);
+        // The family every endpoint must have: the VIP's, or for an IPv6
+        // VIP the first endpoint's.
+        let want = if self.key.ip.is_ipv4() {
+            self.key.ip
+        } else {
+            self.endpoints.first().map_or(self.key.ip, |e| e.ip)
+        };
         if let Some(i) = self
             .endpoints
             .iter()
-            .position(|e| e.ip.is_ipv4() != self.key.ip.is_ipv4())
+            .position(|e| e.ip.is_ipv4() != want.is_ipv4())
         {
             let e = self.endpoints[i].ip;
+            let why = if self.key.ip.is_ipv4() {
+                "an IPv4 VIP's endpoints are of its family (NAT46 is not supported)".to_string()
+            } else {
+                format!(
+                    "endpoints[0] is {}, and a rule's endpoints are of one family \
+                     (IPv6, or IPv4 for NAT64)",
+                    family(want)
+                )
+            };
             return Err(Error::invalid(
                 format!("{field}.endpoints[{i}].ip"),
-                format!(
-                    "{e} is an {} endpoint of an {vip} VIP: a rule's endpoints \
-                     are of its VIP's family (NAT64 and NAT46 are not supported)",
-                    family(e)
-                ),
+                format!("{e} is an {} endpoint of an {vip} VIP: {why}", family(e)),
             ));
         }
         if self.key.ip.is_ipv4() {
             return Ok(());
         }
-        if self.mode != Mode::Default {
+        let nat64 = self.is_nat64();
+        if self.mode != Mode::Default && !(nat64 && self.mode == Mode::FullNat) {
             return Err(Error::invalid(
                 format!("{field}.mode"),
                 format!(
-                    "{} is IPv4 only: an IPv6 VIP takes the default mode",
-                    self.mode.as_str()
+                    "{} is IPv4 only: an IPv6 VIP takes the default mode{}",
+                    self.mode.as_str(),
+                    if nat64 { " or fullnat" } else { "" }
+                ),
+            ));
+        }
+        if nat64 && !matches!(self.key.proto, Protocol::Tcp | Protocol::Udp) {
+            return Err(Error::invalid(
+                format!("{field}.service.protocol"),
+                format!(
+                    "NAT64 (an IPv6 VIP with IPv4 endpoints) takes tcp or udp, not {}",
+                    self.key.proto.as_str()
                 ),
             ));
         }
