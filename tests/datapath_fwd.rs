@@ -1360,3 +1360,41 @@ fn nat64_claims_ports_and_refuses_what_it_cannot_translate() {
         assert_eq!(out, bare, "{hook:?}: untouched");
     }
 }
+
+/// A reservation lives as long as its flow: a sweep keeps it while the
+/// flow is there, and frees it (an orphan) once the flow is gone. Deleting
+/// flows never counts the reservation as a flow of its own.
+#[test]
+fn nat64_reservations_go_with_their_flows() {
+    use loxilight::conntrack::{self, sweep, Filter, Timeouts};
+    use loxilight::datapath::monotonic_ns;
+    use std::ops::ControlFlow;
+
+    let net = Net::nat64(HookKind::Tc, &nat64_rule(Protocol::Tcp));
+    let syn = Packet::new(port(40000), port(80), L4::Tcp { flags: SYN });
+    net.send("SYN", &as_ipv6(&syn, CLIENT6, VIP6), net.redirect(), &NEW);
+    let reserved = |dp: &Datapath| {
+        dp.conntrack()
+            .expect("reading conntrack")
+            .iter()
+            .filter(|(_, v)| v.xlate.0 & ll_xlate::LL_XLATE_64.0 != 0)
+            .count()
+    };
+    let later = monotonic_ns() + 3_000_000_000;
+    let swept = |dp: &Datapath| {
+        sweep(dp, &Timeouts::default(), later, |_| {
+            ControlFlow::Continue(())
+        })
+        .expect("a sweep")
+    };
+    let report = swept(&net.dp);
+    assert_eq!((report.aged, report.orphans), (0, 0), "{report:?}");
+    assert_eq!(reserved(&net.dp), 1, "kept while its flow lives");
+
+    let deleted = conntrack::delete(&net.dp, &Filter::default()).expect("deleting flows");
+    assert_eq!((deleted.flows, deleted.entries), (1, 2), "{deleted:?}");
+    assert_eq!(reserved(&net.dp), 1, "left for the sweep");
+    let report = swept(&net.dp);
+    assert_eq!(report.orphans, 1, "{report:?}");
+    assert_eq!(reserved(&net.dp), 0, "freed with its flow");
+}

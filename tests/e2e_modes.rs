@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use common::{cell, ip, parse_table, Lab, CLIENT_IP, VIP};
+use common::{cell, ct_entries, ct_json, ip, parse_table, tally, Lab, CLIENT_IP, UDP_PORT, VIP};
 
 /// The service and target port of every rule here.
 const PORT: u16 = 7070;
@@ -78,7 +78,11 @@ impl Drop for PeerServer {
 /// Connects from the client to VIP:PORT; returns (server name, the address
 /// the server saw the connection come from).
 fn ask(lab: &Lab) -> (String, SocketAddr) {
-    let addr = SocketAddr::new(VIP.parse().unwrap(), PORT);
+    ask_at(lab, VIP)
+}
+
+fn ask_at(lab: &Lab, vip: &str) -> (String, SocketAddr) {
+    let addr = SocketAddr::new(vip.parse().unwrap(), PORT);
     let answer = lab
         .in_ns(&lab.client, || -> std::io::Result<String> {
             let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
@@ -283,6 +287,105 @@ fn fullnat_at(hook: &str) {
         .find(|(name, _)| name == "b1")
         .expect("b1 answered one of two (rr)");
     assert_eq!(peer.ip().to_string(), "10.77.2.50");
+}
+
+/// Routed to the LB by the client's default IPv6 route.
+const VIP6: &str = "fd00::100";
+
+#[test]
+fn nat64_serves_ipv6_clients_from_ipv4_backends() {
+    nat64_at("tc");
+}
+
+#[test]
+fn nat64_works_at_xdp_too() {
+    nat64_at("xdp");
+}
+
+/// An IPv6 VIP with IPv4 endpoints: the client speaks IPv6 only to the
+/// VIP, the backends see IPv4 from the LB's address on their link, and
+/// Linux forwards nothing.
+fn nat64_at(hook: &str) {
+    let mut lab = Lab::new(&format!("nat64{hook}"));
+    lab.set_linux_forwarding(false);
+    if hook == "xdp" {
+        lab.prepare_for_xdp();
+    }
+    lab.start_daemon(&["--hook", hook]);
+    let _servers: Vec<PeerServer> = lab
+        .backends
+        .iter()
+        .map(|b| PeerServer::start(&lab, &b.ns, &b.name))
+        .collect();
+    let endpoints: Vec<String> = lab.backends.iter().map(|b| format!("{}:1", b.ip)).collect();
+    lab.loxicmd_ok(&[
+        "create",
+        "lb",
+        VIP6,
+        &format!("--tcp={PORT}:{PORT}"),
+        &format!("--udp={PORT}:{UDP_PORT}"),
+        &format!("--endpoints={}", endpoints.join(",")),
+    ]);
+
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        // The first SYN may wait for a neighbour to be resolved.
+        let (name, peer) = ask_at(&lab, VIP6);
+        let b = lab.backend(&name);
+        let (net, _) = b.ip.rsplit_once('.').expect("an IPv4 address");
+        assert_eq!(
+            peer.ip().to_string(),
+            format!("{net}.1"),
+            "{name} saw {peer}"
+        );
+        seen.push(name);
+    }
+    seen.sort();
+    assert_eq!(seen, ["b1", "b1", "b2", "b2"], "round robin over both");
+    let udp: Vec<String> = (0..4)
+        .map(|i| {
+            (0..3)
+                .find_map(|_| lab.udp_request(VIP6, PORT, None).ok())
+                .unwrap_or_else(|| panic!("datagram {i} to [{VIP6}]:{PORT} got no answer"))
+        })
+        .collect();
+    assert_eq!(
+        tally(&udp),
+        [("b1".to_string(), 2), ("b2".to_string(), 2)].into(),
+        "UDP over NAT64: {udp:?}"
+    );
+
+    // Each flow lists as its two entries, the IPv4 side's addresses as
+    // IPv4; the reservation of its reply tuple is not listed.
+    let tcp: Vec<serde_json::Value> = ct_entries(&ct_json(&lab, &[]))
+        .into_iter()
+        .filter(|e| e["protocol"] == "tcp")
+        .collect();
+    let from_client = tcp.iter().filter(|e| e["srcIp"] == "fd77:1::2").count();
+    let from_b1: Vec<&serde_json::Value> =
+        tcp.iter().filter(|e| e["srcIp"] == "10.77.2.2").collect();
+    assert_eq!(from_client, 4, "{tcp:#?}");
+    assert_eq!(from_b1.len(), 2, "one reply entry per flow: {tcp:#?}");
+    assert!(
+        from_b1.iter().all(|e| {
+            e["action"].as_str().is_some_and(|a| {
+                a.starts_with(&format!("rdnat-[{VIP6}]:{PORT},rsnat-[fd77:1::2]:"))
+            })
+        }),
+        "{from_b1:#?}"
+    );
+    assert!(
+        tcp.iter().any(|e| e["action"].as_str().is_some_and(
+            |a| a.starts_with("snat-10.77.2.1:") && a.ends_with(",dnat-10.77.2.2:7070")
+        )),
+        "{tcp:#?}"
+    );
+    lab.loxicmd_ok(&["delete", "lb", VIP6, &format!("--tcp={PORT}")]);
+    let left = ct_entries(&ct_json(&lab, &[]));
+    assert!(
+        left.iter().all(|e| e["protocol"] != "tcp"),
+        "the TCP rule's flows stay: {left:#?}"
+    );
 }
 
 #[test]

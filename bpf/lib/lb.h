@@ -352,7 +352,7 @@ static __always_inline int ll_lb_new_flow(int v6, const struct ll_pkt *p, __u32 
 /* The new-flow path per family, each a subprogram of its own with only its
  * family's code, on a frame of its own: verified apart, its states do not
  * multiply those of ll_lb_first's other paths (inlined there, TC verified
- * 795k instructions and XDP over the 1M limit; apart, ~305k and ~590k). */
+ * 795k instructions and XDP over the 1M limit; apart, ~420k and ~605k). */
 static __noinline int ll_lb_new_flow4(const struct ll_pkt *p, __u32 ingress, const void *key,
 				      struct ll_nat *nat)
 {

@@ -804,6 +804,53 @@ mod tests {
         }
     }
 
+    /// An IPv6 VIP takes IPv6 endpoints, or IPv4 ones (NAT64: TCP or UDP,
+    /// default or fullnat), never a mix; an IPv4 VIP IPv4 endpoints only.
+    #[test]
+    fn endpoint_families_and_nat64() {
+        let v6 = |endpoints: Vec<Endpoint>, mode: Mode, proto: Protocol| LbRule {
+            key: ServiceKey {
+                ip: "fd00::100".parse().unwrap(),
+                proto,
+                ..rule(vec![]).key
+            },
+            mode,
+            ..rule(endpoints)
+        };
+        let ep6 = Endpoint {
+            ip: "fd00::2".parse().unwrap(),
+            ..ep(2)
+        };
+        let err = |r: LbRule| r.validate("lb").unwrap_err().to_string();
+        let nat64 = v6(vec![ep(1), ep(2)], Mode::Default, Protocol::Tcp);
+        assert!(nat64.is_nat64() && nat64.validate("lb").is_ok());
+        assert!(v6(vec![ep(1)], Mode::FullNat, Protocol::Udp)
+            .validate("lb")
+            .is_ok());
+        assert!(!v6(vec![ep6], Mode::Default, Protocol::Tcp).is_nat64());
+        assert!(
+            err(v6(vec![ep(1)], Mode::OneArm, Protocol::Tcp)).starts_with(
+                "lb.mode: onearm is IPv4 only: an IPv6 VIP takes the default mode or fullnat"
+            )
+        );
+        assert!(err(v6(vec![ep6], Mode::FullNat, Protocol::Tcp))
+            .ends_with("an IPv6 VIP takes the default mode"));
+        // SCTP keeps its ports (validate_sctp): the same port on both sides.
+        let same_port = Endpoint {
+            port: 2020,
+            ..ep(1)
+        };
+        assert!(
+            err(v6(vec![same_port], Mode::Default, Protocol::Sctp)).contains(
+                "lb.service.protocol: NAT64 (an IPv6 VIP with IPv4 endpoints) takes tcp or udp"
+            )
+        );
+        assert!(err(v6(vec![ep(1), ep6], Mode::Default, Protocol::Tcp))
+            .starts_with("lb.endpoints[1].ip: fd00::2 is an IPv6 endpoint of an IPv6 VIP: endpoints[0] is IPv4"));
+        assert!(err(rule(vec![ep(1), ep6]))
+            .contains("lb.endpoints[1].ip: fd00::2 is an IPv6 endpoint of an IPv4 VIP"));
+    }
+
     #[test]
     fn ports_are_checked_and_named() {
         assert_eq!(parse_port("p", 1).unwrap(), 1);
