@@ -9,7 +9,7 @@ int ll_tc_nat64(struct __sk_buff *skb);
 int ll_xdp_nat64(struct xdp_md *ctx);
 
 /* The NAT64 translators, by tail call: one array per program type, filled
- * by libbpf at load. Not pinned: they hold this load's programs. */
+ * by libbpf at load (also when the daemon reuses the pinned array). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
 	__uint(max_entries, 1);

@@ -380,12 +380,72 @@ fn nat64_at(hook: &str) {
         )),
         "{tcp:#?}"
     );
+    bulk_both_ways(&lab, VIP6);
+
+    // A stopped daemon leaves the datapath attached (the default): the
+    // pinned tail-call arrays keep the translators reachable for new flows,
+    // and the next start puts its own programs in them.
+    lab.stop_daemon();
+    assert!(["b1", "b2"].contains(&ask_at(&lab, VIP6).0.as_str()));
+    lab.start_daemon(&["--hook", hook]);
+    assert!(["b1", "b2"].contains(&ask_at(&lab, VIP6).0.as_str()));
+
     lab.loxicmd_ok(&["delete", "lb", VIP6, &format!("--tcp={PORT}")]);
     let left = ct_entries(&ct_json(&lab, &[]));
     assert!(
         left.iter().all(|e| e["protocol"] != "tcp"),
         "the TCP rule's flows stay: {left:#?}"
     );
+}
+
+/// Bytes sent each way by `bulk_both_ways`: many full-sized segments, and
+/// at TC segmentation offload's large ones.
+const BULK: usize = 8 << 20;
+
+/// Sends BULK bytes from the client to b1 through `vip` on BULK_PORT (a rule
+/// of the test's own) and BULK back; TCP delivers them all only if every
+/// translated segment's checksum is right.
+fn bulk_both_ways(lab: &Lab, vip: &str) {
+    const BULK_PORT: u16 = 7071;
+    let b1 = lab.backend("b1");
+    lab.loxicmd_ok(&[
+        "create",
+        "lb",
+        vip,
+        &format!("--tcp={BULK_PORT}:{BULK_PORT}"),
+        &format!("--endpoints={}:1", b1.ip),
+    ]);
+    let listener = lab
+        .in_ns(&b1.ns, || TcpListener::bind(("0.0.0.0", BULK_PORT)))
+        .expect("binding the bulk port");
+    let server = thread::spawn(move || -> std::io::Result<usize> {
+        let (mut s, _) = listener.accept()?;
+        let mut got = vec![0u8; BULK];
+        s.read_exact(&mut got)?;
+        s.write_all(&got)?;
+        Ok(got.iter().filter(|&&b| b == 0x5a).count())
+    });
+    let addr = SocketAddr::new(vip.parse().unwrap(), BULK_PORT);
+    let back = lab
+        .in_ns(&lab.client, || -> std::io::Result<Vec<u8>> {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            s.write_all(&vec![0x5a; BULK])?;
+            let mut back = vec![0u8; BULK];
+            s.read_exact(&mut back)?;
+            Ok(back)
+        })
+        .unwrap_or_else(|e| panic!("bulk transfer through [{vip}]:{BULK_PORT}: {e}"));
+    let received = server
+        .join()
+        .expect("the bulk server")
+        .expect("the bulk server's socket");
+    assert_eq!(received, BULK, "bytes that reached b1 intact");
+    assert!(
+        back.iter().all(|&b| b == 0x5a),
+        "bytes that came back intact"
+    );
+    lab.loxicmd_ok(&["delete", "lb", vip, &format!("--tcp={BULK_PORT}")]);
 }
 
 #[test]

@@ -125,7 +125,8 @@ pub struct Datapath {
     tc_prog: ProgramHandle,
     xdp_prog: ProgramHandle,
     /// The NAT64 tail-call arrays (TC, XDP): the kernel empties a program
-    /// array when its last user handle closes, so these keep them filled.
+    /// array when its last user handle closes (a pin is one), so these
+    /// keep them filled.
     _tails: [MapHandle; 2],
     limits: Limits,
     ncpus: usize,
@@ -188,16 +189,14 @@ impl Datapath {
         }
         if let Some(dir) = pin_dir {
             fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
-            // Only our state: .rodata is frozen and per-load, the ring
+            // Only our state: .rodata is frozen and per-load, and the ring
             // buffers (neighbour misses, firewall events) belong to the
-            // daemon that reads them, and the tail-call arrays hold this
-            // load's programs.
+            // daemon that reads them. The tail-call arrays are pinned so
+            // that a datapath left attached keeps its translators while no
+            // daemon runs; the next load puts its own programs in them.
             for mut map in open.open_object_mut().maps_mut() {
                 if !map.name().as_encoded_bytes().starts_with(b"ll_")
-                    || matches!(
-                        map.map_type(),
-                        libbpf_rs::MapType::RingBuf | libbpf_rs::MapType::ProgArray
-                    )
+                    || map.map_type() == libbpf_rs::MapType::RingBuf
                 {
                     continue;
                 }
