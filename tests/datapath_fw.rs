@@ -115,7 +115,12 @@ fn judge(dp: &Datapath, hook: HookKind, frame: &[u8]) -> ll_reason {
     let counted: Vec<ll_reason> = (0..after.len())
         .filter(|&i| after[i] != before[i])
         .map(|i| ll_reason(i as u32))
-        .filter(|r| *r != ll_reason::LL_R_NAT_NEW && *r != ll_reason::LL_R_NAT_EST)
+        .filter(|r| {
+            !matches!(
+                *r,
+                ll_reason::LL_R_NAT_NEW | ll_reason::LL_R_NAT_EST | ll_reason::LL_R_NAT_ICMP
+            )
+        })
         .collect();
     assert_eq!(counted.len(), 1, "one verdict per packet: {counted:?}");
     let reason = counted[0];
@@ -496,6 +501,35 @@ fn dropping_a_host_still_lets_replies_to_it_through() {
                 &tcp(at(SERVER, 5000), at(CLIENT, 80), SYN).build()
             ),
             DROPPED
+        );
+    }
+}
+
+/// ICMP errors about a flow the firewall let in pass it, as Linux passes
+/// RELATED packets (path MTU discovery needs them under a drop policy);
+/// an error about no flow is judged as any other packet.
+#[test]
+fn icmp_errors_about_allowed_flows_pass_a_drop_policy() {
+    let dp = load();
+    set(
+        &dp,
+        &[FwEntry {
+            src: net(CLIENT, 32),
+            ..any(1, 10)
+        }],
+        FwDefault::Drop,
+    );
+    for (hook, port) in [(HookKind::Tc, 42000), (HookKind::Xdp, 42001)] {
+        let (c, s) = (at(CLIENT, port), at(SERVER, 53));
+        let dgram = udp(c, s);
+        assert_eq!(judge(&dp, hook, &dgram.build()), ALLOWED);
+        let unreachable = pkt::icmp_error(SERVER, CLIENT, (3, 3), &pkt::quoted(&dgram));
+        assert_eq!(judge(&dp, hook, &unreachable), ALLOWED, "{hook:?}: related");
+        let stray = pkt::icmp_error(SERVER, CLIENT, (3, 3), &pkt::quoted(&udp(at(CLIENT, 9), s)));
+        assert_eq!(
+            judge(&dp, hook, &stray),
+            ll_reason::LL_R_DROP_FW_DEFAULT,
+            "{hook:?}: unrelated"
         );
     }
 }

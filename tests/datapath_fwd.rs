@@ -21,7 +21,7 @@ use loxilight::datapath::types::{ll_ct_state, ll_reason, ll_xlate};
 use loxilight::datapath::{Datapath, HookKind, Limits};
 use loxilight::kernel::model::{nud, Addr, Iface, Mac, Neigh, NextHop, Prefix, Route, RouteKind};
 use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, Selection, ServiceKey};
-use pkt::{assert_checksums, parse, Packet, ACK, ETH_HLEN, L4, SYN, UDP};
+use pkt::{assert_checksums, icmp_error, parse, quoted, Packet, ACK, ETH_HLEN, L4, SYN, UDP};
 
 const HOOKS: [HookKind; 2] = [HookKind::Tc, HookKind::Xdp];
 const TC_ACT_OK: u32 = 0;
@@ -1397,4 +1397,124 @@ fn nat64_reservations_go_with_their_flows() {
     let report = swept(&net.dp);
     assert_eq!(report.orphans, 1, "{report:?}");
     assert_eq!(reserved(&net.dp), 0, "freed with its flow");
+}
+
+/// `f` (an icmp_error frame) as forwarded: TTL 63, new MACs.
+fn forwarded_error(mut f: Vec<u8>, dmac: Mac, smac: Mac) -> Vec<u8> {
+    f[ETH_HLEN + 8] -= 1;
+    f[ETH_HLEN + 10..ETH_HLEN + 12].fill(0);
+    let c = !pkt::fold(pkt::sum16(&f[ETH_HLEN..ETH_HLEN + 20]));
+    f[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&c.to_be_bytes());
+    with_macs(f, dmac, smac)
+}
+
+const ICMP_NAT: [ll_reason; 2] = [ll_reason::LL_R_NAT_ICMP, ll_reason::LL_R_FWD];
+const PORT_UNREACHABLE: (u8, u8) = (3, 3);
+const FRAG_NEEDED: (u8, u8) = (3, 4);
+const TTL_EXCEEDED: (u8, u8) = (11, 0);
+
+/// ICMP errors about a load-balanced flow reach the other side as errors
+/// about the packets it sent or received: the quoted packet translated back
+/// (its checksums too), the outer header translated as the flow's packets
+/// going that way, then forwarded.
+#[test]
+fn icmp_errors_about_translated_flows_are_translated_back() {
+    let ep = SocketAddrV4::new(DST, 8080);
+    for hook in HOOKS {
+        // default mode (DNAT): the endpoint's "port unreachable" for a
+        // datagram to the VIP reaches the client from the VIP, about its
+        // own datagram.
+        let udp = LbRule {
+            key: ServiceKey {
+                proto: Protocol::Udp,
+                ..lb_rule(VIP, ep, Selection::RoundRobin, Mode::Default).key
+            },
+            ..lb_rule(VIP, ep, Selection::RoundRobin, Mode::Default)
+        };
+        let net = Net::lb(hook, &udp);
+        let dgram = Packet::new(CLIENT, VIP, L4::Udp { checksum: true });
+        net.send("datagram", &dgram.build(), net.redirect(), &NEW);
+        let as_sent = Packet {
+            dst: ep,
+            ttl: 63,
+            ..dgram.clone()
+        };
+        let err = icmp_error(DST, *CLIENT.ip(), PORT_UNREACHABLE, &quoted(&as_sent));
+        let out = net.send("port unreachable", &err, net.redirect(), &ICMP_NAT);
+        let about = Packet {
+            ttl: 63,
+            ..dgram.clone()
+        };
+        let want = icmp_error(*VIP.ip(), *CLIENT.ip(), PORT_UNREACHABLE, &quoted(&about));
+        assert_eq!(
+            out,
+            forwarded_error(want, CLIENT_MAC, B_MAC),
+            "{hook:?}: DNAT"
+        );
+
+        // The client's side reports a reply it could not deliver (time
+        // exceeded, from a router at 10.0.0.254): it reaches the endpoint
+        // about the reply as the endpoint sent it.
+        let reply = Packet::new(VIP, CLIENT, L4::Udp { checksum: true });
+        let err = icmp_error(
+            Ipv4Addr::new(10, 0, 0, 254),
+            *VIP.ip(),
+            TTL_EXCEEDED,
+            &quoted(&reply),
+        );
+        let out = net.send("time exceeded", &err, net.redirect(), &ICMP_NAT);
+        let about = Packet { src: ep, ..reply };
+        let want = icmp_error(
+            Ipv4Addr::new(10, 0, 0, 254),
+            DST,
+            TTL_EXCEEDED,
+            &quoted(&about),
+        );
+        assert_eq!(
+            out,
+            forwarded_error(want, GW_A_MAC, A_MAC),
+            "{hook:?}: towards the endpoint"
+        );
+
+        // fullnat: "fragmentation needed" to the LB's address, quoting a
+        // whole TCP segment (its checksum too), reaches the client from
+        // the VIP about its own segment.
+        let rule = lb_rule(VIP, ep, Selection::RoundRobin, Mode::FullNat);
+        let net = Net::lb(hook, &rule);
+        let src = net.snat_handshake(
+            (CLIENT, VIP, ep, LB_A),
+            (GW_A_MAC, A_MAC),
+            (CLIENT_MAC, B_MAC),
+        );
+        let seg = Packet::new(CLIENT, VIP, L4::Tcp { flags: ACK });
+        let as_sent = Packet {
+            src,
+            dst: ep,
+            ttl: 63,
+            ..seg.clone()
+        };
+        let err = icmp_error(GW_A, LB_A, FRAG_NEEDED, &quoted(&as_sent));
+        let out = net.send("fragmentation needed", &err, net.redirect(), &ICMP_NAT);
+        let about = Packet { ttl: 63, ..seg };
+        let want = icmp_error(*VIP.ip(), *CLIENT.ip(), FRAG_NEEDED, &quoted(&about));
+        assert_eq!(
+            out,
+            forwarded_error(want, CLIENT_MAC, B_MAC),
+            "{hook:?}: fullnat"
+        );
+
+        // An error about no tracked flow is forwarded as it is.
+        let stray = Packet::new(
+            SocketAddrV4::new(DST, 1),
+            CLIENT,
+            L4::Udp { checksum: true },
+        );
+        let err = icmp_error(*CLIENT.ip(), DST, PORT_UNREACHABLE, &quoted(&stray));
+        let out = net.send("unrelated", &err, net.redirect(), &[ll_reason::LL_R_FWD]);
+        assert_eq!(
+            out,
+            forwarded_error(err, GW_A_MAC, A_MAC),
+            "{hook:?}: unrelated"
+        );
+    }
 }

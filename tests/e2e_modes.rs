@@ -551,3 +551,62 @@ fn dsr_at(hook: &str) {
     assert_eq!(actions.len(), 3, "{actions:?}");
     assert!(actions.iter().all(|a| a == "dsr-10.77.1.3"), "{actions:?}");
 }
+
+#[test]
+fn icmp_errors_reach_clients_of_translated_flows() {
+    icmp_errors_at("tc");
+}
+
+#[test]
+fn icmp_errors_reach_clients_at_xdp_too() {
+    icmp_errors_at("xdp");
+}
+
+/// A datagram to a VIP whose endpoint has nothing on the port: the
+/// endpoint's "port unreachable" reaches the client's connected socket
+/// (which takes only errors about its own datagrams to the VIP) as a
+/// refusal, in default mode and in fullnat, with Linux forwarding off.
+fn icmp_errors_at(hook: &str) {
+    const CLOSED: u16 = 7072;
+    let mut lab = Lab::new(&format!("icmperr{hook}"));
+    lab.set_linux_forwarding(false);
+    if hook == "xdp" {
+        lab.prepare_for_xdp();
+    }
+    lab.start_daemon(&["--hook", hook]);
+    let b1 = lab.backend("b1").ip.clone();
+    let addr = SocketAddr::new(VIP.parse().unwrap(), CLOSED);
+    for mode in ["default", "fullnat"] {
+        lab.loxicmd_ok(&[
+            "create",
+            "lb",
+            VIP,
+            &format!("--udp={CLOSED}:{CLOSED}"),
+            &format!("--endpoints={b1}:1"),
+            &format!("--mode={mode}"),
+        ]);
+        let refused = (0..3).any(|_| {
+            lab.in_ns(&lab.client, || {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
+                s.connect(addr).expect("connecting the socket");
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                s.send(b"anyone?").expect("sending");
+                let mut buf = [0u8; 64];
+                matches!(s.recv(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+            })
+        });
+        assert!(
+            refused,
+            "{mode}: the client never learnt the port is closed"
+        );
+        lab.loxicmd_ok(&["delete", "lb", VIP, &format!("--udp={CLOSED}")]);
+    }
+    let nat_icmp = metric(
+        &lab,
+        r#"loxilight_datapath_nat_packets_total{reason="nat_icmp"}"#,
+    );
+    assert!(
+        nat_icmp >= 2.0,
+        "translated ICMP errors counted: {nat_icmp}"
+    );
+}

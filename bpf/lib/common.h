@@ -63,7 +63,7 @@ struct ll_persist {
 
 /* What happened to a packet, counted per CPU in ll_reasons. Every packet
  * ends with exactly one verdict (a pass, a drop or LL_R_FWD); packets the LB
- * translated also count LL_R_NAT_NEW or LL_R_NAT_EST. */
+ * translated also count LL_R_NAT_NEW, LL_R_NAT_EST or LL_R_NAT_ICMP. */
 enum ll_reason {
 	LL_R_PASS_NOT_IP = 0,    /* neither IPv4 nor IPv6 (ARP, LLDP, ...) */
 	LL_R_PASS_TRUNCATED,     /* shorter than its headers */
@@ -100,6 +100,11 @@ enum ll_reason {
 	LL_R_PASS_NO_SNAT,       /* a SNAT rule matched IPv6, or neither TCP nor UDP: untranslated to Linux */
 	LL_R_PASS_NAT64,         /* NAT64 packet not translatable (IP options, VLAN tag, UDP without
 				  * checksum, a reply whose flow is gone): untranslated to Linux */
+	LL_R_NAT_ICMP,           /* ICMP error about a tracked flow, translated as the flow is */
+	LL_R_PASS_ICMP,          /* ICMP error about a tracked flow, not translatable (IP options,
+				  * VLAN tag, the flow gone meanwhile): untranslated to Linux */
+	LL_R_PASS_TAIL,          /* the program for the packet could not be entered by tail call
+				  * (its array not filled): untranslated to Linux */
 	LL_R_MAX,
 };
 

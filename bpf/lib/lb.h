@@ -245,6 +245,10 @@ static __always_inline int ll_lb_translation(const struct ll_svc *svc,
 #define LL_LB_NONE (-2)
 /* A packet of a NAT64 service or flow: the translator's (nat64.h). */
 #define LL_GO_NAT64 (-7)
+/* An ICMP error about a tracked flow: the ICMP translator's (icmp.h). */
+#define LL_GO_ICMP (-8)
+/* A packet of no tracked flow: the first-packet program's (pipeline.h). */
+#define LL_GO_FIRST (-9)
 
 /* The 32-bit fold of an IPv6 address that stands in for it where IPv4 has
  * one (flow hash, persist, ll_svc6's endpoints); the daemon folds the same
@@ -447,8 +451,34 @@ static __always_inline void *ll_ct_key_of(int v6, const struct ll_pkt *p, struct
 	return k4;
 }
 
-/* For a packet of a tracked flow: as ll_ct_follow, or LL_GO_NAT64;
- * otherwise LL_CT_MISS.
+/* The conntrack entry that the reply to the packet an ICMP error quotes
+ * would match (NULL if none). */
+static __always_inline struct ll_ct *ll_icmp_flow(const struct ll_inner *in)
+{
+	struct ll_ct_key k = {
+		.saddr = in->daddr,
+		.daddr = in->saddr,
+		.sport = in->dport,
+		.dport = in->sport,
+		.proto = in->proto,
+	};
+
+	return bpf_map_lookup_elem(&ll_conntrack, &k);
+}
+
+/* Whether IPv4 ICMP error p is about a flow the ICMP translator handles:
+ * tracked, neither NAT64 (whose errors would need ICMPv6) nor DSR (whose
+ * replies bypass the LB). A subprogram: its key stays off the caller's
+ * frame. */
+static __noinline int ll_icmp_related(const struct ll_pkt *p)
+{
+	struct ll_ct *ct = ll_icmp_flow(&p->inner);
+
+	return ct && !(ct->xlate & (LL_XLATE_64 | LL_XLATE_DSR));
+}
+
+/* For a packet of a tracked flow: as ll_ct_follow, or LL_GO_NAT64; for an
+ * ICMP error about one, LL_GO_ICMP; otherwise LL_CT_MISS.
  * Packets without ports are tracked by protocol and addresses (ports 0). */
 static __always_inline int ll_lb_decide(int v6, const struct ll_pkt *p, struct ll_verdict *v)
 {
@@ -458,6 +488,8 @@ static __always_inline int ll_lb_decide(int v6, const struct ll_pkt *p, struct l
 
 	if (!key)
 		return LL_R_PASS_CT_FULL;
+	if (!v6 && p->icmp_err && ll_icmp_related(p))
+		return LL_GO_ICMP;
 	hit = bpf_map_lookup_elem(LL_CT_MAP(v6), key);
 	if (!hit)
 		return LL_CT_MISS;

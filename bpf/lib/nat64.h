@@ -17,61 +17,7 @@
 #ifndef LL_NAT64_H
 #define LL_NAT64_H
 
-#include "lb.h"
-
-#define LL_IP4_HLEN 20
-#define LL_IP6_HLEN 40
-/* How much longer an IPv6 header is than an IPv4 one without options. */
-#define LL_NAT64_GROWTH (LL_IP6_HLEN - LL_IP4_HLEN)
-
-/* What an entry program hands its translator, and what the translator
- * decides, per CPU (a tail call keeps the CPU). */
-struct ll_tail {
-	struct ll_pkt p;    /* as parsed by the entry program */
-	struct ll_pkt q;    /* p after translation, for forwarding */
-	__u32 ingress;
-	__u32 mtu_len;      /* p's L3 length for the MTU check, 0 for GSO */
-	__u32 mark;         /* the service's skb->mark (TC), 0: none */
-	__u32 pad;
-	struct ll_fwd fwd;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct ll_tail);
-} ll_tail SEC(".maps");
-
-/* Hands packet p to the translator: fills ll_tail; 0 when it can go. */
-static __always_inline int ll_tail_fill(const struct ll_pkt *p, __u32 ingress, __u32 mtu_len)
-{
-	__u32 zero = 0;
-	struct ll_tail *t = bpf_map_lookup_elem(&ll_tail, &zero);
-
-	if (!t)
-		return -1;
-	t->p = *p;
-	t->ingress = ingress;
-	t->mtu_len = mtu_len;
-	return 0;
-}
-
-static __always_inline __u16 ll_csum_fold(__u32 c)
-{
-	c = (c & 0xffff) + (c >> 16);
-	c = (c & 0xffff) + (c >> 16);
-	return (__u16)c;
-}
-
-/* Checksum check after adding diff (a bpf_csum_diff result) to what it covers. */
-static __always_inline __u16 ll_csum_apply(__u16 check, __u32 diff)
-{
-	__u64 s = (__u64)(__u16)~check + diff;
-
-	s = (s & 0xffffffff) + (s >> 32);
-	return ~ll_csum_fold((__u32)s);
-}
+#include "tail.h"
 
 /* a = ::ffff:v4 */
 static __always_inline void ll_mapped(__u8 *a, __be32 v4)
@@ -248,31 +194,6 @@ static __noinline int ll_nat64_decide(struct ll_tail *t)
 	/* Another CPU created this flow first: follow its choice. */
 	hit = bpf_map_lookup_elem(&ll_conntrack6, &k6->key);
 	return hit ? ll_nat64_follow(t, &k6->key, hit) : LL_R_PASS_CT_FULL;
-}
-
-/* Where the translated packet t->q goes: LL_R_FWD with t->fwd, or the
- * reason to hand it, translated, to Linux. */
-static __noinline int ll_nat64_forward(struct ll_tail *t)
-{
-	struct ll_pkt *q = &t->q;
-	const struct ll_pkt *p = &t->p;
-	__u8 daddr[16] = {};
-	__u32 mtu_len = t->mtu_len;
-
-	q->l3_off = p->l3_off;
-	q->l4_off = p->l3_off + (q->family == LL_AF_INET ? LL_IP4_HLEN : LL_IP6_HLEN);
-	q->proto = p->proto;
-	q->ttl = p->ttl;
-	q->l2_mcast = p->l2_mcast;
-	__builtin_memcpy(q->dmac, p->dmac, 6);
-	if (q->family == LL_AF_INET) {
-		__builtin_memcpy(daddr, &q->daddr, 4);
-		mtu_len = mtu_len ? mtu_len - LL_NAT64_GROWTH : 0;
-	} else {
-		__builtin_memcpy(daddr, q->daddr6, 16);
-		mtu_len = mtu_len ? mtu_len + LL_NAT64_GROWTH : 0;
-	}
-	return ll_fwd_lookup(t->ingress, q, daddr, ll_pkt_hash(q, q->daddr), mtu_len, &t->fwd);
 }
 
 /* The IPv4 header of t->q, ready to be written: checksum computed, TTL as

@@ -29,6 +29,19 @@ struct ll_vlan_hdr {
 	__be16 encap_proto;
 };
 
+/* The packet an IPv4 ICMP error quotes (ll_pkt.icmp_err): where its
+ * header starts, its addresses and protocol, and its ports (an echo's
+ * identifier placed as ll_parse_icmp places it). */
+struct ll_inner {
+	__u32 l3_off;
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
 /* What the pipeline knows about a packet. Offsets are from the start of the
  * frame; addresses and ports are in network order, as on the wire. */
 struct ll_pkt {
@@ -38,8 +51,13 @@ struct ll_pkt {
 	__u32 family;       /* LL_AF_INET or LL_AF_INET6 */
 	__be32 saddr;       /* IPv4 */
 	__be32 daddr;       /* IPv4 */
-	__u8 saddr6[16];    /* IPv6 */
-	__u8 daddr6[16];    /* IPv6 */
+	union {
+		struct {
+			__u8 saddr6[16]; /* IPv6 */
+			__u8 daddr6[16]; /* IPv6 */
+		};
+		struct ll_inner inner; /* IPv4 ICMP errors (icmp_err) */
+	};
 	__be16 sport;
 	__be16 dport;
 	__u8 proto;
@@ -50,7 +68,7 @@ struct ll_pkt {
 	__u8 ip_options;    /* IPv4 options or an IPv6 hop-by-hop header */
 	__u8 vlan;          /* one 802.1Q/802.1ad tag in the frame */
 	__u8 l2_mcast;      /* group bit of the destination MAC */
-	__u8 pad;
+	__u8 icmp_err;      /* an IPv4 ICMP error quoting a TCP, UDP, SCTP or echo packet: inner */
 	__u8 dmac[6];
 	__u32 tcp_ack;      /* TCP, host order: acknowledgement number */
 	__u32 tcp_end;      /* TCP, host order: sequence number after this segment */
@@ -104,7 +122,10 @@ static __always_inline __u8 ll_sctp_flags(__u8 chunk)
 
 /* linux/icmp.h pulls in libc headers. */
 #define LL_ICMP_ECHOREPLY 0
+#define LL_ICMP_DEST_UNREACH 3
 #define LL_ICMP_ECHO 8
+#define LL_ICMP_TIME_EXCEEDED 11
+#define LL_ICMP_PARAMETERPROB 12
 
 struct ll_icmp_echo {
 	__u8 type;
@@ -113,6 +134,55 @@ struct ll_icmp_echo {
 	__be16 id;
 	__be16 seq;
 };
+
+/* The echo identifier as a port pair: the source port of a request, the
+ * destination port of a reply, the other 0. Returns 0 if not an echo. */
+static __always_inline int ll_echo_ports(const struct ll_icmp_echo *ih, __be16 *sport,
+					 __be16 *dport)
+{
+	if (ih->type == LL_ICMP_ECHO) {
+		*sport = ih->id;
+		*dport = 0;
+	} else if (ih->type == LL_ICMP_ECHOREPLY) {
+		*sport = 0;
+		*dport = ih->id;
+	} else {
+		return 0;
+	}
+	return 1;
+}
+
+/* An ICMP error's quoted packet (after the 8-byte ICMP header), when it
+ * has a plain IPv4 header (no options) and its ports or echo header:
+ * p->inner and p->icmp_err. Anything else is left as an ordinary packet. */
+static __always_inline void ll_parse_icmp_err(void *data, void *data_end, __u32 l3_end,
+					      struct ll_pkt *p)
+{
+	__u32 off = p->l4_off + sizeof(struct ll_icmp_echo);
+	struct iphdr *in = data + off;
+	struct ll_icmp_echo *echo = (void *)(in + 1);
+	__be16 *ports = (void *)(in + 1);
+
+	if ((void *)(echo + 1) > data_end || off + sizeof(*in) + sizeof(*echo) > l3_end)
+		return;
+	if (in->version != 4 || in->ihl != 5)
+		return;
+	p->inner.proto = in->protocol;
+	if (in->protocol == IPPROTO_ICMP) {
+		if (!ll_echo_ports(echo, &p->inner.sport, &p->inner.dport))
+			return;
+	} else if (in->protocol == IPPROTO_TCP || in->protocol == IPPROTO_UDP ||
+		   in->protocol == IPPROTO_SCTP) {
+		p->inner.sport = ports[0];
+		p->inner.dport = ports[1];
+	} else {
+		return;
+	}
+	p->inner.l3_off = off;
+	p->inner.saddr = in->saddr;
+	p->inner.daddr = in->daddr;
+	p->icmp_err = 1;
+}
 
 /* ICMP echo has no ports: its identifier stands in for the client's port,
  * the source port of a request and the destination port of a reply (the
@@ -126,17 +196,15 @@ static __always_inline int ll_parse_icmp(void *data, void *data_end, __u32 l3_en
 	if ((void *)(ih + 1) > data_end || p->l4_off + sizeof(*ih) > l3_end)
 		return LL_R_PASS_TRUNCATED;
 	p->tcp_flags = ih->type;
-	if (ih->type == LL_ICMP_ECHO) {
-		p->sport = ih->id;
-		p->dport = 0;
-	} else if (ih->type == LL_ICMP_ECHOREPLY) {
-		p->sport = 0;
-		p->dport = ih->id;
-	} else {
-		/* errors and the rest are not load-balancer traffic */
+	if (ll_echo_ports(ih, &p->sport, &p->dport)) {
+		p->has_ports = 1;
 		return LL_PARSED;
 	}
-	p->has_ports = 1;
+	/* Errors may be about a tracked flow (icmp.h); the rest are not
+	 * load-balancer traffic. */
+	if (ih->type == LL_ICMP_DEST_UNREACH || ih->type == LL_ICMP_TIME_EXCEEDED ||
+	    ih->type == LL_ICMP_PARAMETERPROB)
+		ll_parse_icmp_err(data, data_end, l3_end, p);
 	return LL_PARSED;
 }
 

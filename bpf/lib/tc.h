@@ -127,6 +127,46 @@ static __noinline int ll_tc_nat64_rewrite(struct __sk_buff *skb, const struct ll
 	return bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_proto), &ethertype, 2, 0);
 }
 
+/* Rewrites ICMP error t->p as ll_icmp_decide translated it (t->q): the
+ * quoted header (addresses, its checksum, ports and L4 checksum when
+ * quoted), the ICMP checksum over those, then the outer addresses. */
+static __noinline int ll_tc_icmp_rewrite(struct __sk_buff *skb, const struct ll_tail *t)
+{
+	const struct ll_pkt *p = &t->p;
+	__u32 in = p->inner.l3_off;
+	__u32 l4_check = in + ll_icmp_l4_check_off(p->inner.proto);
+	struct ll_icmp_fields old = {}, new = {};
+	int has_l4 = 0;
+	__s64 diff;
+
+	if (bpf_skb_load_bytes(skb, in + offsetof(struct iphdr, check), &old.ip_check, 2))
+		return -1;
+	if (ll_l4_rewritable(p->inner.proto) && l4_check + 2 <= skb->len &&
+	    !bpf_skb_load_bytes(skb, l4_check, &old.l4_check, 2))
+		has_l4 = p->inner.proto == IPPROTO_TCP || old.l4_check;
+	diff = ll_icmp_fields(t, &old, &new, has_l4);
+	if (diff < 0 || bpf_l4_csum_replace(skb, p->l4_off + 2, 0, diff, 0))
+		return -1;
+	if (bpf_skb_store_bytes(skb, in + offsetof(struct iphdr, check), &new.ip_check, 2, 0) ||
+	    bpf_skb_store_bytes(skb, in + offsetof(struct iphdr, saddr), &new.saddr, 8, 0) ||
+	    bpf_skb_store_bytes(skb, in + LL_IP4_HLEN, &new.sport, 4, 0))
+		return -1;
+	if (has_l4 && bpf_skb_store_bytes(skb, l4_check, &new.l4_check, 2, 0))
+		return -1;
+	for (int i = 0; i < 2; i++) {
+		__be32 from = i ? p->daddr : p->saddr, to = i ? t->q.daddr : t->q.saddr;
+
+		if (from == to)
+			continue;
+		if (bpf_l3_csum_replace(skb, p->l3_off + offsetof(struct iphdr, check), from, to,
+					sizeof(to)) ||
+		    bpf_skb_store_bytes(skb, p->l3_off + offsetof(struct iphdr, saddr) + i * 4, &to,
+					sizeof(to), 0))
+			return -1;
+	}
+	return 0;
+}
+
 /* TTL / hop limit decrement and the new MACs, for a packet about to be
  * redirected. */
 static __always_inline int ll_tc_forward(struct __sk_buff *skb, const struct ll_pkt *p,

@@ -149,6 +149,46 @@ static __noinline int ll_xdp_nat64_rewrite(struct xdp_md *ctx, const struct ll_t
 	return 0;
 }
 
+/* As ll_tc_icmp_rewrite, with direct writes (ll_icmp_decide let through
+ * only plain headers: the quoted one starts at a fixed offset). */
+static __noinline int ll_xdp_icmp_rewrite(struct xdp_md *ctx, const struct ll_tail *t)
+{
+	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	const struct ll_pkt *p = &t->p;
+	struct iphdr *ip = data + ETH_HLEN;
+	struct ll_icmp_echo *icmp = (void *)(ip + 1);
+	struct iphdr *in = (void *)(icmp + 1);
+	__be16 *ports = (void *)(in + 1), *l4_check;
+	struct ll_icmp_fields old = {}, new = {};
+	int has_l4 = 0;
+	__s64 diff;
+
+	if ((void *)(ports + 2) > end)
+		return -1;
+	l4_check = (void *)in + (ll_icmp_l4_check_off(p->inner.proto) & 0x3f);
+	old.ip_check = in->check;
+	if (ll_l4_rewritable(p->inner.proto) && (void *)(l4_check + 1) <= end) {
+		old.l4_check = *l4_check;
+		has_l4 = p->inner.proto == IPPROTO_TCP || old.l4_check;
+	}
+	diff = ll_icmp_fields(t, &old, &new, has_l4);
+	if (diff < 0)
+		return -1;
+	icmp->check = ll_csum_apply(icmp->check, (__u32)diff);
+	in->check = new.ip_check;
+	in->saddr = new.saddr;
+	in->daddr = new.daddr;
+	ports[0] = new.sport;
+	ports[1] = new.dport;
+	if (has_l4 && (void *)(l4_check + 1) <= end)
+		*l4_check = new.l4_check;
+	ip->check = ll_csum_replace4(ip->check, ip->saddr, t->q.saddr);
+	ip->saddr = t->q.saddr;
+	ip->check = ll_csum_replace4(ip->check, ip->daddr, t->q.daddr);
+	ip->daddr = t->q.daddr;
+	return 0;
+}
+
 static __always_inline int ll_xdp_forward(struct xdp_md *ctx, const struct ll_pkt *p,
 					  const struct ll_fwd *fwd)
 {

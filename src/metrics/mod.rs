@@ -267,7 +267,8 @@ fn render_datapath(w: &mut Writer, dp: &Datapath) -> datapath::Result<()> {
     const VERDICT: &str =
         "by verdict reason: pass_* went to Linux, drop_* were dropped, fwd was forwarded.";
     const NAT: &str =
-        "translated by the datapath: nat_new started a flow, nat_est belonged to one.";
+        "translated by the datapath: nat_new started a flow, nat_est belonged to one, \
+         nat_icmp was an ICMP error about one.";
     for (name, help, samples, bytes) in [
         (
             "loxilight_datapath_packets_total",

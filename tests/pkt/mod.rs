@@ -265,6 +265,32 @@ pub fn assert_checksums(f: &[u8]) {
     assert_eq!(fold(sum), 0xffff, "L4 checksum: {f:02x?}");
 }
 
+/// An ICMP error from `src` to `dst` (TTL 64, to DST_MAC) quoting `quoted`
+/// (an IP packet, as much of it as given), every checksum valid.
+pub fn icmp_error(src: Ipv4Addr, dst: Ipv4Addr, (kind, code): (u8, u8), quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0, 0, 0, 0x05, 0xdc];
+    icmp.extend_from_slice(quoted);
+    let c = !fold(sum16(&icmp));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0, 0, 64, ICMP, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = !fold(sum16(&ip));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = [DST_MAC, SRC_MAC].concat();
+    f.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// `p` from its IP header on, as an ICMP error quotes it.
+pub fn quoted(p: &Packet) -> Vec<u8> {
+    p.build()[ETH_HLEN..].to_vec()
+}
+
 /// One's complement sum of big-endian 16-bit words, odd byte padded with 0.
 pub fn sum16(b: &[u8]) -> u32 {
     b.chunks(2)
