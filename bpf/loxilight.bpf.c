@@ -14,33 +14,20 @@ int ll_xdp_first(struct xdp_md *ctx);
 
 /* The programs entered by tail call (tail.h), one array per program type,
  * filled by libbpf at load (also when the daemon reuses the pinned array). */
-struct {
-	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, LL_TAILS);
-	__uint(key_size, sizeof(__u32));
-	__array(values, int(struct __sk_buff *));
-} ll_tc_tails SEC(".maps") = {
-	.values =
-		{
-			[LL_TAIL_NAT64] = (void *)&ll_tc_nat64,
-			[LL_TAIL_ICMP] = (void *)&ll_tc_icmp,
-			[LL_TAIL_FIRST] = (void *)&ll_tc_first,
-		},
-};
+#define LL_TAIL_ARRAY(name, ctx, nat64, icmp, first)                                             \
+	struct {                                                                                  \
+		__uint(type, BPF_MAP_TYPE_PROG_ARRAY);                                            \
+		__uint(max_entries, LL_TAILS);                                                    \
+		__uint(key_size, sizeof(__u32));                                                  \
+		__array(values, int(ctx *));                                                      \
+	} name SEC(".maps") = {                                                                   \
+		.values = {[LL_TAIL_NAT64] = (void *)&nat64,                                      \
+			   [LL_TAIL_ICMP] = (void *)&icmp,                                        \
+			   [LL_TAIL_FIRST] = (void *)&first},                                     \
+	}
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, LL_TAILS);
-	__uint(key_size, sizeof(__u32));
-	__array(values, int(struct xdp_md *));
-} ll_xdp_tails SEC(".maps") = {
-	.values =
-		{
-			[LL_TAIL_NAT64] = (void *)&ll_xdp_nat64,
-			[LL_TAIL_ICMP] = (void *)&ll_xdp_icmp,
-			[LL_TAIL_FIRST] = (void *)&ll_xdp_first,
-		},
-};
+LL_TAIL_ARRAY(ll_tc_tails, struct __sk_buff, ll_tc_nat64, ll_tc_icmp, ll_tc_first);
+LL_TAIL_ARRAY(ll_xdp_tails, struct xdp_md, ll_xdp_nat64, ll_xdp_icmp, ll_xdp_first);
 
 /* What TC does with the pipeline's verdict v for packet p: hands it to the
  * program the verdict names (by tail call; filled: p is ll_tail's already),

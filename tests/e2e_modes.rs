@@ -75,6 +75,25 @@ impl Drop for PeerServer {
     }
 }
 
+/// The standard lab with Linux forwarding off and the daemon on `hook`.
+fn lab_on(tag: &str, hook: &str) -> Lab {
+    let mut lab = Lab::new(tag);
+    lab.set_linux_forwarding(false);
+    if hook == "xdp" {
+        lab.prepare_for_xdp();
+    }
+    lab.start_daemon(&["--hook", hook]);
+    lab
+}
+
+/// A PeerServer on PORT in every backend.
+fn peer_servers(lab: &Lab) -> Vec<PeerServer> {
+    lab.backends
+        .iter()
+        .map(|b| PeerServer::start(lab, &b.ns, &b.name))
+        .collect()
+}
+
 /// Connects from the client to VIP:PORT; returns (server name, the address
 /// the server saw the connection come from).
 fn ask(lab: &Lab) -> (String, SocketAddr) {
@@ -207,17 +226,8 @@ fn fullnat_works_at_xdp_too() {
 }
 
 fn fullnat_at(hook: &str) {
-    let mut lab = Lab::new(&format!("fullnat{hook}"));
-    lab.set_linux_forwarding(false);
-    if hook == "xdp" {
-        lab.prepare_for_xdp();
-    }
-    lab.start_daemon(&["--hook", hook]);
-    let _servers: Vec<PeerServer> = lab
-        .backends
-        .iter()
-        .map(|b| PeerServer::start(&lab, &b.ns, &b.name))
-        .collect();
+    let lab = lab_on(&format!("fullnat{hook}"), hook);
+    let _servers = peer_servers(&lab);
     // The backends keep only their own subnet: no way back to the client.
     for b in &lab.backends {
         ip(&format!("-n {} route del default", b.ns));
@@ -306,17 +316,8 @@ fn nat64_works_at_xdp_too() {
 /// VIP, the backends see IPv4 from the LB's address on their link, and
 /// Linux forwards nothing.
 fn nat64_at(hook: &str) {
-    let mut lab = Lab::new(&format!("nat64{hook}"));
-    lab.set_linux_forwarding(false);
-    if hook == "xdp" {
-        lab.prepare_for_xdp();
-    }
-    lab.start_daemon(&["--hook", hook]);
-    let _servers: Vec<PeerServer> = lab
-        .backends
-        .iter()
-        .map(|b| PeerServer::start(&lab, &b.ns, &b.name))
-        .collect();
+    let mut lab = lab_on(&format!("nat64{hook}"), hook);
+    let _servers = peer_servers(&lab);
     let endpoints: Vec<String> = lab.backends.iter().map(|b| format!("{}:1", b.ip)).collect();
     lab.loxicmd_ok(&[
         "create",
@@ -568,12 +569,7 @@ fn icmp_errors_reach_clients_at_xdp_too() {
 /// refusal, in default mode and in fullnat, with Linux forwarding off.
 fn icmp_errors_at(hook: &str) {
     const CLOSED: u16 = 7072;
-    let mut lab = Lab::new(&format!("icmperr{hook}"));
-    lab.set_linux_forwarding(false);
-    if hook == "xdp" {
-        lab.prepare_for_xdp();
-    }
-    lab.start_daemon(&["--hook", hook]);
+    let lab = lab_on(&format!("icmperr{hook}"), hook);
     let b1 = lab.backend("b1").ip.clone();
     let addr = SocketAddr::new(VIP.parse().unwrap(), CLOSED);
     for mode in ["default", "fullnat"] {

@@ -20,10 +20,7 @@
 /* The quoted header's fields a translation changes, in the order the
  * checksum arithmetic reads them (16-bit aligned, network order). */
 struct ll_icmp_fields {
-	__be32 saddr;
-	__be32 daddr;
-	__be16 sport;
-	__be16 dport;
+	struct ll_tuple t;
 	__be16 ip_check;
 	__be16 l4_check;
 };
@@ -50,12 +47,12 @@ static __noinline int ll_icmp_decide(struct ll_tail *t)
 	q->sport = 0;
 	q->dport = 0;
 	q->inner = p->inner;
-	q->inner.saddr = e->nat.daddr;
-	q->inner.daddr = e->nat.saddr;
+	q->inner.t.saddr = e->nat.daddr;
+	q->inner.t.daddr = e->nat.saddr;
 	/* An echo's identifier is never translated. */
 	if (ll_l4_rewritable(p->inner.proto)) {
-		q->inner.sport = e->nat.dport;
-		q->inner.dport = e->nat.sport;
+		q->inner.t.sport = e->nat.dport;
+		q->inner.t.dport = e->nat.sport;
 	}
 	t->mark = 0;
 	return LL_R_NAT_ICMP;
@@ -68,24 +65,16 @@ static __noinline int ll_icmp_decide(struct ll_tail *t)
 static __always_inline __s64 ll_icmp_fields(const struct ll_tail *t, struct ll_icmp_fields *old,
 					    struct ll_icmp_fields *new, int has_l4)
 {
-	const struct ll_inner *from = &t->p.inner, *to = &t->q.inner;
-
-	old->saddr = from->saddr;
-	old->daddr = from->daddr;
-	old->sport = from->sport;
-	old->dport = from->dport;
-	new->saddr = to->saddr;
-	new->daddr = to->daddr;
-	new->sport = to->sport;
-	new->dport = to->dport;
+	old->t = t->p.inner.t;
+	new->t = t->q.inner.t;
 	/* The IP header checksum covers the addresses; TCP's and UDP's the
 	 * addresses (pseudo-header) and the ports. */
-	new->ip_check = ll_csum_apply(old->ip_check, (__u32)bpf_csum_diff(&old->saddr, 8,
-									  &new->saddr, 8, 0));
+	new->ip_check = ll_csum_apply(old->ip_check, (__u32)bpf_csum_diff(&old->t.saddr, 8,
+									  &new->t.saddr, 8, 0));
 	if (has_l4)
 		new->l4_check = ll_csum_apply(old->l4_check,
-					      (__u32)bpf_csum_diff(&old->saddr, 12,
-								   &new->saddr, 12, 0));
+					      (__u32)bpf_csum_diff(&old->t.saddr, 12,
+								   &new->t.saddr, 12, 0));
 	else
 		new->l4_check = old->l4_check;
 	return bpf_csum_diff((__be32 *)old, sizeof(*old), (__be32 *)new, sizeof(*new), 0);

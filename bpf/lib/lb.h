@@ -456,10 +456,10 @@ static __always_inline void *ll_ct_key_of(int v6, const struct ll_pkt *p, struct
 static __always_inline struct ll_ct *ll_icmp_flow(const struct ll_inner *in)
 {
 	struct ll_ct_key k = {
-		.saddr = in->daddr,
-		.daddr = in->saddr,
-		.sport = in->dport,
-		.dport = in->sport,
+		.saddr = in->t.daddr,
+		.daddr = in->t.saddr,
+		.sport = in->t.dport,
+		.dport = in->t.sport,
 		.proto = in->proto,
 	};
 

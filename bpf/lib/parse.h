@@ -34,10 +34,7 @@ struct ll_vlan_hdr {
  * identifier placed as ll_parse_icmp places it). */
 struct ll_inner {
 	__u32 l3_off;
-	__be32 saddr;
-	__be32 daddr;
-	__be16 sport;
-	__be16 dport;
+	struct ll_tuple t;
 	__u8 proto;
 	__u8 pad[3];
 };
@@ -169,18 +166,18 @@ static __always_inline void ll_parse_icmp_err(void *data, void *data_end, __u32 
 		return;
 	p->inner.proto = in->protocol;
 	if (in->protocol == IPPROTO_ICMP) {
-		if (!ll_echo_ports(echo, &p->inner.sport, &p->inner.dport))
+		if (!ll_echo_ports(echo, &p->inner.t.sport, &p->inner.t.dport))
 			return;
 	} else if (in->protocol == IPPROTO_TCP || in->protocol == IPPROTO_UDP ||
 		   in->protocol == IPPROTO_SCTP) {
-		p->inner.sport = ports[0];
-		p->inner.dport = ports[1];
+		p->inner.t.sport = ports[0];
+		p->inner.t.dport = ports[1];
 	} else {
 		return;
 	}
 	p->inner.l3_off = off;
-	p->inner.saddr = in->saddr;
-	p->inner.daddr = in->daddr;
+	p->inner.t.saddr = in->saddr;
+	p->inner.t.daddr = in->daddr;
 	p->icmp_err = 1;
 }
 

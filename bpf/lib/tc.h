@@ -148,8 +148,8 @@ static __noinline int ll_tc_icmp_rewrite(struct __sk_buff *skb, const struct ll_
 	if (diff < 0 || bpf_l4_csum_replace(skb, p->l4_off + 2, 0, diff, 0))
 		return -1;
 	if (bpf_skb_store_bytes(skb, in + offsetof(struct iphdr, check), &new.ip_check, 2, 0) ||
-	    bpf_skb_store_bytes(skb, in + offsetof(struct iphdr, saddr), &new.saddr, 8, 0) ||
-	    bpf_skb_store_bytes(skb, in + LL_IP4_HLEN, &new.sport, 4, 0))
+	    bpf_skb_store_bytes(skb, in + offsetof(struct iphdr, saddr), &new.t.saddr, 8, 0) ||
+	    bpf_skb_store_bytes(skb, in + LL_IP4_HLEN, &new.t.sport, 4, 0))
 		return -1;
 	if (has_l4 && bpf_skb_store_bytes(skb, l4_check, &new.l4_check, 2, 0))
 		return -1;

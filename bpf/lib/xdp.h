@@ -176,10 +176,10 @@ static __noinline int ll_xdp_icmp_rewrite(struct xdp_md *ctx, const struct ll_ta
 		return -1;
 	icmp->check = ll_csum_apply(icmp->check, (__u32)diff);
 	in->check = new.ip_check;
-	in->saddr = new.saddr;
-	in->daddr = new.daddr;
-	ports[0] = new.sport;
-	ports[1] = new.dport;
+	in->saddr = new.t.saddr;
+	in->daddr = new.t.daddr;
+	ports[0] = new.t.sport;
+	ports[1] = new.t.dport;
 	if (has_l4 && (void *)(l4_check + 1) <= end)
 		*l4_check = new.l4_check;
 	ip->check = ll_csum_replace4(ip->check, ip->saddr, t->q.saddr);
