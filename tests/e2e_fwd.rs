@@ -40,18 +40,8 @@ fn http_retry(lab: &Lab, ip: &str, port: u16) -> Option<String> {
     (0..3).find_map(|_| lab.http_get(ip, port).ok())
 }
 
-fn lab_without_linux_forwarding(tag: &str, hook: &str) -> Lab {
-    let mut lab = Lab::new(tag);
-    lab.set_linux_forwarding(false);
-    if hook == "xdp" {
-        lab.prepare_for_xdp();
-    }
-    lab.start_daemon(&["--hook", hook]);
-    lab
-}
-
 fn forwards_by_itself(hook: &str) -> Lab {
-    let lab = lab_without_linux_forwarding(hook, hook);
+    let lab = Lab::forwarding_off(hook, hook);
     let eps = format!("--endpoints={}", lab.endpoints_arg());
     lab.loxicmd_ok(&[
         "create",
@@ -132,7 +122,7 @@ fn route_via(lab: &Lab, dst: &str, gw: &str) -> bool {
 
 #[test]
 fn route_changes_show_up_and_steer_packets() {
-    let lab = lab_without_linux_forwarding("route", "tc");
+    let lab = Lab::forwarding_off("route", "tc");
     // Both backends answer for one address, so the route decides who does.
     // (HTTP, not UDP: a UDP reply from a wildcard socket would come from
     // the backend's interface address.)
@@ -194,7 +184,7 @@ fn route_changes_show_up_and_steer_packets() {
 
 #[test]
 fn ecmp_and_blackhole_routes_are_mirrored() {
-    let lab = lab_without_linux_forwarding("ecmp", "tc");
+    let lab = Lab::forwarding_off("ecmp", "tc");
     ip(&format!(
         "-n {} route add 198.51.100.0/24 nexthop via 10.77.2.2 nexthop via 10.77.3.2",
         lab.lb
@@ -222,7 +212,7 @@ fn ecmp_and_blackhole_routes_are_mirrored() {
 
 #[test]
 fn neighbour_changes_show_up_and_flushes_are_relearned() {
-    let lab = lab_without_linux_forwarding("neigh", "tc");
+    let lab = Lab::forwarding_off("neigh", "tc");
     let neigh = |ip: &str, mac: &str| {
         has_row(&lab, "neighbor", |r| {
             cell(r, "IP") == ip && cell(r, "MAC") == mac
@@ -262,7 +252,7 @@ fn neighbour_changes_show_up_and_flushes_are_relearned() {
 
 #[test]
 fn link_down_and_up_change_where_packets_go() {
-    let lab = lab_without_linux_forwarding("link", "tc");
+    let lab = Lab::forwarding_off("link", "tc");
     let b1 = lab.backends[0].ip.clone();
     let state = |lab: &Lab| {
         rows(lab, "port")
@@ -293,7 +283,7 @@ fn link_down_and_up_change_where_packets_go() {
 
 #[test]
 fn an_interface_added_at_run_time_carries_traffic() {
-    let mut lab = lab_without_linux_forwarding("newif", "tc");
+    let mut lab = Lab::forwarding_off("newif", "tc");
     let i = lab.add_backend();
     let b3 = (lab.backends[i].name.clone(), lab.backends[i].ip.clone());
     wait_until(&lab, "veth-b3 attached", 5, || {
@@ -350,7 +340,7 @@ fn a_netlink_overrun_is_resynchronised_without_loss() {
 
 #[test]
 fn mtu_mac_and_name_changes_are_mirrored() {
-    let lab = lab_without_linux_forwarding("ifchg", "tc");
+    let lab = Lab::forwarding_off("ifchg", "tc");
     let port = |lab: &Lab, name: &str| {
         rows(lab, "port")
             .into_iter()

@@ -75,17 +75,6 @@ impl Drop for PeerServer {
     }
 }
 
-/// The standard lab with Linux forwarding off and the daemon on `hook`.
-fn lab_on(tag: &str, hook: &str) -> Lab {
-    let mut lab = Lab::new(tag);
-    lab.set_linux_forwarding(false);
-    if hook == "xdp" {
-        lab.prepare_for_xdp();
-    }
-    lab.start_daemon(&["--hook", hook]);
-    lab
-}
-
 /// A PeerServer on PORT in every backend.
 fn peer_servers(lab: &Lab) -> Vec<PeerServer> {
     lab.backends
@@ -226,7 +215,7 @@ fn fullnat_works_at_xdp_too() {
 }
 
 fn fullnat_at(hook: &str) {
-    let lab = lab_on(&format!("fullnat{hook}"), hook);
+    let lab = Lab::forwarding_off(&format!("fullnat{hook}"), hook);
     let _servers = peer_servers(&lab);
     // The backends keep only their own subnet: no way back to the client.
     for b in &lab.backends {
@@ -316,7 +305,7 @@ fn nat64_works_at_xdp_too() {
 /// VIP, the backends see IPv4 from the LB's address on their link, and
 /// Linux forwards nothing.
 fn nat64_at(hook: &str) {
-    let mut lab = lab_on(&format!("nat64{hook}"), hook);
+    let mut lab = Lab::forwarding_off(&format!("nat64{hook}"), hook);
     let _servers = peer_servers(&lab);
     let endpoints: Vec<String> = lab.backends.iter().map(|b| format!("{}:1", b.ip)).collect();
     lab.loxicmd_ok(&[
@@ -569,7 +558,7 @@ fn icmp_errors_reach_clients_at_xdp_too() {
 /// refusal, in default mode and in fullnat, with Linux forwarding off.
 fn icmp_errors_at(hook: &str) {
     const CLOSED: u16 = 7072;
-    let lab = lab_on(&format!("icmperr{hook}"), hook);
+    let lab = Lab::forwarding_off(&format!("icmperr{hook}"), hook);
     let b1 = lab.backend("b1").ip.clone();
     let addr = SocketAddr::new(VIP.parse().unwrap(), CLOSED);
     for mode in ["default", "fullnat"] {

@@ -13,12 +13,7 @@ const VIP6: &str = "fd00::100";
 const PORT: u16 = 2020;
 
 fn lab_with_v6_rules(tag: &str, hook: &str) -> Lab {
-    let mut lab = Lab::new(tag);
-    lab.set_linux_forwarding(false);
-    if hook == "xdp" {
-        lab.prepare_for_xdp();
-    }
-    lab.start_daemon(&["--hook", hook]);
+    let lab = Lab::forwarding_off(tag, hook);
     // LoxiLB's syntax: the weight follows the last ':'.
     let eps: Vec<String> = lab
         .backends

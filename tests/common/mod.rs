@@ -99,6 +99,19 @@ impl Lab {
         Lab::with_backends(tag, 2)
     }
 
+    /// A lab with two backends, Linux forwarding off in the LB (so the
+    /// datapath must forward everything) and the daemon running on `hook`
+    /// ("tc" or "xdp").
+    pub fn forwarding_off(tag: &str, hook: &str) -> Lab {
+        let mut lab = Lab::new(tag);
+        lab.set_linux_forwarding(false);
+        if hook == "xdp" {
+            lab.prepare_for_xdp();
+        }
+        lab.start_daemon(&["--hook", hook]);
+        lab
+    }
+
     /// `tag` names the namespaces (`ll-<tag>-<pid>-<n>-<role>`) for debugging.
     pub fn with_backends(tag: &str, backends: usize) -> Lab {
         assert!((1..=200).contains(&backends), "1-200 backends");
