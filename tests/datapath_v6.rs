@@ -324,3 +324,65 @@ fn nat66_conntrack_in_the_daemon() {
     let left = conntrack::list(&dp, &store, &Filter::default(), 10).expect("listing");
     assert!(left.entries.is_empty(), "{:?}", left.entries);
 }
+
+/// An ICMPv6 error (`kind`, code 0) from `src` to `dst` quoting the IPv6
+/// packet of `frame`, with a valid checksum.
+fn icmp6_error(src: Ipv6Addr, dst: Ipv6Addr, kind: u8, frame: &[u8]) -> Vec<u8> {
+    let mut body = vec![kind, 0, 0, 0, 0, 0, 0x05, 0x00];
+    body.extend_from_slice(&frame[ETH_HLEN..]);
+    let c = !fold(pseudo(&src, &dst, ICMPV6, body.len()) + sum16(&body));
+    body[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv6(&src, &dst, ICMPV6, &body)
+}
+
+const PACKET_TOO_BIG: u8 = 2;
+const TIME_EXCEEDED: u8 = 3;
+
+/// ICMPv6 errors about a NAT66 flow reach the other side about the packet
+/// it sent or received: a "packet too big" from the endpoint's path
+/// reaches the client from the VIP, about its segment to the VIP; a "time
+/// exceeded" from the client's side reaches the endpoint about its reply.
+#[test]
+fn icmp6_errors_about_nat66_flows_are_translated_back() {
+    let router = Ipv6Addr::new(0xfd00, 0xc, 0, 0, 0, 0, 0, 0xfe);
+    for hook in HOOKS {
+        let dp = load();
+        service(&dp, Protocol::Tcp, Selection::RoundRobin, &[(EP1, 8080)]);
+        let (client, vip, ep) = (sa(CLIENT, 40000), sa(VIP, 80), sa(EP1, 8080));
+        run(&dp, hook, &frame(client, vip, TCP, SYN));
+
+        let err = icmp6_error(EP1, CLIENT, PACKET_TOO_BIG, &frame(client, ep, TCP, SYN));
+        let out = run(&dp, hook, &err);
+        let want = icmp6_error(VIP, CLIENT, PACKET_TOO_BIG, &frame(client, vip, TCP, SYN));
+        assert_eq!(out, want, "{hook:?}: packet too big");
+
+        let err = icmp6_error(
+            router,
+            VIP,
+            TIME_EXCEEDED,
+            &frame(vip, client, TCP, SYN | ACK),
+        );
+        let out = run(&dp, hook, &err);
+        let want = icmp6_error(
+            router,
+            EP1,
+            TIME_EXCEEDED,
+            &frame(ep, client, TCP, SYN | ACK),
+        );
+        assert_eq!(out, want, "{hook:?}: time exceeded");
+
+        // An error about no flow is left alone.
+        let stray = icmp6_error(
+            EP2,
+            CLIENT,
+            PACKET_TOO_BIG,
+            &frame(client, sa(EP2, 1), TCP, SYN),
+        );
+        assert_eq!(run(&dp, hook, &stray), stray, "{hook:?}: unrelated");
+        assert_eq!(
+            reasons(&dp)[ll_reason::LL_R_NAT_ICMP.0 as usize],
+            2,
+            "{hook:?}: translated errors"
+        );
+    }
+}

@@ -555,24 +555,34 @@ fn icmp_errors_reach_clients_at_xdp_too() {
 /// A datagram to a VIP whose endpoint has nothing on the port: the
 /// endpoint's "port unreachable" reaches the client's connected socket
 /// (which takes only errors about its own datagrams to the VIP) as a
-/// refusal, in default mode and in fullnat, with Linux forwarding off.
+/// refusal, in default mode and fullnat, and over IPv6 (NAT66), with Linux
+/// forwarding off.
 fn icmp_errors_at(hook: &str) {
     const CLOSED: u16 = 7072;
     let lab = Lab::forwarding_off(&format!("icmperr{hook}"), hook);
-    let b1 = lab.backend("b1").ip.clone();
-    let addr = SocketAddr::new(VIP.parse().unwrap(), CLOSED);
-    for mode in ["default", "fullnat"] {
+    let b1 = lab.backend("b1");
+    for (vip, ep, mode) in [
+        (VIP, &b1.ip, "default"),
+        (VIP, &b1.ip, "fullnat"),
+        (VIP6, &b1.ip6, "default"),
+    ] {
         lab.loxicmd_ok(&[
             "create",
             "lb",
-            VIP,
+            vip,
             &format!("--udp={CLOSED}:{CLOSED}"),
-            &format!("--endpoints={b1}:1"),
+            &format!("--endpoints={ep}:1"),
             &format!("--mode={mode}"),
         ]);
+        let addr = SocketAddr::new(vip.parse().unwrap(), CLOSED);
+        let any = if addr.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
         let refused = (0..3).any(|_| {
             lab.in_ns(&lab.client, || {
-                let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
+                let s = std::net::UdpSocket::bind(any).expect("a UDP socket");
                 s.connect(addr).expect("connecting the socket");
                 s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
                 s.send(b"anyone?").expect("sending");
@@ -582,9 +592,9 @@ fn icmp_errors_at(hook: &str) {
         });
         assert!(
             refused,
-            "{mode}: the client never learnt the port is closed"
+            "{vip} {mode}: the client never learnt the port is closed"
         );
-        lab.loxicmd_ok(&["delete", "lb", VIP, &format!("--udp={CLOSED}")]);
+        lab.loxicmd_ok(&["delete", "lb", vip, &format!("--udp={CLOSED}")]);
     }
     let nat_icmp = metric(
         &lab,

@@ -466,13 +466,23 @@ static __always_inline struct ll_ct *ll_icmp_flow(const struct ll_inner *in)
 	return bpf_map_lookup_elem(&ll_conntrack, &k);
 }
 
-/* Whether IPv4 ICMP error p is about a flow the ICMP translator handles:
- * tracked, neither NAT64 (whose errors would need ICMPv6) nor DSR (whose
- * replies bypass the LB). A subprogram: its key stays off the caller's
- * frame. */
+/* The conntrack entry an ICMPv6 error is about (parse.h), or NULL. */
+static __always_inline struct ll_ct *ll_icmp6_flow(void)
+{
+	__u32 zero = 0;
+	struct ll_ct6_keys *k6 = bpf_map_lookup_elem(&ll_ct6_keys, &zero);
+
+	return k6 ? bpf_map_lookup_elem(&ll_conntrack6, &k6->icmp) : 0;
+}
+
+/* Whether ICMP error p is about a flow the ICMP translator handles:
+ * tracked, neither NAT64 (whose errors would need ICMP translated into
+ * ICMPv6 and back) nor DSR (whose replies bypass the LB). A subprogram:
+ * its key stays off the caller's frame. */
 static __noinline int ll_icmp_related(const struct ll_pkt *p)
 {
-	struct ll_ct *ct = ll_icmp_flow(&p->inner);
+	struct ll_ct *ct =
+		p->family == LL_AF_INET6 ? ll_icmp6_flow() : ll_icmp_flow(&p->inner);
 
 	return ct && !(ct->xlate & (LL_XLATE_64 | LL_XLATE_DSR));
 }
@@ -488,7 +498,7 @@ static __always_inline int ll_lb_decide(int v6, const struct ll_pkt *p, struct l
 
 	if (!key)
 		return LL_R_PASS_CT_FULL;
-	if (!v6 && p->icmp_err && ll_icmp_related(p))
+	if (p->icmp_err && ll_icmp_related(p))
 		return LL_GO_ICMP;
 	hit = bpf_map_lookup_elem(LL_CT_MAP(v6), key);
 	if (!hit)

@@ -83,11 +83,13 @@ struct {
 } ll_ct6_scratch SEC(".maps");
 
 /* Per-CPU scratch for IPv6 conntrack keys (too big for the pipeline's
- * stack): the packet's, and those ct.h derives from entries. */
+ * stack): the packet's, those ct.h derives from entries, and the flow an
+ * ICMPv6 error is about (parse.h). */
 struct ll_ct6_keys {
 	struct ll_ct6_key key;
 	struct ll_ct6_key partner;
 	struct ll_ct6_key other;
+	struct ll_ct6_key icmp;
 };
 
 struct {

@@ -11,6 +11,7 @@
 #include <linux/tcp.h>
 #include <linux/udp.h>
 #include "common.h"
+#include "maps.h"
 
 #define LL_AF_INET 2
 #define LL_AF_INET6 10
@@ -21,8 +22,9 @@
 #define LL_NEXTHDR_FRAGMENT 44
 
 /* Longest header chain the parser reads: Ethernet, one VLAN tag, IPv4 with
- * options, TCP base header. Hooks make this much linear before parsing. */
-#define LL_PARSE_MAX (ETH_HLEN + 4 + 60 + 20)
+ * options and a TCP base header, or IPv6, ICMPv6 and the quoted IPv6 header
+ * and ports of an error. Hooks make this much linear before parsing. */
+#define LL_PARSE_MAX (ETH_HLEN + 4 + 40 + 8 + 40 + 4)
 
 struct ll_vlan_hdr {
 	__be16 tci;
@@ -65,7 +67,8 @@ struct ll_pkt {
 	__u8 ip_options;    /* IPv4 options or an IPv6 hop-by-hop header */
 	__u8 vlan;          /* one 802.1Q/802.1ad tag in the frame */
 	__u8 l2_mcast;      /* group bit of the destination MAC */
-	__u8 icmp_err;      /* an IPv4 ICMP error quoting a TCP, UDP, SCTP or echo packet: inner */
+	__u8 icmp_err;      /* an ICMP error quoting a TCP, UDP, SCTP (or IPv4 echo) packet:
+			     * IPv4 in inner, IPv6 in ll_ct6_keys.icmp */
 	__u8 dmac[6];
 	__u32 tcp_ack;      /* TCP, host order: acknowledgement number */
 	__u32 tcp_end;      /* TCP, host order: sequence number after this segment */
@@ -181,6 +184,44 @@ static __always_inline void ll_parse_icmp_err(void *data, void *data_end, __u32 
 	p->icmp_err = 1;
 }
 
+/* ICMPv6 errors (RFC 4443): destination unreachable, packet too big, time
+ * exceeded, parameter problem. */
+#define LL_ICMP6_ERR_MIN 1
+#define LL_ICMP6_ERR_MAX 4
+
+/* An ICMPv6 error's quoted packet, when it is TCP, UDP or SCTP right after
+ * its IPv6 header: p->icmp_err, and in ll_ct6_keys.icmp the key of the
+ * flow a reply to it would belong to (the IPv6 addresses would not fit
+ * the pipeline's frame). */
+static __always_inline void ll_parse_icmp6_err(void *data, void *data_end, __u32 l3_end,
+					       struct ll_pkt *p)
+{
+	struct ll_icmp_echo *ih = data + p->l4_off;
+	struct ipv6hdr *in = (void *)(ih + 1);
+	__be16 *ports = (void *)(in + 1);
+	struct ll_ct6_keys *k6;
+	__u32 zero = 0;
+
+	if ((void *)(ports + 2) > data_end ||
+	    p->l4_off + sizeof(*ih) + sizeof(*in) + 4 > l3_end)
+		return;
+	if (ih->type < LL_ICMP6_ERR_MIN || ih->type > LL_ICMP6_ERR_MAX || in->version != 6)
+		return;
+	if (in->nexthdr != IPPROTO_TCP && in->nexthdr != IPPROTO_UDP &&
+	    in->nexthdr != IPPROTO_SCTP)
+		return;
+	k6 = bpf_map_lookup_elem(&ll_ct6_keys, &zero);
+	if (!k6)
+		return;
+	__builtin_memset(&k6->icmp, 0, sizeof(k6->icmp));
+	__builtin_memcpy(k6->icmp.saddr, &in->daddr, 16);
+	__builtin_memcpy(k6->icmp.daddr, &in->saddr, 16);
+	k6->icmp.sport = ports[1];
+	k6->icmp.dport = ports[0];
+	k6->icmp.proto = in->nexthdr;
+	p->icmp_err = 1;
+}
+
 /* ICMP echo has no ports: its identifier stands in for the client's port,
  * the source port of a request and the destination port of a reply (the
  * other port is 0), so that a reply finds its request's flow turned around
@@ -248,6 +289,8 @@ static __always_inline int ll_parse_ports(void *data, void *data_end, __u32 l3_e
 		p->has_ports = 1;
 	} else if (p->proto == IPPROTO_ICMP && p->family == LL_AF_INET) {
 		return ll_parse_icmp(data, data_end, l3_end, p);
+	} else if (p->proto == IPPROTO_ICMPV6) {
+		ll_parse_icmp6_err(data, data_end, l3_end, p);
 	}
 	return LL_PARSED;
 }

@@ -30,6 +30,7 @@ struct ll_tail {
 	__u32 mark;         /* the service's skb->mark (TC), 0: none */
 	__u32 pad;
 	struct ll_fwd fwd;
+	struct ll_ct6_key quoted6; /* an ICMPv6 error's quoted tuple after translation */
 };
 
 struct {

@@ -127,6 +127,41 @@ static __noinline int ll_tc_nat64_rewrite(struct __sk_buff *skb, const struct ll
 	return bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_proto), &ethertype, 2, 0);
 }
 
+/* ll_tc_icmp_rewrite for an ICMPv6 error: no quoted header checksum, and
+ * the outer addresses count in the ICMPv6 checksum's pseudo-header. */
+static __always_inline int ll_tc_icmp6_rewrite(struct __sk_buff *skb, const struct ll_tail *t)
+{
+	const struct ll_pkt *p = &t->p;
+	__u32 in = p->l4_off + sizeof(struct ll_icmp_echo), csum = p->l4_off + 2;
+	__u32 l4_check = in + ll_icmp_l4_check_off(LL_IP6_HLEN, t->quoted6.proto);
+	struct ll_icmp6_fields old = {}, new = {};
+	int has_l4 = 0;
+	__s64 diff;
+
+	if (bpf_skb_load_bytes(skb, in + offsetof(struct ipv6hdr, saddr), old.saddr, 32) ||
+	    bpf_skb_load_bytes(skb, in + LL_IP6_HLEN, &old.sport, 4))
+		return -1;
+	if (ll_l4_rewritable(t->quoted6.proto) && l4_check + 2 <= skb->len &&
+	    !bpf_skb_load_bytes(skb, l4_check, &old.l4_check, 2))
+		has_l4 = t->quoted6.proto == IPPROTO_TCP || old.l4_check;
+	diff = ll_icmp6_fields(t, &old, &new, has_l4);
+	if (diff < 0 || bpf_l4_csum_replace(skb, csum, 0, diff, 0))
+		return -1;
+	if (bpf_skb_store_bytes(skb, in + offsetof(struct ipv6hdr, saddr), new.saddr, 32, 0) ||
+	    bpf_skb_store_bytes(skb, in + LL_IP6_HLEN, &new.sport, 4, 0))
+		return -1;
+	if (has_l4 && bpf_skb_store_bytes(skb, l4_check, &new.l4_check, 2, 0))
+		return -1;
+	for (int i = 0; i < 2; i++) {
+		const __u8 *from = i ? p->daddr6 : p->saddr6, *to = i ? t->q.daddr6 : t->q.saddr6;
+
+		if (ll_tc_addr6(skb, p->l3_off + offsetof(struct ipv6hdr, saddr) + i * 16, from, to,
+				1, csum, 0))
+			return -1;
+	}
+	return 0;
+}
+
 /* Rewrites ICMP error t->p as ll_icmp_decide translated it (t->q): the
  * quoted header (addresses, its checksum, ports and L4 checksum when
  * quoted), the ICMP checksum over those, then the outer addresses. */
@@ -134,11 +169,13 @@ static __noinline int ll_tc_icmp_rewrite(struct __sk_buff *skb, const struct ll_
 {
 	const struct ll_pkt *p = &t->p;
 	__u32 in = p->inner.l3_off;
-	__u32 l4_check = in + ll_icmp_l4_check_off(p->inner.proto);
+	__u32 l4_check = in + ll_icmp_l4_check_off(LL_IP4_HLEN, p->inner.proto);
 	struct ll_icmp_fields old = {}, new = {};
 	int has_l4 = 0;
 	__s64 diff;
 
+	if (p->family == LL_AF_INET6)
+		return ll_tc_icmp6_rewrite(skb, t);
 	if (bpf_skb_load_bytes(skb, in + offsetof(struct iphdr, check), &old.ip_check, 2))
 		return -1;
 	if (ll_l4_rewritable(p->inner.proto) && l4_check + 2 <= skb->len &&

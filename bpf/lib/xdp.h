@@ -149,6 +149,47 @@ static __noinline int ll_xdp_nat64_rewrite(struct xdp_md *ctx, const struct ll_t
 	return 0;
 }
 
+/* ll_xdp_icmp_rewrite for an ICMPv6 error (as ll_tc_icmp6_rewrite). */
+static __always_inline int ll_xdp_icmp6_rewrite(struct xdp_md *ctx, const struct ll_tail *t)
+{
+	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	struct ipv6hdr *ip6 = data + ETH_HLEN;
+	struct ll_icmp_echo *icmp = (void *)(ip6 + 1);
+	struct ipv6hdr *in = (void *)(icmp + 1);
+	__be16 *ports = (void *)(in + 1), *l4_check;
+	struct ll_icmp6_fields old = {}, new = {};
+	__u16 check;
+	int has_l4 = 0;
+	__s64 diff;
+
+	if ((void *)(ports + 2) > end)
+		return -1;
+	l4_check = (void *)ports + (ll_icmp_l4_check_off(0, t->quoted6.proto) & 0x1f);
+	__builtin_memcpy(old.saddr, &in->saddr, 32);
+	old.sport = ports[0];
+	old.dport = ports[1];
+	if (ll_l4_rewritable(t->quoted6.proto) && (void *)(l4_check + 1) <= end) {
+		old.l4_check = *l4_check;
+		has_l4 = t->quoted6.proto == IPPROTO_TCP || old.l4_check;
+	}
+	diff = ll_icmp6_fields(t, &old, &new, has_l4);
+	if (diff < 0)
+		return -1;
+	check = ll_csum_apply(icmp->check, (__u32)diff);
+	__builtin_memcpy(&in->saddr, new.saddr, 32);
+	ports[0] = new.sport;
+	ports[1] = new.dport;
+	if (has_l4 && (void *)(l4_check + 1) <= end)
+		*l4_check = new.l4_check;
+	/* The outer addresses, in the pseudo-header. */
+	diff = bpf_csum_diff((__be32 *)&ip6->saddr, 32, (__be32 *)t->q.saddr6, 32, 0);
+	if (diff < 0)
+		return -1;
+	icmp->check = ll_csum_apply(check, (__u32)diff);
+	__builtin_memcpy(&ip6->saddr, t->q.saddr6, 32);
+	return 0;
+}
+
 /* As ll_tc_icmp_rewrite, with direct writes (ll_icmp_decide let through
  * only plain headers: the quoted one starts at a fixed offset). */
 static __noinline int ll_xdp_icmp_rewrite(struct xdp_md *ctx, const struct ll_tail *t)
@@ -163,9 +204,11 @@ static __noinline int ll_xdp_icmp_rewrite(struct xdp_md *ctx, const struct ll_ta
 	int has_l4 = 0;
 	__s64 diff;
 
+	if (p->family == LL_AF_INET6)
+		return ll_xdp_icmp6_rewrite(ctx, t);
 	if ((void *)(ports + 2) > end)
 		return -1;
-	l4_check = (void *)in + (ll_icmp_l4_check_off(p->inner.proto) & 0x3f);
+	l4_check = (void *)in + (ll_icmp_l4_check_off(LL_IP4_HLEN, p->inner.proto) & 0x3f);
 	old.ip_check = in->check;
 	if (ll_l4_rewritable(p->inner.proto) && (void *)(l4_check + 1) <= end) {
 		old.l4_check = *l4_check;
