@@ -3,8 +3,6 @@
 use std::env;
 use std::path::PathBuf;
 
-use libbpf_cargo::SkeletonBuilder;
-
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));
     build_bpf(&out);
@@ -12,23 +10,11 @@ fn main() {
 }
 
 fn build_bpf(out: &std::path::Path) {
-    let arch = env::var("CARGO_CFG_TARGET_ARCH").expect("target arch is set by cargo");
-    // Debian keeps asm/ headers under the multiarch include directory.
-    let multiarch = format!("-I/usr/include/{arch}-linux-gnu");
-    SkeletonBuilder::new()
-        .source("bpf/loxilight.bpf.c")
-        .clang_args([
-            "-O2",
-            "-g",
-            "-mcpu=v3",
-            "-Wall",
-            "-Werror",
-            multiarch.as_str(),
-        ])
-        .build_and_generate(out.join("loxilight.skel.rs"))
-        .unwrap_or_else(|e| panic!("building bpf/loxilight.bpf.c failed: {e:#}"));
+    build_skeleton("bpf/loxilight.bpf.c", &out.join("loxilight.skel.rs"));
     println!("cargo:rerun-if-changed=bpf");
 }
+
+include!("bpf/skeleton.rs");
 
 fn build_proto(out: &std::path::Path) {
     let protoc = protoc_bin_vendored::protoc_bin_path().expect("vendored protoc is available");

@@ -229,17 +229,16 @@ async fn cleanup(cfg: &Config) -> anyhow::Result<()> {
     let links = loxilight::kernel::interfaces().await?;
     let detached = Datapath::detach_everywhere(links.iter().map(|l| l.index))
         .context("detaching the datapath")?;
-    for path in [&cfg.pin_dir, &cfg.state_file()] {
-        let res = if path.is_dir() {
-            std::fs::remove_dir_all(path)
-        } else {
-            std::fs::remove_file(path)
-        };
-        match res {
-            Ok(()) => println!("removed {}", path.display()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
-        }
+    match std::fs::remove_dir_all(&cfg.pin_dir) {
+        Ok(()) => println!("removed {}", cfg.pin_dir.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", cfg.pin_dir.display())),
+    }
+    let state = cfg.state_file();
+    for path in loxilight::rules::remove_state(&state)
+        .with_context(|| format!("removing {} and its journals", state.display()))?
+    {
+        println!("removed {}", path.display());
     }
     println!("detached from {detached} interface(s)");
     Ok(())

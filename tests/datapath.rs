@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use loxilight::datapath::types::{ll_counters, ll_ct_dir, ll_ct_state, ll_reason, ll_xlate};
 use loxilight::datapath::{Datapath, Error, HookKind};
-use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, Selection, ServiceKey, SourcePrefix};
+use loxilight::rules::{Endpoint, LbRule, Protocol, Selection, ServiceKey, SourcePrefix};
 use pkt::{
     assert_checksums, load, parse, reasons, Packet, ACK, ETH_HLEN, ICMP, IP_DF, L4, SYN, TCP, UDP,
 };
@@ -45,26 +45,23 @@ fn service(
     eps: &[(SocketAddrV4, u8)],
 ) {
     let rule = LbRule {
-        key: key(proto),
         name: format!("svc{id}"),
-        selection,
-        mode: Mode::Default,
-        endpoints: eps
-            .iter()
-            .map(|&(a, weight)| Endpoint {
-                ip: (*a.ip()).into(),
-                port: a.port(),
-                weight,
-            })
-            .collect(),
-        inactivity_timeout: 0,
-        monitor: false,
-        bgp: false,
-        sources: vec![],
-        mark: 0,
+        endpoints: weighted(eps),
+        ..pkt::lb_rule(key(proto), selection, &[])
     };
     dp.program_service(id, &rule)
         .expect("programming a service");
+}
+
+/// Endpoints with their weights.
+fn weighted(eps: &[(SocketAddrV4, u8)]) -> Vec<Endpoint> {
+    eps.iter()
+        .map(|&(a, weight)| Endpoint {
+            ip: (*a.ip()).into(),
+            port: a.port(),
+            weight,
+        })
+        .collect()
 }
 
 /// Runs the program over one frame; it must hand it on (TC_ACT_OK).
@@ -666,26 +663,17 @@ fn a_reply_tuple_owned_by_another_live_flow_is_refused() {
     let dp = load();
     service(&dp, 1, Protocol::Tcp, Selection::RoundRobin, &[(EP1, 1)]);
     let other_vip = SocketAddrV4::new(Ipv4Addr::new(20, 20, 20, 2), PORT);
+    let key = ServiceKey {
+        ip: (*other_vip.ip()).into(),
+        ..key(Protocol::Tcp)
+    };
     let rule = LbRule {
-        key: ServiceKey {
-            ip: (*other_vip.ip()).into(),
-            port: PORT,
-            port_max: 0,
-            proto: Protocol::Tcp,
-        },
         name: "other".into(),
-        selection: Selection::RoundRobin,
-        mode: Mode::Default,
-        endpoints: vec![Endpoint {
-            ip: (*EP1.ip()).into(),
-            port: EP1.port(),
-            weight: 1,
-        }],
-        inactivity_timeout: 0,
-        monitor: false,
-        bgp: false,
-        sources: vec![],
-        mark: 0,
+        ..pkt::lb_rule(
+            key,
+            Selection::RoundRobin,
+            &[((*EP1.ip()).into(), EP1.port())],
+        )
     };
     dp.program_service(2, &rule).expect("programming a service");
 
@@ -748,23 +736,10 @@ fn persist_keeps_a_client_on_its_endpoint_until_it_is_idle_too_long() {
     // If its endpoint leaves the list, the client is placed again.
     rule_eps[0].0 = EP3;
     let rule = LbRule {
-        key: key(Protocol::Tcp),
         name: "svc1".into(),
-        selection: Selection::Persist,
-        mode: Mode::Default,
-        endpoints: rule_eps
-            .iter()
-            .map(|&(a, w)| Endpoint {
-                ip: (*a.ip()).into(),
-                port: a.port(),
-                weight: w,
-            })
-            .collect(),
+        endpoints: weighted(&rule_eps),
         inactivity_timeout: 1,
-        monitor: false,
-        bgp: false,
-        sources: vec![],
-        mark: 0,
+        ..pkt::lb_rule(key(Protocol::Tcp), Selection::Persist, &[])
     };
     dp.program_service(1, &rule).unwrap();
     let moved = tally(&dp, (0..4).map(|p| client(31000 + p)));
@@ -886,19 +861,14 @@ fn program_live(
         })
         .collect();
     let rule = LbRule {
-        key: key(Protocol::Tcp),
         name: "svc1".into(),
-        selection,
-        mode: Mode::Default,
         endpoints: endpoints.iter().map(|(e, _)| *e).collect(),
-        inactivity_timeout: 0,
         monitor: true,
-        bgp: false,
         sources: sources
             .iter()
             .map(|s| SourcePrefix::parse("sources", s).unwrap())
             .collect(),
-        mark: 0,
+        ..pkt::lb_rule(key(Protocol::Tcp), selection, &[])
     };
     dp.program_service_endpoints(1, &rule, &endpoints)
         .expect("programming a service");

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use loxilight::datapath::types::{ll_ct_state, ll_reason, ll_xlate};
 use loxilight::datapath::{Datapath, HookKind, Limits};
 use loxilight::kernel::model::{nud, Addr, Iface, Mac, Neigh, NextHop, Prefix, Route, RouteKind};
-use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, Selection, ServiceKey};
+use loxilight::rules::{LbRule, Mode, Protocol, Selection, ServiceKey};
 use pkt::{assert_checksums, icmp_error, parse, quoted, Packet, ACK, ETH_HLEN, L4, SYN, UDP};
 
 const HOOKS: [HookKind; 2] = [HookKind::Tc, HookKind::Xdp];
@@ -468,25 +468,8 @@ fn load_balanced_traffic_is_translated_and_forwarded_both_ways() {
     let ep = SocketAddrV4::new(DST, 8080);
     let client_mac = [0x02, 0xcc, 0, 0, 0, 0x01];
     let rule = LbRule {
-        key: ServiceKey {
-            ip: (*vip.ip()).into(),
-            port: vip.port(),
-            port_max: 0,
-            proto: Protocol::Tcp,
-        },
         name: "web".into(),
-        selection: Selection::RoundRobin,
-        mode: Mode::Default,
-        endpoints: vec![Endpoint {
-            ip: (*ep.ip()).into(),
-            port: ep.port(),
-            weight: 1,
-        }],
-        inactivity_timeout: 0,
-        monitor: false,
-        bgp: false,
-        sources: vec![],
-        mark: 0,
+        ..lb_rule(vip, ep, Selection::RoundRobin, Mode::Default)
     };
     for hook in HOOKS {
         let net = Net::routed(hook);
@@ -825,26 +808,16 @@ const TC_ACT_SHOT: u32 = 2;
 const XDP_DROP: u32 = 1;
 
 fn lb_rule(vip: SocketAddrV4, ep: SocketAddrV4, selection: Selection, mode: Mode) -> LbRule {
+    let key = ServiceKey {
+        ip: (*vip.ip()).into(),
+        port: vip.port(),
+        port_max: 0,
+        proto: Protocol::Tcp,
+    };
     LbRule {
-        key: ServiceKey {
-            ip: (*vip.ip()).into(),
-            port: vip.port(),
-            port_max: 0,
-            proto: Protocol::Tcp,
-        },
         name: mode.as_str().into(),
-        selection,
         mode,
-        endpoints: vec![Endpoint {
-            ip: (*ep.ip()).into(),
-            port: ep.port(),
-            weight: 1,
-        }],
-        inactivity_timeout: 0,
-        monitor: false,
-        bgp: false,
-        sources: vec![],
-        mark: 0,
+        ..pkt::lb_rule(key, selection, &[((*ep.ip()).into(), ep.port())])
     }
 }
 

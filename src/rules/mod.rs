@@ -4,6 +4,7 @@ mod firewall;
 mod fwstore;
 mod model;
 mod persist;
+pub use persist::remove_all as remove_state;
 mod store;
 
 pub use firewall::{

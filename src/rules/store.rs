@@ -1,6 +1,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{
@@ -188,7 +189,15 @@ pub struct RuleStore {
     /// For first packets that no firewall rule matches.
     pub(super) fw_default: DefaultPolicy,
     inner: Mutex<Inner>,
+    /// The state file's generation and its journal's length. Changed only
+    /// under the inner lock; atomics for the shared borrow.
+    generation: AtomicU64,
+    journaled: AtomicUsize,
 }
+
+/// The journal is folded into the state file once it holds more entries
+/// than the rule set has rules, and not below this.
+const JOURNAL_MIN: usize = 1024;
 
 impl RuleStore {
     /// A store persisted in `state_file` (when given). Rules saved there are
@@ -230,8 +239,15 @@ impl RuleStore {
                 down: HashSet::new(),
                 firewall: Default::default(),
             }),
+            generation: AtomicU64::new(saved.generation),
+            journaled: AtomicUsize::new(saved.journaled),
         };
         store.open_firewall(saved.firewall)?;
+        // Fold the journal into the file, which any version reads whole.
+        if saved.journaled > 0 {
+            let inner = store.lock();
+            store.save(&inner.rules, &inner.probes, &inner.firewall.rules)?;
+        }
         Ok(store)
     }
 
@@ -291,37 +307,80 @@ impl RuleStore {
             done.push(c);
         }
 
-        let mut rules = inner.rules.clone();
-        for c in done.iter() {
-            match c {
+        // Applied in place (a copy of the set per change cost O(N)), with
+        // what each replaced, to put back if the change cannot be persisted.
+        let replaced: Vec<(ServiceKey, Option<StoredRule>)> = done
+            .iter()
+            .map(|c| match c {
                 Change::Create(s) | Change::Update { new: s, .. } => {
-                    rules.insert(s.rule.key, s.clone());
+                    (s.rule.key, inner.rules.insert(s.rule.key, s.clone()))
                 }
-                Change::Delete(s) => {
-                    rules.remove(&s.rule.key);
-                }
+                Change::Delete(s) => (s.rule.key, inner.rules.remove(&s.rule.key)),
+            })
+            .collect();
+        if let Err(e) = self.persist(inner, &done) {
+            for (key, old) in replaced.into_iter().rev() {
+                match old {
+                    Some(s) => inner.rules.insert(key, s),
+                    None => inner.rules.remove(&key),
+                };
             }
-        }
-        if let Err(e) = self.save(&rules, &inner.probes, &inner.firewall.rules) {
             undo_all(&done);
             return Err(e);
         }
-        inner.rules = rules;
         inner.ids.release(keys.iter().map(|(_, id)| *id));
         Ok(())
     }
 
-    /// Writes the state file, when there is one, with these contents.
+    /// Persists rule changes `done`, already in `inner`: appended to the
+    /// state file's journal, or the whole set written once the journal
+    /// would outgrow it.
+    fn persist(&self, inner: &Inner, done: &[&Change]) -> Result<()> {
+        let Some(path) = &self.state_file else {
+            return Ok(());
+        };
+        let journaled = self.journaled.load(Relaxed) + done.len();
+        // Generation 0: no file of this version yet (none, or one from
+        // before the journal), so one is written.
+        let generation = self.generation.load(Relaxed);
+        if generation == 0 || journaled > inner.rules.len().max(JOURNAL_MIN) {
+            return self.save(&inner.rules, &inner.probes, &inner.firewall.rules);
+        }
+        let puts = done.iter().filter_map(|c| match c {
+            Change::Create(s) | Change::Update { new: s, .. } => Some(s),
+            Change::Delete(_) => None,
+        });
+        let deletes = done.iter().filter_map(|c| match c {
+            Change::Delete(s) => Some(&s.rule.key),
+            _ => None,
+        });
+        persist::append(path, generation, puts, deletes)?;
+        self.journaled.store(journaled, Relaxed);
+        Ok(())
+    }
+
+    /// Writes the state file, when there is one, with these contents, as
+    /// the next generation (its journal starts empty).
     pub(super) fn save(
         &self,
         rules: &BTreeMap<ServiceKey, StoredRule>,
         probes: &BTreeMap<IpAddr, EndpointProbe>,
         firewall: &BTreeMap<FwMatch, StoredFwRule>,
     ) -> Result<()> {
-        match &self.state_file {
-            Some(path) => persist::save(path, rules.values(), probes.values(), firewall.values()),
-            None => Ok(()),
-        }
+        let Some(path) = &self.state_file else {
+            return Ok(());
+        };
+        let next = self.generation.load(Relaxed) + 1;
+        persist::save(
+            path,
+            next,
+            rules.values(),
+            probes.values(),
+            firewall.values(),
+        )?;
+        self.generation.store(next, Relaxed);
+        self.journaled.store(0, Relaxed);
+        Ok(())
     }
 
     /// Creates the rule, or updates it in place when its key exists with
