@@ -82,9 +82,6 @@ impl Mode {
     }
 }
 
-/// The daemon's conntrack_entries default: two entries per flow.
-const LOXILIGHT_DEFAULT_CT_ENTRIES: u64 = 65_536;
-
 /// One contender on its lab with `services` services programmed.
 pub struct Setup {
     pub mode: Mode,
@@ -173,7 +170,10 @@ impl Setup {
     /// daemon's default table.
     pub fn conntrack_capacity(&self) -> Result<u64> {
         Ok(match self.mode {
-            Mode::LoxTc | Mode::LoxXdp => LOXILIGHT_DEFAULT_CT_ENTRIES / 2,
+            // Two entries per flow.
+            Mode::LoxTc | Mode::LoxXdp => {
+                u64::from(loxilight::datapath::Limits::default().conntrack) / 2
+            }
             _ => std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")?
                 .trim()
                 .parse()?,
