@@ -7,7 +7,7 @@ use crate::datapath::Datapath;
 use crate::proto::v1 as pb;
 use crate::proto::v1::firewall_service_server::FirewallService;
 use crate::rules::{
-    parse_snat_ip, Error, FwAction, FwMatch, FwRule, IpPrefix, PortRange, Result, RuleStore,
+    parse_ip, Error, FwAction, FwMatch, FwRule, IpPrefix, PortRange, Result, RuleStore,
     StoredFwRule,
 };
 
@@ -92,7 +92,7 @@ fn action_from_proto(o: &str, opts: &pb::FirewallOptions) -> Result<FwAction> {
                 )
             })?),
         };
-        let ip = parse_snat_ip(&format!("{o}.snat_ip"), &opts.snat_ip)?;
+        let ip = parse_ip(&format!("{o}.snat_ip"), &opts.snat_ip)?;
         actions.push(FwAction::Snat { ip, port });
     } else if opts.snat_port != 0 {
         return Err(Error::invalid(format!("{o}.snat_port"), "needs snat_ip"));

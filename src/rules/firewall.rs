@@ -308,25 +308,6 @@ fn check_ifname(field: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// A SNAT target: a unicast address of either family.
-pub fn parse_snat_ip(field: &str, s: &str) -> Result<IpAddr> {
-    let ip: IpAddr = s
-        .trim()
-        .parse()
-        .map_err(|_| Error::invalid(field, format!("{s:?} is not an IP address")))?;
-    let unicast = match ip {
-        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast()),
-        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast()),
-    };
-    if !unicast || ip.is_loopback() {
-        return Err(Error::invalid(
-            field,
-            format!("{ip} is not a unicast address"),
-        ));
-    }
-    Ok(ip)
-}
-
 /// The policy for first packets that no rule matches (config
 /// `[firewall] default_policy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -483,11 +464,23 @@ mod tests {
         );
     }
 
+    /// SNAT targets go through the same address parser as endpoints.
     #[test]
     fn snat_addresses_must_be_unicast() {
-        assert!(parse_snat_ip("s", "fd00::5").is_ok());
-        for bad in ["", "x", "0.0.0.0", "224.0.0.1", "127.0.0.1", "::"] {
-            assert!(err(parse_snat_ip("o.snat_ip", bad)).starts_with("o.snat_ip: "));
+        assert!(crate::rules::parse_ip("s", "fd00::5").is_ok());
+        for bad in [
+            "",
+            "x",
+            "0.0.0.0",
+            "224.0.0.1",
+            "127.0.0.1",
+            "::",
+            "fe80::1",
+        ] {
+            let e = crate::rules::parse_ip("o.snat_ip", bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("o.snat_ip: "), "{e}");
         }
     }
 }

@@ -7,9 +7,7 @@ mod persist;
 pub use persist::remove_all as remove_state;
 mod store;
 
-pub use firewall::{
-    parse_snat_ip, DefaultPolicy, FwAction, FwMatch, FwRule, IpPrefix, PortRange, PORT_PROTOCOLS,
-};
+pub use firewall::{DefaultPolicy, FwAction, FwMatch, FwRule, IpPrefix, PortRange, PORT_PROTOCOLS};
 pub use fwstore::StoredFwRule;
 pub use model::{
     parse_ip, parse_port, parse_target_port, parse_weight, Endpoint, EndpointProbe, LbRule, Mode,
