@@ -19,7 +19,10 @@ use loxilight::datapath::{
 };
 use loxilight::kernel::model::{Addr, NextHop, Prefix, Route, RouteKind};
 use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, Selection, ServiceKey};
-use pkt::{assert_checksums, ct_key, parse, Packet, ACK, ICMP, L4, SYN, TCP, UDP};
+use pkt::{
+    assert_checksums, ct_key, parse, Packet, ACK, ICMP, ICMP_ECHO, ICMP_ECHOREPLY, L4, SYN, TCP,
+    UDP,
+};
 
 const HOOKS: [HookKind; 2] = [HookKind::Tc, HookKind::Xdp];
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -971,7 +974,13 @@ fn snat_translates_new_flows_and_their_replies_and_never_reuses_a_tuple() {
     let other = at(Ipv4Addr::new(10, 1, 0, 1), 5000);
     assert_eq!(translated(&dp, &udp(other, server)), (other, server));
 
-    // Other protocols and IPv6 cannot be translated here: Linux gets them.
+    // A ping keeps its identifier, as SCTP keeps its ports.
+    let echo = |src, dst, kind| Packet::new(at(src, 0), at(dst, 0), L4::IcmpEcho { kind, id: 77 });
+    let out = pkt::run(&dp, HookKind::Tc, &echo(CLIENT, OUTSIDE, ICMP_ECHO));
+    assert_eq!(out, echo(public, OUTSIDE, ICMP_ECHO).build());
+    let out = pkt::run(&dp, HookKind::Tc, &echo(OUTSIDE, public, ICMP_ECHOREPLY));
+    assert_eq!(out, echo(OUTSIDE, CLIENT, ICMP_ECHOREPLY).build());
+    // Other ICMP has no identifier to tell flows apart: Linux gets it.
     let icmp = Packet::new(at(CLIENT, 0), at(OUTSIDE, 0), L4::Raw(ICMP)).build();
     assert_eq!(
         judge(&dp, HookKind::Tc, &icmp),

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use loxilight::conntrack::{self, sweep, Filter, Timeouts};
 use loxilight::datapath::types::ll_reason;
-use loxilight::datapath::{monotonic_ns, Datapath, HookKind};
+use loxilight::datapath::{monotonic_ns, Datapath, FwAction, FwDefault, FwEntry, HookKind};
+use loxilight::kernel::model::{Addr, NextHop, Prefix, Route, RouteKind};
 use loxilight::rules::{LbRule, Protocol, RuleStore, Selection, ServiceKey};
 use pkt::{fold, load, reasons, sum16, ACK, DST_MAC, ETH_HLEN, RST, SRC_MAC, SYN, TCP};
 
@@ -385,4 +386,156 @@ fn icmp6_errors_about_nat66_flows_are_translated_back() {
             "{hook:?}: translated errors"
         );
     }
+}
+
+/// A firewall rule: IPv6 sources in `src`/64 get `action`.
+fn snat_rule(src: Ipv6Addr, action: FwAction) -> FwEntry {
+    FwEntry {
+        id: 1,
+        preference: 10,
+        src: Some((src.into(), 64)),
+        dst: None,
+        sport: (0, u16::MAX),
+        dport: (0, u16::MAX),
+        proto: None,
+        ifindex: None,
+        action,
+        record: false,
+        mark: None,
+    }
+}
+
+/// IPv6 SNAT: a new flow leaves from the rule's address with its own port
+/// while free, another client's flow with the same port gets another one,
+/// replies and ICMPv6 errors come back to each client, and packets without
+/// ports go to Linux untranslated.
+#[test]
+fn ipv6_snat_translates_flows_replies_and_errors() {
+    let public = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+    let client2 = Ipv6Addr::new(0xfd00, 0xc, 0, 0, 0, 0, 0, 8);
+    let server = sa(Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 1), 443);
+    let router = Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 0xfe);
+    for hook in HOOKS {
+        let dp = load();
+        let rule = snat_rule(
+            CLIENT,
+            FwAction::Snat {
+                addr: public.into(),
+                port: None,
+            },
+        );
+        dp.set_firewall(&[rule], FwDefault::Allow).unwrap();
+        let (c1, c2) = (sa(CLIENT, 40000), sa(client2, 40000));
+
+        let out = run(&dp, hook, &frame(c1, server, TCP, SYN));
+        let nat1 = sa(public, 40000);
+        assert_eq!(out, frame(nat1, server, TCP, SYN), "{hook:?}: kept port");
+        let back = run(&dp, hook, &frame(server, nat1, TCP, SYN | ACK));
+        assert_eq!(back, frame(server, c1, TCP, SYN | ACK), "{hook:?}: reply");
+
+        let out = run(&dp, hook, &frame(c2, server, TCP, SYN));
+        assert_l4_checksum(&out);
+        let src2 = <[u8; 16]>::try_from(&out[ETH_HLEN + 8..ETH_HLEN + 24]).unwrap();
+        let nat2 = sa(
+            src2.into(),
+            u16::from_be_bytes([out[ETH_HLEN + 40], out[ETH_HLEN + 41]]),
+        );
+        assert_eq!(*nat2.ip(), public);
+        assert_ne!(nat2.port(), 40000, "{hook:?}: two flows share no tuple");
+        let back = run(&dp, hook, &frame(server, nat2, TCP, ACK));
+        assert_eq!(back, frame(server, c2, TCP, ACK), "{hook:?}: second reply");
+
+        // A router's "packet too big" about the translated segment reaches
+        // the client about its own.
+        let err = icmp6_error(
+            router,
+            public,
+            PACKET_TOO_BIG,
+            &frame(nat1, server, TCP, ACK),
+        );
+        let want = icmp6_error(router, CLIENT, PACKET_TOO_BIG, &frame(c1, server, TCP, ACK));
+        assert_eq!(run(&dp, hook, &err), want, "{hook:?}: ICMPv6 error");
+
+        // ICMPv6 has no ports to tell flows apart: Linux gets it as it is.
+        let ping = icmp6_error(CLIENT, *server.ip(), 128, &frame(c1, server, TCP, ACK));
+        assert_eq!(run(&dp, hook, &ping), ping, "{hook:?}: echo request");
+        let r = reasons(&dp);
+        assert_eq!(
+            (
+                r[ll_reason::LL_R_NAT_NEW.0 as usize],
+                r[ll_reason::LL_R_NAT_ICMP.0 as usize],
+                r[ll_reason::LL_R_PASS_NO_SNAT.0 as usize]
+            ),
+            (2, 1, 1),
+            "{hook:?}"
+        );
+
+        // Another address in the rule flushes the translated flows.
+        let other = snat_rule(
+            CLIENT,
+            FwAction::Snat {
+                addr: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x11).into(),
+                port: Some(2000),
+            },
+        );
+        dp.set_firewall(&[other], FwDefault::Allow).unwrap();
+        let out = run(&dp, hook, &frame(c1, server, TCP, ACK));
+        let nat3 = sa(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x11), 2000);
+        assert_eq!(
+            out,
+            frame(nat3, server, TCP, ACK),
+            "{hook:?}: the rule's port"
+        );
+    }
+}
+
+/// IPv6 masquerade takes the global address of the egress interface whose
+/// subnet holds the next hop, else the interface's lowest global address
+/// (next hops are usually link-local), never a link-local one.
+#[test]
+fn ipv6_masquerade_uses_a_global_address_of_the_egress_interface() {
+    let dp = load();
+    let egress = 5;
+    let route = |dst: Ipv6Addr, gw: Ipv6Addr| Route {
+        dst: Prefix {
+            ip: dst.into(),
+            len: 64,
+        },
+        kind: RouteKind::Unicast,
+        metric: 0,
+        nexthops: vec![NextHop {
+            gateway: Some(gw.into()),
+            ifindex: egress,
+        }],
+    };
+    let far = Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 1);
+    let near = Ipv6Addr::new(0x2001, 0xdb8, 7, 0, 0, 0, 0, 1);
+    dp.set_route(&route(far, "fe80::1".parse().unwrap()))
+        .unwrap();
+    dp.set_route(&route(
+        near,
+        Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0xfe),
+    ))
+    .unwrap();
+    let addr = |ip: &str| Addr {
+        ip: ip.parse().unwrap(),
+        prefix: 64,
+        ifindex: egress,
+    };
+    dp.set_source_addrs(&[
+        addr("fe80::2"),
+        addr("2001:db8:1::9"),
+        addr("2001:db8:1::5"),
+        addr("2001:db8:2::7"),
+    ])
+    .unwrap();
+    dp.set_firewall(&[snat_rule(CLIENT, FwAction::Masquerade)], FwDefault::Allow)
+        .unwrap();
+    let c = sa(CLIENT, 33000);
+    let fallback: Ipv6Addr = "2001:db8:1::5".parse().unwrap();
+    let out = run(&dp, HookKind::Tc, &frame(c, sa(far, 80), TCP, SYN));
+    assert_eq!(out, frame(sa(fallback, 33000), sa(far, 80), TCP, SYN));
+    let on_link: Ipv6Addr = "2001:db8:2::7".parse().unwrap();
+    let out = run(&dp, HookKind::Tc, &frame(c, sa(near, 80), TCP, SYN));
+    assert_eq!(out, frame(sa(on_link, 33000), sa(near, 80), TCP, SYN));
 }

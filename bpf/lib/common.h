@@ -97,7 +97,7 @@ enum ll_reason {
 	LL_R_DROP_NAT_PORTS,     /* no free source port for a source-translated flow: refused */
 	LL_R_PASS_NO_NAT_ADDR,   /* no LB address on the interface towards the endpoint */
 	LL_R_PASS_ONEARM_EGRESS, /* onearm: the endpoint is not reached through the ingress interface */
-	LL_R_PASS_NO_SNAT,       /* a SNAT rule matched IPv6, or neither TCP nor UDP: untranslated to Linux */
+	LL_R_PASS_NO_SNAT,       /* a SNAT rule matched a packet without ports (ICMPv6, ICMP but echo): untranslated to Linux */
 	LL_R_PASS_NAT64,         /* NAT64 packet not translatable (IP options, VLAN tag, UDP without
 				  * checksum, a reply whose flow is gone): untranslated to Linux */
 	LL_R_NAT_ICMP,           /* ICMP error about a tracked flow, translated as the flow is */
@@ -169,15 +169,21 @@ struct ll_nat_ports {
 	__u16 max;
 };
 
-/* The LB's IPv4 addresses per interface, for source translation: an entry
- * per address's subnet (prefixlen 32 + its prefix length, the address in the
- * subnet's bits) and one per interface (prefixlen 32: the interface's
- * fallback). A lookup with prefixlen 64 and the next hop finds the address
- * whose subnet holds it, else the fallback. The value is the address. */
+/* The LB's addresses per interface and family, for source translation: an
+ * entry per address's subnet (prefixlen 64 + its prefix length, the address
+ * in the subnet's bits) and one per interface and family (prefixlen 64: the
+ * interface's fallback). A lookup with prefixlen 64 + the address width and
+ * the next hop finds the address whose subnet holds it, else the fallback.
+ * The value (struct ll_ip) is the address; IPv4 in its first 4 bytes. */
 struct ll_ifaddr_key {
 	__u32 prefixlen;
 	__u32 ifindex;
-	__u8 addr[4];
+	__u32 family;       /* 4 or 6 */
+	__u8 addr[16];
+};
+
+struct ll_ip {
+	__u8 addr[16];
 };
 
 struct ll_neigh_key {
@@ -458,7 +464,7 @@ struct ll_fw_rule {
 	__u32 flags;        /* LL_FW_RECORD */
 	__u32 mark;         /* TC: skb->mark for the flow's packets; 0 = leave it */
 	__u32 ifindex;      /* LL_FW_REDIRECT: where to */
-	__be32 snat_addr;   /* LL_FW_SNAT */
+	__u8 snat_addr[16]; /* LL_FW_SNAT, of the flow's family (IPv4: the first 4 bytes) */
 	__be16 snat_port;   /* LL_FW_SNAT: tried first; 0: the flow's own */
 	__u16 pad;
 };

@@ -25,13 +25,6 @@ struct ll_nat {
 #define LL_CT_SEEN_FINS (LL_CT_SEEN_FIN_ORIG | LL_CT_SEEN_FIN_REPLY)
 #define LL_CT_SEEN_FINS_ACKED (LL_CT_SEEN_FIN_ORIG_ACKED | LL_CT_SEEN_FIN_REPLY_ACKED)
 
-/* The two tables: IPv4 flows in ll_conntrack (struct ll_ct_key -> struct
- * ll_ct), IPv6 flows in ll_conntrack6 (struct ll_ct6_key -> struct ll_ct6,
- * whose first member is the ll_ct the state machine works on). Functions
- * over both take the family as a constant v6, and keys as void *: inlined,
- * each family keeps only its own code. */
-#define LL_CT_MAP(v6) ((v6) ? (void *)&ll_conntrack6 : (void *)&ll_conntrack)
-
 static __always_inline void ll_ct_stat(int v6, __u32 stat)
 {
 	__u64 *c = bpf_map_lookup_elem(v6 ? (void *)&ll_ct6_stats : (void *)&ll_ct_stats, &stat);
@@ -293,7 +286,7 @@ static __always_inline void ll_ct_set_dir(struct ll_ct *ct, const struct ll_pkt 
 /* Creates the entries of a new flow from its first packet p (with key),
  * translated by nat (an IPv6 flow's translated addresses: ll_nat6), to
  * endpoint ep_idx of service svc_id: both directions, or the client's only
- * for DSR. A source-translated (IPv4) flow gets its source port here
+ * for DSR. A source-translated flow gets its source port here
  * (nat->to.sport). Returns 0, LL_CT_RACED when another CPU created the flow
  * first, or the reason not to translate p. */
 static __always_inline int ll_ct_create(int v6, const struct ll_pkt *p, const void *key,
@@ -335,29 +328,42 @@ static __always_inline int ll_ct_create(int v6, const struct ll_pkt *p, const vo
 		back.daddr = k4->saddr;
 	}
 
-	/* IPv6 flows translate their destination (load balanced: the daemon
-	 * refuses other modes for IPv6) or nothing (let in by the firewall). */
-	if (!v6 && (nat->xlate & LL_XLATE_SRC)) {
+	if (nat->xlate & LL_XLATE_SRC) {
 		/* The reply entry first: claiming it claims the source port. */
 		ll_ct_set_dir(ct, p, &back, rxlate, LL_CT_REPLY);
-		rkey4.proto = p->proto;
-		rkey4.saddr = nat->to.daddr;
-		rkey4.daddr = nat->to.saddr;
-		rkey4.sport = nat->to.dport;
-		rkey4.dport = nat->to.sport;
-		err = ll_nat_claim_port(&rkey4, ct);
+		if (v6) {
+			struct ll_ct6_key *r6 = rkey;
+			const struct ll_ct6_key *k = key;
+
+			__builtin_memcpy(ct6->nat6.saddr, k->daddr, 16);
+			__builtin_memcpy(ct6->nat6.daddr, k->saddr, 16);
+			__builtin_memcpy(r6->saddr, to6->daddr, 16);
+			__builtin_memcpy(r6->daddr, to6->saddr, 16);
+			r6->sport = nat->to.dport;
+			r6->dport = nat->to.sport;
+			r6->proto = p->proto;
+		} else {
+			rkey4.proto = p->proto;
+			rkey4.saddr = nat->to.daddr;
+			rkey4.daddr = nat->to.saddr;
+			rkey4.sport = nat->to.dport;
+			rkey4.dport = nat->to.sport;
+		}
+		err = ll_nat_claim_port(v6, rkey, ct);
 		if (err)
 			return err;
-		ll_ct_stat(0, LL_CT_STAT_CREATED);
-		nat->to.sport = rkey4.dport;
+		ll_ct_stat(v6, LL_CT_STAT_CREATED);
+		nat->to.sport = v6 ? ((struct ll_ct6_key *)rkey)->dport : rkey4.dport;
 		ll_ct_set_dir(ct, p, &nat->to, nat->xlate, LL_CT_ORIGINAL);
-		err = bpf_map_update_elem(&ll_conntrack, key, ct, BPF_NOEXIST);
+		if (v6)
+			ct6->nat6 = *to6;
+		err = bpf_map_update_elem(map, key, ct, BPF_NOEXIST);
 		if (!err) {
-			ll_ct_stat(0, LL_CT_STAT_CREATED);
+			ll_ct_stat(v6, LL_CT_STAT_CREATED);
 			return 0;
 		}
 		/* The port is ours alone: nobody else uses that reply entry. */
-		ll_ct_undo(0, &rkey4);
+		ll_ct_undo(v6, rkey);
 		return err == -LL_EEXIST ? LL_CT_RACED : LL_R_PASS_CT_FULL;
 	}
 

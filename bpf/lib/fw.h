@@ -205,13 +205,15 @@ static __always_inline void ll_fw_record(const struct ll_pkt *p, __u32 ingress,
 /* The firewall's verdict on the first packet of a flow: LL_FW_OFF,
  * LL_FW_ALLOWED (*mark set), LL_FW_TRANSLATE (*mark set, *snat the source
  * to translate to: address 0 for the egress interface's, port the one to
- * try first), LL_R_FW_REDIRECT (*ifindex set), or the reason to drop it or
- * hand it to Linux. */
+ * try first; an IPv6 address goes to ll_nat6's saddr instead),
+ * LL_R_FW_REDIRECT (*ifindex set), or the reason to drop it or hand it to
+ * Linux. */
 static __always_inline int ll_fw_first(const struct ll_pkt *p, __u32 ingress, __u32 *mark,
 				       __u32 *ifindex, struct ll_tuple *snat)
 {
 	__u32 zero = 0, gen, idx;
 	struct ll_fw_rule *rule;
+	struct ll_addrs6 *to6;
 	struct ll_fw_gen *cfg;
 	__u32 *cur;
 	int pos;
@@ -244,11 +246,21 @@ static __always_inline int ll_fw_first(const struct ll_pkt *p, __u32 ingress, __
 		return LL_R_FW_REDIRECT;
 	case LL_FW_SNAT:
 	case LL_FW_MASQUERADE:
-		/* The allocator keeps ports in the nat_ports range. */
-		if (p->family != LL_AF_INET || !p->has_ports)
+		/* Flows without ports would share one translated tuple. */
+		if (!p->has_ports)
 			return LL_R_PASS_NO_SNAT;
-		snat->saddr = rule->action == LL_FW_SNAT ? rule->snat_addr : 0;
 		snat->sport = rule->snat_port ? rule->snat_port : p->sport;
+		if (p->family == LL_AF_INET) {
+			snat->saddr = rule->action == LL_FW_SNAT ? *(__be32 *)rule->snat_addr : 0;
+			return LL_FW_TRANSLATE;
+		}
+		to6 = bpf_map_lookup_elem(&ll_nat6, &zero);
+		if (!to6)
+			return LL_R_PASS_CT_FULL;
+		if (rule->action == LL_FW_SNAT)
+			__builtin_memcpy(to6->saddr, rule->snat_addr, 16);
+		else
+			__builtin_memset(to6->saddr, 0, 16);
 		return LL_FW_TRANSLATE;
 	default:
 		return LL_R_DROP_FW;

@@ -234,8 +234,8 @@ static __always_inline int ll_lb_translation(const struct ll_svc *svc,
 	case LL_MODE_FULLNAT:
 		/* The source port is claimed with the flow's entries. */
 		nat->xlate = LL_XLATE_BOTH;
-		return ll_nat_source(ep->addr, svc->mode == LL_MODE_ONEARM, ingress,
-				     &nat->to.saddr);
+		return ll_nat_source(0, (const __u8 *)&ep->addr, svc->mode == LL_MODE_ONEARM,
+				     ingress, (__u8 *)&nat->to.saddr);
 	default:
 		return 0;
 	}
@@ -507,34 +507,47 @@ static __always_inline int ll_lb_decide(int v6, const struct ll_pkt *p, struct l
 }
 
 /* A new flow that a firewall SNAT or masquerade rule let in and that is not
- * load balanced: v->nat.to holds the source to translate to (ll_fw_first);
- * the port is claimed with the flow's entries. LL_R_NAT_NEW, LL_CT_RACED or
- * the reason to drop p or hand it to Linux. IPv4 only. */
-static __always_inline int ll_fw_snat(const struct ll_pkt *p, const struct ll_ct_key *key,
+ * load balanced: v->nat.to (IPv6: ll_nat6) holds the source to translate
+ * to (ll_fw_first); the port is claimed with the flow's entries.
+ * LL_R_NAT_NEW, LL_CT_RACED or the reason to drop p or hand it to Linux. */
+static __always_inline int ll_fw_snat(int v6, const struct ll_pkt *p, const void *key,
 				      struct ll_verdict *v)
 {
+	struct ll_addrs6 *to6;
+	__u32 zero = 0;
 	int r = 0;
 
-	if (!v->nat.to.saddr)
-		r = ll_nat_source(p->daddr, 0, 0, &v->nat.to.saddr);
+	if (v6) {
+		to6 = bpf_map_lookup_elem(&ll_nat6, &zero);
+		if (!to6)
+			return LL_R_PASS_CT_FULL;
+		if (ll_addr_zero(to6->saddr))
+			r = ll_nat_source(1, p->daddr6, 0, 0, to6->saddr);
+		__builtin_memcpy(to6->daddr, p->daddr6, 16);
+		v->nat.to.saddr = 0;
+		v->nat.to.daddr = 0;
+	} else {
+		if (!v->nat.to.saddr)
+			r = ll_nat_source(0, (const __u8 *)&p->daddr, 0, 0, (__u8 *)&v->nat.to.saddr);
+		v->nat.to.daddr = p->daddr;
+	}
 	if (r)
 		return r;
-	v->nat.to.daddr = p->daddr;
 	v->nat.to.dport = p->dport;
 	v->nat.xlate = LL_XLATE_SRC;
-	r = ll_ct_create(0, p, key, &v->nat, LL_SVC_NONE, v->mark);
+	r = ll_ct_create(v6, p, key, &v->nat, LL_SVC_NONE, v->mark);
 	return r ? r : LL_R_NAT_NEW;
 }
 
 /* A new flow the firewall let in (fw) that is not load balanced: tracked,
- * source-translated by a SNAT rule (IPv4 only), or LL_LB_NONE. Per family
- * a subprogram of its own, as ll_lb_new_flow4/6 (inlined, ll_lb_first's
- * frame pushes the combined stack past 512 bytes). */
+ * source-translated by a SNAT rule, or LL_LB_NONE. Per family a subprogram
+ * of its own, as ll_lb_new_flow4/6 (inlined, ll_lb_first's frame pushes
+ * the combined stack past 512 bytes). */
 static __always_inline int ll_fw_new_flow(int v6, const struct ll_pkt *p, const void *key,
 					  struct ll_verdict *v, int fw)
 {
-	if (fw == LL_FW_TRANSLATE && !v6)
-		return ll_fw_snat(p, key, v);
+	if (fw == LL_FW_TRANSLATE)
+		return ll_fw_snat(v6, p, key, v);
 	if (fw == LL_FW_ALLOWED)
 		return ll_fw_track(v6, p, key, &v->nat, v->mark);
 	return LL_LB_NONE;
@@ -559,7 +572,7 @@ static __noinline int ll_fw_new_flow6(const struct ll_pkt *p, const void *key, s
  * drop it). With the firewall active every flow is tracked, so that
  * replies pass without a rule walk and the other side cannot open flows of
  * its own. Load-balanced flows are translated as their service says, never
- * by SNAT rules (which are IPv4 only). */
+ * by SNAT rules. */
 static __always_inline int ll_lb_first(int v6, const struct ll_pkt *p, __u32 ingress,
 				       struct ll_verdict *v, int fw)
 {

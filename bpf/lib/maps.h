@@ -66,6 +66,14 @@ struct {
 	__type(value, struct ll_ct6);
 } ll_conntrack6 SEC(".maps");
 
+/* The two tables: IPv4 flows in ll_conntrack (struct ll_ct_key -> struct
+ * ll_ct), IPv6 flows in ll_conntrack6 (struct ll_ct6_key -> struct ll_ct6,
+ * whose first member is the ll_ct the state machine works on). Functions
+ * over both take the family as a constant v6 (inlined, or a static
+ * subprogram verified per call), and keys as void *: each family keeps
+ * only its own code. */
+#define LL_CT_MAP(v6) ((v6) ? (void *)&ll_conntrack6 : (void *)&ll_conntrack)
+
 /* Per enum ll_ct_stat, for ll_conntrack6. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -223,13 +231,13 @@ struct {
 	__type(value, struct ll_local);
 } ll_locals SEC(".maps");
 
-/* The host's IPv4 addresses by interface, to translate sources to (struct
- * ll_ifaddr_key). */
+/* The host's addresses by interface and family, to translate sources to
+ * (struct ll_ifaddr_key). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 4096);
 	__type(key, struct ll_ifaddr_key);
-	__type(value, __be32);
+	__type(value, struct ll_ip);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } ll_ifaddrs SEC(".maps");
 

@@ -17,20 +17,22 @@
  * most LL_NAT_TRIES ports is searched whole. */
 #define LL_NAT_TRIES 16
 
-/* The LB address a flow towards daddr gets as its source: as Linux chooses,
- * the egress interface's address whose subnet holds the next hop, else that
- * interface's fallback (see struct ll_ifaddr_key). With ECMP the first next
- * hop's interface counts. same_if: the route must leave by interface
- * ifindex. Returns 0 with *src set, or the reason to hand the packet to
- * Linux. */
-static __noinline int ll_nat_source(__be32 daddr, int same_if, __u32 ifindex, __be32 *src)
+/* The LB address a flow towards daddr (of the family v6 says) gets as its
+ * source: as Linux chooses, the egress interface's address whose subnet
+ * holds the next hop, else that interface's fallback (see struct
+ * ll_ifaddr_key). With ECMP the first next hop's interface counts. same_if:
+ * the route must leave by interface ifindex. Returns 0 with src set (4 or
+ * 16 bytes), or the reason to hand the packet to Linux. */
+static __noinline int ll_nat_source(int v6, const __u8 *daddr, int same_if, __u32 ifindex,
+				    __u8 *src)
 {
-	struct ll_ifaddr_key k = {.prefixlen = 64};
+	struct ll_ifaddr_key k = {.prefixlen = v6 ? 64 + 128 : 64 + 32, .family = v6 ? 6 : 4};
+	const __u8 *hop = daddr;
 	struct ll_nexthop *nh;
 	struct ll_route *rt;
-	__be32 *a;
+	struct ll_ip *a;
 
-	rt = ll_route_lookup(LL_AF_INET, (const __u8 *)&daddr);
+	rt = ll_route_lookup(v6 ? LL_AF_INET6 : LL_AF_INET, daddr);
 	if (!rt || rt->n_nexthops == 0)
 		return LL_R_PASS_NO_ROUTE;
 	if (rt->type != LL_RT_UNICAST)
@@ -39,24 +41,36 @@ static __noinline int ll_nat_source(__be32 daddr, int same_if, __u32 ifindex, __
 	if (same_if && nh->ifindex != ifindex)
 		return LL_R_PASS_ONEARM_EGRESS;
 	k.ifindex = nh->ifindex;
-	__builtin_memcpy(k.addr, ll_addr_zero(nh->gw) ? (const __u8 *)&daddr : nh->gw, 4);
+	if (!ll_addr_zero(nh->gw))
+		hop = nh->gw;
+	if (v6)
+		__builtin_memcpy(k.addr, hop, 16);
+	else
+		__builtin_memcpy(k.addr, hop, 4);
 	a = bpf_map_lookup_elem(&ll_ifaddrs, &k);
 	if (!a)
 		return LL_R_PASS_NO_NAT_ADDR;
-	*src = *a;
+	if (v6)
+		__builtin_memcpy(src, a->addr, 16);
+	else
+		__builtin_memcpy(src, a->addr, 4);
 	return 0;
 }
 
-/* Inserts the reply entry ct of a source-translated flow under *rkey, whose
- * destination port is the flow's translated source port: first the one
- * rkey->dport holds (the client's own, kept when free and in the range),
- * then up to LL_NAT_TRIES others (none for ICMP and SCTP). BPF_NOEXIST makes the port the flow's
- * alone. Returns 0 with rkey->dport the port claimed, LL_R_DROP_NAT_PORTS
- * when every candidate was taken, or LL_R_PASS_CT_FULL. */
-static __noinline int ll_nat_claim_port(struct ll_ct_key *rkey, const struct ll_ct *ct)
+/* Inserts the reply entry ct of a source-translated flow under rkey (a key
+ * of the family v6 says), whose destination port is the flow's translated
+ * source port: first the one rkey holds (the client's own, kept when free
+ * and in the range), then up to LL_NAT_TRIES others (none for ICMP and
+ * SCTP). BPF_NOEXIST makes the port the flow's alone. Returns 0 with
+ * rkey's destination port the one claimed, LL_R_DROP_NAT_PORTS when every
+ * candidate was taken, or LL_R_PASS_CT_FULL. */
+static __noinline int ll_nat_claim_port(int v6, void *rkey, const struct ll_ct *ct)
 {
-	struct ll_nat_ports *cfg;
+	__be16 *dport = v6 ? &((struct ll_ct6_key *)rkey)->dport : &((struct ll_ct_key *)rkey)->dport;
+	__u8 proto = v6 ? ((struct ll_ct6_key *)rkey)->proto : ((struct ll_ct_key *)rkey)->proto;
 	__u32 zero = 0, min = LL_NAT_PORT_MIN, span = 65536 - LL_NAT_PORT_MIN, start;
+	struct ll_nat_ports *cfg;
+	void *map = LL_CT_MAP(v6);
 	int fixed;
 	long err;
 
@@ -67,9 +81,9 @@ static __noinline int ll_nat_claim_port(struct ll_ct_key *rkey, const struct ll_
 	}
 	/* An ICMP echo identifier and SCTP ports (under its CRC32c) are never
 	 * rewritten: such a flow can only keep its own. */
-	fixed = rkey->proto == IPPROTO_ICMP || rkey->proto == IPPROTO_SCTP;
-	if (fixed || (__u32)bpf_ntohs(rkey->dport) - min < span) {
-		err = bpf_map_update_elem(&ll_conntrack, rkey, ct, BPF_NOEXIST);
+	fixed = proto == IPPROTO_ICMP || proto == IPPROTO_SCTP;
+	if (fixed || (__u32)bpf_ntohs(*dport) - min < span) {
+		err = bpf_map_update_elem(map, rkey, ct, BPF_NOEXIST);
 		if (err != -LL_EEXIST)
 			return err ? LL_R_PASS_CT_FULL : 0;
 	}
@@ -77,8 +91,8 @@ static __noinline int ll_nat_claim_port(struct ll_ct_key *rkey, const struct ll_
 		return LL_R_DROP_NAT_PORTS;
 	start = bpf_get_prandom_u32();
 	for (__u32 i = 0; i < LL_NAT_TRIES && i < span; i++) {
-		rkey->dport = bpf_htons(min + (start + i) % span);
-		err = bpf_map_update_elem(&ll_conntrack, rkey, ct, BPF_NOEXIST);
+		*dport = bpf_htons(min + (start + i) % span);
+		err = bpf_map_update_elem(map, rkey, ct, BPF_NOEXIST);
 		if (err != -LL_EEXIST)
 			return err ? LL_R_PASS_CT_FULL : 0;
 	}

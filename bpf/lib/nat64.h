@@ -91,7 +91,7 @@ static __noinline int ll_nat64_new(struct ll_tail *t, const struct ll_ct6_key *k
 	if (ep_idx >= LL_MAX_ENDPOINTS || ep_idx >= svc6->svc.n_endpoints)
 		return LL_R_PASS_NO_ENDPOINT;
 	ep = &svc6->svc.endpoints[ep_idx];
-	r = ll_nat_source(ep->addr, 0, 0, &src);
+	r = ll_nat_source(0, (const __u8 *)&ep->addr, 0, 0, (__u8 *)&src);
 	if (r)
 		return r;
 
@@ -103,7 +103,7 @@ static __noinline int ll_nat64_new(struct ll_tail *t, const struct ll_ct6_key *k
 	rkey4.daddr = src;
 	rkey4.sport = ep->port;
 	ll_ct_set_dir(res, p, &to, LL_XLATE_64, LL_CT_REPLY);
-	r = ll_nat_claim_port(&rkey4, res);
+	r = ll_nat_claim_port(0, &rkey4, res);
 	if (r)
 		return r;
 	ll_ct_stat(0, LL_CT_STAT_CREATED);

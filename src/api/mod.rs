@@ -37,9 +37,6 @@ impl From<rules::Error> for Status {
             rules::Error::Datapath(datapath::Error::MapFull { .. }) => {
                 Status::resource_exhausted(msg)
             }
-            rules::Error::Datapath(datapath::Error::Unsupported { .. }) => {
-                Status::failed_precondition(msg)
-            }
             rules::Error::Persist(_) => {
                 tracing::error!(error = %msg, "persisting the rules failed");
                 Status::unavailable(msg)

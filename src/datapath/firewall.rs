@@ -363,7 +363,19 @@ impl Tuple {
     }
 }
 
-fn rule_value(e: &FwEntry) -> Result<ll_fw_rule> {
+/// An address as the datapath keeps it: IPv4 in the first 4 bytes.
+fn addr_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => {
+            let mut b = [0; 16];
+            b[..4].copy_from_slice(&a.octets());
+            b
+        }
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+fn rule_value(e: &FwEntry) -> ll_fw_rule {
     let mut v = ll_fw_rule {
         id: e.id,
         flags: if e.record { LL_FW_RECORD } else { 0 },
@@ -378,25 +390,14 @@ fn rule_value(e: &FwEntry) -> Result<ll_fw_rule> {
             v.ifindex = ifindex;
             ll_fw_action::LL_FW_REDIRECT
         }
-        FwAction::Snat {
-            addr: IpAddr::V4(addr),
-            port,
-        } => {
-            v.snat_addr = u32::from(addr).to_be();
+        FwAction::Snat { addr, port } => {
+            v.snat_addr = addr_bytes(addr);
             v.snat_port = port.unwrap_or(0).to_be();
             ll_fw_action::LL_FW_SNAT
         }
-        FwAction::Snat {
-            addr: IpAddr::V6(_),
-            ..
-        } => {
-            return Err(Error::Unsupported {
-                what: format!("rule {}: IPv6 source NAT", e.id),
-            })
-        }
         FwAction::Masquerade => ll_fw_action::LL_FW_MASQUERADE,
     };
-    Ok(v)
+    v
 }
 
 /// Map bytes of many keys or values.
@@ -452,7 +453,7 @@ impl Datapath {
             return Err(Error::MapFull { map: "ll_fw_rules" });
         }
         let c = Compiled::new(entries);
-        let values: Vec<ll_fw_rule> = c.rules.iter().map(rule_value).collect::<Result<_>>()?;
+        let values: Vec<ll_fw_rule> = c.rules.iter().map(rule_value).collect();
         let _guard = self.fw_lock.lock().unwrap_or_else(|p| p.into_inner());
         let m = &self.maps.fw;
         let cur = self.fw_generation()?;
@@ -464,17 +465,23 @@ impl Datapath {
 
         let live: HashSet<u32> = entries.iter().map(|e| e.id).collect();
         delete_where::<u32>(&m.stats, |id| !live.contains(id))?;
-        let judged = |t: Tuple, v: &ll_ct| {
-            v.dir == ll_ct_dir::LL_CT_ORIGINAL && !still_allowed(&c, default, &t, v)
+        let judged = |t: Tuple, v: &ll_ct, nat_src: IpAddr| {
+            v.dir == ll_ct_dir::LL_CT_ORIGINAL && !still_allowed(&c, default, &t, v, nat_src)
         };
         self.flush_table::<Ct4>(|k, v| {
             let (s, d) = (k.saddr.to_ne_bytes(), k.daddr.to_ne_bytes());
-            judged(Tuple::new(s.into(), d.into(), k.sport, k.dport, k.proto), v)
+            let nat_src = v.nat.saddr.to_ne_bytes().into();
+            judged(
+                Tuple::new(s.into(), d.into(), k.sport, k.dport, k.proto),
+                v,
+                nat_src,
+            )
         })?;
         self.flush_table::<Ct6>(|k, v| {
             judged(
                 Tuple::new(k.saddr.into(), k.daddr.into(), k.sport, k.dport, k.proto),
                 &v.ct,
+                v.nat6.saddr.into(),
             )
         })
         .map(|_| ())
@@ -651,9 +658,10 @@ fn event(e: &ll_fw_event) -> FwEvent {
     }
 }
 
-/// Whether the flow `t`, whose original entry is `v`, would be let in as
-/// it is by the rule set `c` with policy `default`.
-fn still_allowed(c: &Compiled, default: FwDefault, t: &Tuple, v: &ll_ct) -> bool {
+/// Whether the flow `t`, whose original entry is `v` with the translated
+/// source address `nat_src`, would be let in as it is by the rule set `c`
+/// with policy `default`.
+fn still_allowed(c: &Compiled, default: FwDefault, t: &Tuple, v: &ll_ct, nat_src: IpAddr) -> bool {
     let rule = match c.first_match(t) {
         None if default == FwDefault::Allow => None,
         None => return false,
@@ -674,10 +682,7 @@ fn still_allowed(c: &Compiled, default: FwDefault, t: &Tuple, v: &ll_ct) -> bool
     }
     let translated = v.xlate.0 & ll_xlate::LL_XLATE_SRC.0 != 0;
     let same_nat = match action {
-        FwAction::Snat {
-            addr: IpAddr::V4(a),
-            ..
-        } => translated && v.nat.saddr == u32::from(a).to_be(),
+        FwAction::Snat { addr, .. } => translated && nat_src == addr,
         // The egress interface's address when the flow started.
         FwAction::Masquerade => translated,
         _ => !translated,

@@ -51,8 +51,6 @@ pub enum Error {
     },
     #[error("map {map} is full")]
     MapFull { map: &'static str },
-    #[error("{what} is not supported yet")]
-    Unsupported { what: String },
 }
 
 impl Error {

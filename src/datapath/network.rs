@@ -1,6 +1,6 @@
 //! The mirrored network state <-> the forwarding maps.
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
@@ -153,37 +153,33 @@ impl Datapath {
         v
     }
 
-    /// Makes ll_ifaddrs hold the IPv4 addresses among `addrs` (all of the
-    /// host's), which source translation picks from: per interface and
-    /// subnet the lowest address in it, and per interface its lowest address
-    /// as the fallback. Linux would prefer the first address added; the
-    /// mirror does not know the order, so the choice is the lowest.
+    /// Makes ll_ifaddrs hold the addresses among `addrs` (all of the
+    /// host's) that source translation picks from: per interface, family and
+    /// subnet the lowest address in it, and per interface and family its
+    /// lowest address as the fallback. Linux would prefer the first address
+    /// added; the mirror does not know the order, so the choice is the
+    /// lowest. IPv6 link-local addresses are left out: a translated flow
+    /// goes beyond the link.
     pub fn set_source_addrs<'a>(&self, addrs: impl IntoIterator<Item = &'a Addr>) -> Result<()> {
-        let mut want: BTreeMap<Vec<u8>, Ipv4Addr> = BTreeMap::new();
-        let mut keep = |key: ll_ifaddr_key, ip: Ipv4Addr| {
-            let slot = want.entry(pod::bytes(&key).to_vec()).or_insert(ip);
-            *slot = (*slot).min(ip);
-        };
+        let mut want: BTreeMap<Vec<u8>, IpAddr> = BTreeMap::new();
         for a in addrs {
-            let IpAddr::V4(ip) = a.ip else { continue };
-            let mask = u32::MAX.checked_shl(32 - u32::from(a.prefix)).unwrap_or(0);
-            let subnet = Ipv4Addr::from(u32::from(ip) & mask);
-            keep(
-                ll_ifaddr_key {
-                    prefixlen: 32 + u32::from(a.prefix),
+            let (family, width, bits) = match a.ip {
+                IpAddr::V4(ip) => (4, 32, u128::from(u32::from(ip)) << 96),
+                IpAddr::V6(ip) if ip.is_unicast_link_local() => continue,
+                IpAddr::V6(ip) => (6, 128, u128::from(ip)),
+            };
+            let len = u32::from(a.prefix).min(width);
+            let subnet = bits & u128::MAX.checked_shl(128 - len).unwrap_or(0);
+            for (prefixlen, addr) in [(64 + len, subnet.to_be_bytes()), (64, [0; 16])] {
+                let key = ll_ifaddr_key {
+                    prefixlen,
                     ifindex: a.ifindex,
-                    addr: subnet.octets(),
-                },
-                ip,
-            );
-            keep(
-                ll_ifaddr_key {
-                    prefixlen: 32,
-                    ifindex: a.ifindex,
-                    addr: [0; 4],
-                },
-                ip,
-            );
+                    family,
+                    addr,
+                };
+                let slot = want.entry(pod::bytes(&key).to_vec()).or_insert(a.ip);
+                *slot = (*slot).min(a.ip);
+            }
         }
         let map = &self.maps.ifaddrs;
         let stale: Vec<Vec<u8>> = map.keys().filter(|k| !want.contains_key(k)).collect();
@@ -191,7 +187,7 @@ impl Datapath {
             ignore_missing(map.delete(&key), "deleting a source address")?;
         }
         for (key, ip) in &want {
-            map.update(key, &ip.octets(), MapFlags::ANY)
+            map.update(key, &family_bytes(ip).1, MapFlags::ANY)
                 .map_err(|e| super::full_or(e, "ll_ifaddrs", "writing a source address"))?;
         }
         Ok(())

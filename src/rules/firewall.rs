@@ -265,12 +265,6 @@ impl FwRule {
                     }
                     Some(_) => {}
                 }
-                if ip.is_ipv6() {
-                    return Err(Error::invalid(
-                        format!("{o}.snat_ip"),
-                        "IPv6 source NAT is not supported yet (IPv4 TCP and UDP only)",
-                    ));
-                }
                 if *port == Some(0) {
                     return Err(Error::invalid(
                         format!("{o}.snat_port"),
@@ -278,15 +272,7 @@ impl FwRule {
                     ));
                 }
             }
-            FwAction::Masquerade => {
-                if let Some(p) = r.source.or(r.destination).filter(|p| p.addr.is_ipv6()) {
-                    return Err(Error::invalid(
-                        format!("{o}.masquerade"),
-                        format!("IPv6 source NAT is not supported yet ({p} in the match)"),
-                    ));
-                }
-            }
-            FwAction::Allow | FwAction::Drop | FwAction::Trap => {}
+            FwAction::Masquerade | FwAction::Allow | FwAction::Drop | FwAction::Trap => {}
         }
         Ok(())
     }
@@ -440,9 +426,9 @@ mod tests {
             .starts_with("o.snat_ip: fd00::1 is not of the match's address family"));
         let mut r = rule(Some(6), snat("fd00::1"));
         r.matches.source = Some(IpPrefix::parse("f", "fd00::/8").unwrap());
-        assert!(err(r.validate("m", "o")).contains("IPv6 source NAT is not supported"));
+        assert!(r.validate("m", "o").is_ok());
         r.action = FwAction::Masquerade;
-        assert!(err(r.validate("m", "o")).starts_with("o.masquerade: IPv6 source NAT"));
+        assert!(r.validate("m", "o").is_ok());
         let mut r = rule(Some(6), snat("192.0.2.1"));
         r.matches.source = None;
         assert!(err(r.validate("m", "o")).contains("SNAT needs a sourceIP"));
