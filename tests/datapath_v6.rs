@@ -11,7 +11,7 @@ use loxilight::conntrack::{self, sweep, Filter, Timeouts};
 use loxilight::datapath::types::ll_reason;
 use loxilight::datapath::{monotonic_ns, Datapath, FwAction, FwDefault, FwEntry, HookKind};
 use loxilight::kernel::model::{Addr, NextHop, Prefix, Route, RouteKind};
-use loxilight::rules::{LbRule, Protocol, RuleStore, Selection, ServiceKey};
+use loxilight::rules::{LbRule, Mode, Protocol, RuleStore, Selection, ServiceKey};
 use pkt::{fold, load, reasons, sum16, ACK, DST_MAC, ETH_HLEN, RST, SRC_MAC, SYN, TCP};
 
 const VIP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
@@ -538,4 +538,72 @@ fn ipv6_masquerade_uses_a_global_address_of_the_egress_interface() {
     let on_link: Ipv6Addr = "2001:db8:2::7".parse().unwrap();
     let out = run(&dp, HookKind::Tc, &frame(c, sa(near, 80), TCP, SYN));
     assert_eq!(out, frame(sa(on_link, 33000), sa(near, 80), TCP, SYN));
+}
+
+/// IPv6 fullnat: the flow reaches the endpoint from the LB's address on the
+/// endpoint's link, with the client's port while free and another one for
+/// a second client using the same; replies come back from the VIP. Onearm
+/// leaves an endpoint behind another interface than the ingress to Linux.
+#[test]
+fn ipv6_fullnat_translates_both_sides() {
+    let lb = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 2, 0xfe);
+    let client2 = Ipv6Addr::new(0xfd00, 0xc, 0, 0, 0, 0, 0, 8);
+    for hook in HOOKS {
+        let dp = load();
+        dp.set_route(&Route {
+            dst: Prefix {
+                ip: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 2, 0).into(),
+                len: 112,
+            },
+            kind: RouteKind::Unicast,
+            metric: 0,
+            nexthops: vec![NextHop {
+                gateway: None,
+                ifindex: 5,
+            }],
+        })
+        .unwrap();
+        dp.set_source_addrs(&[Addr {
+            ip: lb.into(),
+            prefix: 112,
+            ifindex: 5,
+        }])
+        .unwrap();
+        let fullnat = LbRule {
+            mode: Mode::FullNat,
+            ..rule(Protocol::Tcp, Selection::RoundRobin, &[(EP1, 8080)])
+        };
+        dp.program_service(1, &fullnat).unwrap();
+        let (vip, ep) = (sa(VIP, 80), sa(EP1, 8080));
+        let (c1, c2) = (sa(CLIENT, 40000), sa(client2, 40000));
+
+        let out = run(&dp, hook, &frame(c1, vip, TCP, SYN));
+        assert_eq!(out, frame(sa(lb, 40000), ep, TCP, SYN), "{hook:?}");
+        let back = run(&dp, hook, &frame(ep, sa(lb, 40000), TCP, SYN | ACK));
+        assert_eq!(back, frame(vip, c1, TCP, SYN | ACK), "{hook:?}: reply");
+
+        let out = run(&dp, hook, &frame(c2, vip, TCP, SYN));
+        let port = u16::from_be_bytes([out[ETH_HLEN + 40], out[ETH_HLEN + 41]]);
+        assert_ne!(port, 40000, "{hook:?}: two flows share no tuple");
+        assert_eq!(out, frame(sa(lb, port), ep, TCP, SYN), "{hook:?}");
+        let back = run(&dp, hook, &frame(ep, sa(lb, port), TCP, ACK));
+        assert_eq!(back, frame(vip, c2, TCP, ACK), "{hook:?}: second reply");
+
+        let onearm = LbRule {
+            key: ServiceKey {
+                port: 81,
+                ..fullnat.key
+            },
+            mode: Mode::OneArm,
+            ..fullnat.clone()
+        };
+        dp.program_service(2, &onearm).unwrap();
+        let syn = frame(c1, sa(VIP, 81), TCP, SYN);
+        assert_eq!(run(&dp, hook, &syn), syn, "{hook:?}: onearm");
+        assert_eq!(
+            reasons(&dp)[ll_reason::LL_R_PASS_ONEARM_EGRESS.0 as usize],
+            1,
+            "{hook:?}"
+        );
+    }
 }

@@ -699,7 +699,7 @@ fn tcp_seen(lab: &Lab, ns: &str, to: SocketAddr) -> std::io::Result<String> {
 /// The same over UDP.
 fn udp_seen(lab: &Lab, ns: &str, to: SocketAddr) -> std::io::Result<String> {
     lab.in_ns(ns, || {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
+        let s = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
         s.send_to(b"who", to)?;
         let mut buf = [0u8; 512];
@@ -809,6 +809,25 @@ fn snat_and_masquerade_are_what_the_server_sees() {
         udp_seen(&lab, &client, to).unwrap(),
     ] {
         assert!(seen.starts_with("10.77.2.1:"), "masqueraded as {seen}");
+    }
+
+    // The same over IPv6, whose masquerade takes no link-local address.
+    let b1_6 = lab.backends[0].ip6.clone();
+    let to6: SocketAddr = format!("[{b1_6}]:{}", echo.port).parse().unwrap();
+    let snat6 = format!("sourceIP:fd77:1::2/128,destinationIP:{b1_6}/128,preference:10");
+    create(&lab, &snat6, &["--snat=fd77:2::1,4000"]);
+    assert_eq!(tcp_seen(&lab, &client, to6).unwrap(), "[fd77:2::1]:4000");
+    lab.loxicmd_ok(&["delete", "firewall", &rule(&snat6)]);
+    create(
+        &lab,
+        "sourceIP:fd77:1::/64,preference:10",
+        &["--masquerade"],
+    );
+    for seen in [
+        tcp_seen(&lab, &client, to6).unwrap(),
+        udp_seen(&lab, &client, to6).unwrap(),
+    ] {
+        assert!(seen.starts_with("[fd77:2::1]:"), "masqueraded as {seen}");
     }
 }
 

@@ -31,8 +31,9 @@ const X_IP: &str = "10.77.1.3";
 /// The LB's address on the client's segment.
 const LB_CLIENT_SIDE: &str = "10.77.1.1";
 
-/// A TCP server in a namespace on PORT that answers each connection with its
-/// name and the address the connection came from, until dropped.
+/// A TCP server in a namespace on PORT (IPv4 and IPv6) that answers each
+/// connection with its name and the address the connection came from,
+/// until dropped.
 struct PeerServer {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -41,7 +42,7 @@ struct PeerServer {
 impl PeerServer {
     fn start(lab: &Lab, ns: &str, name: &str) -> PeerServer {
         let listener = lab
-            .in_ns(ns, || TcpListener::bind(("0.0.0.0", PORT)))
+            .in_ns(ns, || TcpListener::bind(("::", PORT)))
             .unwrap_or_else(|e| panic!("{name}: binding port {PORT}: {e}"));
         listener
             .set_nonblocking(true)
@@ -53,6 +54,14 @@ impl PeerServer {
                 match listener.accept() {
                     Ok((mut s, peer)) => {
                         let _ = s.set_nonblocking(false);
+                        let peer = match peer {
+                            // IPv4 peers of the dual-stack socket.
+                            SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+                                Some(v4) => SocketAddr::from((v4, v6.port())),
+                                None => peer,
+                            },
+                            v4 => v4,
+                        };
                         let _ = s.write_all(format!("{name} {peer}").as_bytes());
                     }
                     Err(_) => thread::sleep(Duration::from_millis(10)),
@@ -370,7 +379,7 @@ fn nat64_at(hook: &str) {
         )),
         "{tcp:#?}"
     );
-    bulk_both_ways(&lab, VIP6);
+    bulk_both_ways(&lab, VIP6, &lab.backend("b1").ip, &[]);
 
     // A stopped daemon leaves the datapath attached (the default): the
     // pinned tail-call arrays keep the translators reachable for new flows,
@@ -392,21 +401,27 @@ fn nat64_at(hook: &str) {
 /// at TC segmentation offload's large ones.
 const BULK: usize = 8 << 20;
 
-/// Sends BULK bytes from the client to b1 through `vip` on BULK_PORT (a rule
-/// of the test's own) and BULK back; TCP delivers them all only if every
-/// translated segment's checksum is right.
-fn bulk_both_ways(lab: &Lab, vip: &str) {
+/// Sends BULK bytes from the client to b1 at `endpoint` through `vip` on
+/// BULK_PORT (a rule of the test's own, with `flags`) and BULK back; TCP
+/// delivers them all only if every translated segment's checksum is right.
+fn bulk_both_ways(lab: &Lab, vip: &str, endpoint: &str, flags: &[&str]) {
     const BULK_PORT: u16 = 7071;
     let b1 = lab.backend("b1");
-    lab.loxicmd_ok(&[
-        "create",
-        "lb",
-        vip,
-        &format!("--tcp={BULK_PORT}:{BULK_PORT}"),
-        &format!("--endpoints={}:1", b1.ip),
-    ]);
+    let rule = [
+        "create".to_owned(),
+        "lb".into(),
+        vip.into(),
+        format!("--tcp={BULK_PORT}:{BULK_PORT}"),
+        format!("--endpoints={endpoint}:1"),
+    ];
+    let args: Vec<&str> = rule
+        .iter()
+        .map(String::as_str)
+        .chain(flags.iter().copied())
+        .collect();
+    lab.loxicmd_ok(&args);
     let listener = lab
-        .in_ns(&b1.ns, || TcpListener::bind(("0.0.0.0", BULK_PORT)))
+        .in_ns(&b1.ns, || TcpListener::bind(("::", BULK_PORT)))
         .expect("binding the bulk port");
     let server = thread::spawn(move || -> std::io::Result<usize> {
         let (mut s, _) = listener.accept()?;
@@ -436,6 +451,60 @@ fn bulk_both_ways(lab: &Lab, vip: &str) {
         "bytes that came back intact"
     );
     lab.loxicmd_ok(&["delete", "lb", vip, &format!("--tcp={BULK_PORT}")]);
+}
+
+#[test]
+fn fullnat_over_ipv6() {
+    fullnat6_at("tc");
+}
+
+#[test]
+fn fullnat_over_ipv6_at_xdp_too() {
+    fullnat6_at("xdp");
+}
+
+/// An IPv6 VIP in fullnat mode: IPv6 backends without a route back to the
+/// client see the LB's address on their link, and a bulk transfer each way
+/// arrives intact.
+fn fullnat6_at(hook: &str) {
+    let lab = Lab::forwarding_off(&format!("fullnat6{hook}"), hook);
+    let _servers = peer_servers(&lab);
+    for b in &lab.backends {
+        ip(&format!("-n {} -6 route del default", b.ns));
+    }
+    let endpoints: Vec<String> = lab
+        .backends
+        .iter()
+        .map(|b| format!("{}:1", b.ip6))
+        .collect();
+    lab.loxicmd_ok(&[
+        "create",
+        "lb",
+        VIP6,
+        &format!("--tcp={PORT}:{PORT}"),
+        &format!("--endpoints={}", endpoints.join(",")),
+        "--mode=fullnat",
+    ]);
+    assert_eq!(mode_shown(&lab), "fullnat");
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (name, peer) = ask_at(&lab, VIP6);
+        // The LB's address on that backend's link (fd77:N::1 for fd77:N::2).
+        let lb_side = lab.backend(&name).ip6.replace("::2", "::1");
+        assert_eq!(peer.ip().to_string(), lb_side, "{name} saw {peer}");
+        seen.push(name);
+    }
+    seen.sort();
+    assert_eq!(seen, ["b1", "b1", "b2", "b2"], "round robin over both");
+    let actions = ct_actions(&lab);
+    assert!(
+        actions
+            .iter()
+            .any(|a| a.starts_with("snat-[fd77:2::1]:") && a.contains(",dnat-[fd77:2::2]:7070")),
+        "{actions:?}"
+    );
+    let b1 = lab.backend("b1").ip6.clone();
+    bulk_both_ways(&lab, VIP6, &b1, &["--mode=fullnat"]);
 }
 
 #[test]

@@ -212,13 +212,16 @@ static __noinline __u32 ll_range_start(__be32 vip, __u32 proto, __u32 dport)
 }
 
 /* How service svc's flows reach endpoint ep, for the first packet p of a
- * flow that came in on interface ingress: fills *nat, or returns the reason
- * to hand p to Linux. */
-static __always_inline int ll_lb_translation(const struct ll_svc *svc,
+ * flow that came in on interface ingress: fills *nat (an IPv6 flow's
+ * addresses: to6, holding the client and the endpoint), or returns the
+ * reason to hand p to Linux. */
+static __always_inline int ll_lb_translation(int v6, const struct ll_svc *svc,
 					     const struct ll_endpoint *ep,
 					     const struct ll_pkt *p, __u32 ingress,
-					     struct ll_nat *nat)
+					     struct ll_nat *nat, struct ll_addrs6 *to6)
 {
+	int onearm = svc->mode == LL_MODE_ONEARM;
+
 	nat->to.saddr = p->saddr;
 	nat->to.daddr = ep->addr;
 	nat->to.sport = p->sport;
@@ -234,8 +237,10 @@ static __always_inline int ll_lb_translation(const struct ll_svc *svc,
 	case LL_MODE_FULLNAT:
 		/* The source port is claimed with the flow's entries. */
 		nat->xlate = LL_XLATE_BOTH;
-		return ll_nat_source(0, (const __u8 *)&ep->addr, svc->mode == LL_MODE_ONEARM,
-				     ingress, (__u8 *)&nat->to.saddr);
+		if (v6)
+			return ll_nat_source(1, to6->daddr, onearm, ingress, to6->saddr);
+		return ll_nat_source(0, (const __u8 *)&ep->addr, onearm, ingress,
+				     (__u8 *)&nat->to.saddr);
 	default:
 		return 0;
 	}
@@ -300,6 +305,7 @@ static __always_inline struct ll_svc *ll_svc_lookup(int v6, const struct ll_pkt 
 static __always_inline int ll_lb_new_flow(int v6, const struct ll_pkt *p, __u32 ingress,
 					  const void *key, struct ll_nat *nat)
 {
+	struct ll_addrs6 *to6 = 0;
 	struct ll_svc6 *svc6 = 0;
 	struct ll_endpoint *ep;
 	struct ll_svc *svc;
@@ -326,17 +332,19 @@ static __always_inline int ll_lb_new_flow(int v6, const struct ll_pkt *p, __u32 
 	if (ep_idx >= LL_MAX_ENDPOINTS || ep_idx >= svc->n_endpoints)
 		return LL_R_PASS_NO_ENDPOINT;
 	ep = &svc->endpoints[ep_idx];
-	r = ll_lb_translation(svc, ep, p, ingress, nat);
-	if (r)
-		return r;
 	if (v6) {
-		struct ll_addrs6 *to6 = bpf_map_lookup_elem(&ll_nat6, &zero);
-
+		to6 = bpf_map_lookup_elem(&ll_nat6, &zero);
 		if (!to6 || !svc6)
 			return LL_R_PASS_CT_FULL;
 		__builtin_memcpy(to6->saddr, p->saddr6, 16);
 		__builtin_memcpy(to6->daddr, svc6->addr[ep_idx], 16);
+	}
+	r = ll_lb_translation(v6, svc, ep, p, ingress, nat, to6);
+	if (r)
+		return r;
+	if (v6) {
 		/* ll_ct6's nat holds the ports only. */
+		nat->to.saddr = 0;
 		nat->to.daddr = 0;
 	}
 

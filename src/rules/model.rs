@@ -684,13 +684,15 @@ impl LbRule {
             return Ok(());
         }
         let nat64 = self.is_nat64();
-        if self.mode != Mode::Default && !(nat64 && self.mode == Mode::FullNat) {
+        // DSR needs the VIP on IPv4 endpoints; NAT64 translates on the way.
+        if self.mode == Mode::Dsr || (nat64 && self.mode == Mode::OneArm) {
             return Err(Error::invalid(
                 format!("{field}.mode"),
                 format!(
-                    "{} is IPv4 only: an IPv6 VIP takes the default mode{}",
+                    "{} does not apply to an IPv6 VIP{}: it takes the default mode, fullnat{}",
                     self.mode.as_str(),
-                    if nat64 { " or fullnat" } else { "" }
+                    if nat64 { " with IPv4 endpoints" } else { "" },
+                    if nat64 { "" } else { " or onearm" }
                 ),
             ));
         }
@@ -830,11 +832,15 @@ mod tests {
         assert!(!v6(vec![ep6], Mode::Default, Protocol::Tcp).is_nat64());
         assert!(
             err(v6(vec![ep(1)], Mode::OneArm, Protocol::Tcp)).starts_with(
-                "lb.mode: onearm is IPv4 only: an IPv6 VIP takes the default mode or fullnat"
+                "lb.mode: onearm does not apply to an IPv6 VIP with IPv4 endpoints: it takes \
+                 the default mode, fullnat"
             )
         );
-        assert!(err(v6(vec![ep6], Mode::FullNat, Protocol::Tcp))
-            .ends_with("an IPv6 VIP takes the default mode"));
+        for mode in [Mode::FullNat, Mode::OneArm] {
+            assert!(v6(vec![ep6], mode, Protocol::Tcp).validate("lb").is_ok());
+        }
+        assert!(err(v6(vec![ep6], Mode::Dsr, Protocol::Tcp))
+            .ends_with("an IPv6 VIP: it takes the default mode, fullnat or onearm"));
         // SCTP keeps its ports (validate_sctp): the same port on both sides.
         let same_port = Endpoint {
             port: 2020,
