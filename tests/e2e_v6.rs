@@ -127,6 +127,20 @@ fn mixed_families_are_refused() {
         "{}",
         stderr_line(&out)
     );
+    let out = lab.loxicmd(&[
+        "create",
+        "lb",
+        VIP6,
+        "--tcp=80:80",
+        "--endpoints=fd77:2::2:1",
+        "--mode=dsr",
+        "--select=hash",
+    ]);
+    let err = stderr_line(&out);
+    assert!(
+        err.contains("mode: dsr does not apply to an IPv6 VIP"),
+        "{err}"
+    );
     let rules = lab.loxicmd_ok(&["get", "lb", "-o", "json"]);
     assert!(!rules.contains("fd"), "a refused rule was stored: {rules}");
 }
