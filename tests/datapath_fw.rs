@@ -20,8 +20,8 @@ use loxilight::datapath::{
 use loxilight::kernel::model::{Addr, NextHop, Prefix, Route, RouteKind};
 use loxilight::rules::{Endpoint, LbRule, Mode, Protocol, Selection, ServiceKey};
 use pkt::{
-    assert_checksums, ct_key, parse, Packet, ACK, ICMP, ICMP_ECHO, ICMP_ECHOREPLY, L4, SYN, TCP,
-    UDP,
+    assert_checksums, ct_key, parse, Packet, ACK, ETH_HLEN, ICMP, ICMP_ECHO, ICMP_ECHOREPLY, L4,
+    SYN, TCP, UDP,
 };
 
 const HOOKS: [HookKind; 2] = [HookKind::Tc, HookKind::Xdp];
@@ -974,12 +974,43 @@ fn snat_translates_new_flows_and_their_replies_and_never_reuses_a_tuple() {
     let other = at(Ipv4Addr::new(10, 1, 0, 1), 5000);
     assert_eq!(translated(&dp, &udp(other, server)), (other, server));
 
-    // A ping keeps its identifier, as SCTP keeps its ports.
-    let echo = |src, dst, kind| Packet::new(at(src, 0), at(dst, 0), L4::IcmpEcho { kind, id: 77 });
-    let out = pkt::run(&dp, HookKind::Tc, &echo(CLIENT, OUTSIDE, ICMP_ECHO));
-    assert_eq!(out, echo(public, OUTSIDE, ICMP_ECHO).build());
-    let out = pkt::run(&dp, HookKind::Tc, &echo(OUTSIDE, public, ICMP_ECHOREPLY));
-    assert_eq!(out, echo(OUTSIDE, CLIENT, ICMP_ECHOREPLY).build());
+    // A ping keeps its identifier while free; another client's ping with
+    // the same one to the same host gets another, as a port would.
+    let echo = |src, dst, kind, id| Packet::new(at(src, 0), at(dst, 0), L4::IcmpEcho { kind, id });
+    let out = pkt::run(&dp, HookKind::Tc, &echo(CLIENT, OUTSIDE, ICMP_ECHO, 77));
+    assert_eq!(out, echo(public, OUTSIDE, ICMP_ECHO, 77).build());
+    let out = pkt::run(
+        &dp,
+        HookKind::Tc,
+        &echo(OUTSIDE, public, ICMP_ECHOREPLY, 77),
+    );
+    assert_eq!(out, echo(OUTSIDE, CLIENT, ICMP_ECHOREPLY, 77).build());
+    let client2 = Ipv4Addr::new(10, 0, 0, 2);
+    let out = pkt::run(&dp, HookKind::Xdp, &echo(client2, OUTSIDE, ICMP_ECHO, 77));
+    let id = u16::from_be_bytes([out[ETH_HLEN + 24], out[ETH_HLEN + 25]]);
+    assert_ne!(id, 77, "two pings share no translated identifier");
+    assert_eq!(out, echo(public, OUTSIDE, ICMP_ECHO, id).build());
+    for hook in HOOKS {
+        let out = pkt::run(&dp, hook, &echo(OUTSIDE, public, ICMP_ECHOREPLY, id));
+        assert_eq!(out, echo(OUTSIDE, client2, ICMP_ECHOREPLY, 77).build());
+        // A router's "time exceeded" about the translated echo reaches the
+        // client about its own (traceroute -I).
+        let router = Ipv4Addr::new(198, 51, 100, 1);
+        let err = pkt::icmp_error(
+            router,
+            public,
+            (11, 0),
+            &pkt::quoted(&echo(public, OUTSIDE, ICMP_ECHO, id)),
+        );
+        let want = pkt::icmp_error(
+            router,
+            client2,
+            (11, 0),
+            &pkt::quoted(&echo(client2, OUTSIDE, ICMP_ECHO, 77)),
+        );
+        let out = dp.test_run(hook, &err, 1).unwrap().data;
+        assert_eq!(out, want, "{hook:?}: the error about a translated echo");
+    }
     // Other ICMP has no identifier to tell flows apart: Linux gets it.
     let icmp = Packet::new(at(CLIENT, 0), at(OUTSIDE, 0), L4::Raw(ICMP)).build();
     assert_eq!(

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use common::{stderr_line, Lab, API_PORT, CLIENT_IP, HTTP_PORT, UDP_PORT};
+use common::{ct_entries, ct_json, stderr_line, Lab, API_PORT, CLIENT_IP, HTTP_PORT, UDP_PORT};
 use loxilight::proto::v1 as pb;
 use loxilight::proto::v1::firewall_service_client::FirewallServiceClient;
 use serde_json::Value;
@@ -810,6 +810,18 @@ fn snat_and_masquerade_are_what_the_server_sees() {
     ] {
         assert!(seen.starts_with("10.77.2.1:"), "masqueraded as {seen}");
     }
+    // A ping goes out from that address too, its identifier kept.
+    assert_eq!(lab.ping(&b1, 4242).unwrap().to_string(), b1);
+    let pings: Vec<Value> = ct_entries(&ct_json(&lab, &["--proto=icmp"]))
+        .into_iter()
+        .filter(|e| e["srcIp"] == CLIENT_IP)
+        .collect();
+    assert!(
+        pings.iter().any(|e| e["action"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("snat-10.77.2.1:4242"))),
+        "{pings:#?}"
+    );
 
     // The same over IPv6, whose masquerade takes no link-local address.
     let b1_6 = lab.backends[0].ip6.clone();

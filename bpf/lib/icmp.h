@@ -99,29 +99,32 @@ static __noinline int ll_icmp_decide(struct ll_tail *t)
 	q->inner = p->inner;
 	q->inner.t.saddr = e->nat.daddr;
 	q->inner.t.daddr = e->nat.saddr;
-	/* An echo's identifier is never translated. */
-	if (ll_l4_rewritable(p->inner.proto)) {
-		q->inner.t.sport = e->nat.dport;
-		q->inner.t.dport = e->nat.sport;
-	}
+	q->inner.t.sport = e->nat.dport;
+	q->inner.t.dport = e->nat.sport;
 	t->mark = 0;
 	return LL_R_NAT_ICMP;
 }
 
 /* The quoted header's fields before (*old: addresses and ports from t->p,
  * the checksums as read) and after translation (*new), and the change of
- * the ICMP checksum, which covers them all. has_l4: the quoted L4 checksum
- * is in the packet and in use (a UDP 0 is "none"). */
+ * the ICMP checksum, which covers them all (a sum of 16-bit words: where
+ * each lies does not matter). has_l4: the quoted L4 checksum is in the
+ * packet and in use (a UDP 0 is "none"). */
 static __always_inline __s64 ll_icmp_fields(const struct ll_tail *t, struct ll_icmp_fields *old,
 					    struct ll_icmp_fields *new, int has_l4)
 {
 	old->t = t->p.inner.t;
 	new->t = t->q.inner.t;
 	/* The IP header checksum covers the addresses; TCP's and UDP's the
-	 * addresses (pseudo-header) and the ports. */
+	 * addresses (pseudo-header) and the ports; an echo's its identifier,
+	 * which is one of the ports (the other is 0). */
 	new->ip_check = ll_csum_apply(old->ip_check, (__u32)bpf_csum_diff(&old->t.saddr, 8,
 									  &new->t.saddr, 8, 0));
-	if (has_l4)
+	if (has_l4 && t->p.inner.proto == IPPROTO_ICMP)
+		new->l4_check = ll_csum_apply(old->l4_check,
+					      (__u32)bpf_csum_diff((__be32 *)&old->t.sport, 4,
+								   (__be32 *)&new->t.sport, 4, 0));
+	else if (has_l4)
 		new->l4_check = ll_csum_apply(old->l4_check,
 					      (__u32)bpf_csum_diff(&old->t.saddr, 12,
 								   &new->t.saddr, 12, 0));
@@ -154,7 +157,14 @@ static __always_inline __s64 ll_icmp6_fields(const struct ll_tail *t, struct ll_
 /* Where the quoted packet's L4 checksum is, from its header's start. */
 static __always_inline __u32 ll_icmp_l4_check_off(__u32 ip_hlen, __u8 proto)
 {
-	return ip_hlen + (proto == IPPROTO_TCP ? 16 : 6);
+	return ip_hlen + (proto == IPPROTO_TCP ? 16 : proto == IPPROTO_ICMP ? 2 : 6);
+}
+
+/* Whether the quoted packet's L4 checksum is translated with it (an echo's
+ * covers its identifier), and whether a value of 0 is one (UDP: "none"). */
+static __always_inline int ll_icmp_quoted_l4(__u8 proto)
+{
+	return ll_l4_rewritable(proto) || proto == IPPROTO_ICMP;
 }
 
 #endif

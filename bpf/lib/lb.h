@@ -49,6 +49,15 @@ static __always_inline int ll_l4_rewritable(__u8 proto)
 	return proto == IPPROTO_TCP || proto == IPPROTO_UDP;
 }
 
+/* The identifier ICMP echo p gets from translation nat: the port of the
+ * side that holds it (a request's source, a reply's destination; the
+ * other is 0, see ll_echo_ports). */
+static __always_inline __be16 ll_echo_id(const struct ll_pkt *p, const struct ll_nat *nat)
+{
+	return (nat->xlate & LL_XLATE_SRC ? nat->to.sport : p->sport) |
+	       (nat->xlate & LL_XLATE_DST ? nat->to.dport : p->dport);
+}
+
 /* The flow hash of a 5-tuple (selection, ECMP); ports: sport << 16 | dport. */
 static __always_inline __u32 ll_flow_hash(__be32 saddr, __be32 daddr, __u32 ports, __u8 proto)
 {

@@ -60,9 +60,10 @@ static __noinline int ll_nat_source(int v6, const __u8 *daddr, int same_if, __u3
 /* Inserts the reply entry ct of a source-translated flow under rkey (a key
  * of the family v6 says), whose destination port is the flow's translated
  * source port: first the one rkey holds (the client's own, kept when free
- * and in the range), then up to LL_NAT_TRIES others (none for ICMP and
- * SCTP). BPF_NOEXIST makes the port the flow's alone. Returns 0 with
- * rkey's destination port the one claimed, LL_R_DROP_NAT_PORTS when every
+ * and in the range), then up to LL_NAT_TRIES others: none for SCTP, and
+ * for an ICMP echo (whose identifier is its port) from all 16 bits.
+ * BPF_NOEXIST makes the port the flow's alone. Returns 0 with rkey's
+ * destination port the one claimed, LL_R_DROP_NAT_PORTS when every
  * candidate was taken, or LL_R_PASS_CT_FULL. */
 static __noinline int ll_nat_claim_port(int v6, void *rkey, const struct ll_ct *ct)
 {
@@ -75,13 +76,17 @@ static __noinline int ll_nat_claim_port(int v6, void *rkey, const struct ll_ct *
 	long err;
 
 	cfg = bpf_map_lookup_elem(&ll_nat_ports, &zero);
-	if (cfg && cfg->max && cfg->min && cfg->min <= cfg->max) {
+	if (proto == IPPROTO_ICMP) {
+		/* Echo identifiers are no ports: any will do. */
+		min = 0;
+		span = 65536;
+	} else if (cfg && cfg->max && cfg->min && cfg->min <= cfg->max) {
 		min = cfg->min;
 		span = (__u32)cfg->max - min + 1;
 	}
-	/* An ICMP echo identifier and SCTP ports (under its CRC32c) are never
-	 * rewritten: such a flow can only keep its own. */
-	fixed = proto == IPPROTO_ICMP || proto == IPPROTO_SCTP;
+	/* SCTP ports (under its CRC32c) are never rewritten: such a flow can
+	 * only keep its own. */
+	fixed = proto == IPPROTO_SCTP;
 	if (fixed || (__u32)bpf_ntohs(*dport) - min < span) {
 		err = bpf_map_update_elem(map, rkey, ct, BPF_NOEXIST);
 		if (err != -LL_EEXIST)

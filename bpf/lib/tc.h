@@ -27,16 +27,20 @@ static __always_inline int ll_tc_addr6(struct __sk_buff *skb, __u32 off, const _
 
 /* Rewrites the sides of p that nat (an IPv6 packet's addresses: ll_nat6)
  * translates. ll_tuple is laid out like the headers, so side i (0: source,
- * 1: destination) is the i-th address and port of both. A subprogram of its
- * own, off the entry program's frame. */
+ * 1: destination) is the i-th address and port of both; an ICMP echo's
+ * identifier is rewritten apart (ll_echo_id), and its checksum covers no
+ * address. A subprogram of its own, off the entry program's frame. */
 static __noinline int ll_tc_rewrite(struct __sk_buff *skb, const struct ll_pkt *p,
 				    const struct ll_nat *nat)
 {
-	__u32 csum_off = p->l4_off + (p->proto == IPPROTO_TCP ? offsetof(struct tcphdr, check)
-							       : offsetof(struct udphdr, check));
+	int echo = p->proto == IPPROTO_ICMP && p->has_ports;
+	__u32 csum_off = p->l4_off + (echo			  ? offsetof(struct ll_icmp_echo, check)
+				      : p->proto == IPPROTO_TCP ? offsetof(struct tcphdr, check)
+								: offsetof(struct udphdr, check));
 	/* UDP checksum 0 means "none": leave it so. */
 	__u64 l4flags = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
-	int ports = ll_l4_rewritable(p->proto);
+	/* The L4 checksum covers the addresses (pseudo-header) and the ports. */
+	int pseudo = ll_l4_rewritable(p->proto);
 	struct ll_addrs6 *to6 = 0;
 	__u32 zero = 0;
 
@@ -55,12 +59,12 @@ static __noinline int ll_tc_rewrite(struct __sk_buff *skb, const struct ll_pkt *
 			continue;
 		if (to6) {
 			if (ll_tc_addr6(skb, p->l3_off + offsetof(struct ipv6hdr, saddr) + i * 16,
-					i ? p->daddr6 : p->saddr6, i ? to6->daddr : to6->saddr, ports,
+					i ? p->daddr6 : p->saddr6, i ? to6->daddr : to6->saddr, pseudo,
 					csum_off, l4flags))
 				return -1;
 		} else if (old_addr != new_addr) {
-			if (ports && bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr,
-							 l4flags | BPF_F_PSEUDO_HDR | sizeof(new_addr)))
+			if (pseudo && bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr,
+							  l4flags | BPF_F_PSEUDO_HDR | sizeof(new_addr)))
 				return -1;
 			if (bpf_l3_csum_replace(skb, p->l3_off + offsetof(struct iphdr, check),
 						old_addr, new_addr, sizeof(new_addr)))
@@ -68,13 +72,22 @@ static __noinline int ll_tc_rewrite(struct __sk_buff *skb, const struct ll_pkt *
 			if (bpf_skb_store_bytes(skb, addr_off, &new_addr, sizeof(new_addr), 0))
 				return -1;
 		}
-		if (ports && old_port != new_port) {
+		if (pseudo && old_port != new_port) {
 			if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port,
 						l4flags | sizeof(new_port)))
 				return -1;
 			if (bpf_skb_store_bytes(skb, port_off, &new_port, sizeof(new_port), 0))
 				return -1;
 		}
+	}
+	if (echo) {
+		__be16 old_id = p->sport | p->dport, new_id = ll_echo_id(p, nat);
+
+		if (old_id != new_id &&
+		    (bpf_l4_csum_replace(skb, csum_off, old_id, new_id, sizeof(new_id)) ||
+		     bpf_skb_store_bytes(skb, p->l4_off + offsetof(struct ll_icmp_echo, id),
+					 &new_id, sizeof(new_id), 0)))
+			return -1;
 	}
 	return 0;
 }
@@ -178,16 +191,24 @@ static __noinline int ll_tc_icmp_rewrite(struct __sk_buff *skb, const struct ll_
 		return ll_tc_icmp6_rewrite(skb, t);
 	if (bpf_skb_load_bytes(skb, in + offsetof(struct iphdr, check), &old.ip_check, 2))
 		return -1;
-	if (ll_l4_rewritable(p->inner.proto) && l4_check + 2 <= skb->len &&
+	if (ll_icmp_quoted_l4(p->inner.proto) && l4_check + 2 <= skb->len &&
 	    !bpf_skb_load_bytes(skb, l4_check, &old.l4_check, 2))
-		has_l4 = p->inner.proto == IPPROTO_TCP || old.l4_check;
+		has_l4 = p->inner.proto != IPPROTO_UDP || old.l4_check;
 	diff = ll_icmp_fields(t, &old, &new, has_l4);
 	if (diff < 0 || bpf_l4_csum_replace(skb, p->l4_off + 2, 0, diff, 0))
 		return -1;
 	if (bpf_skb_store_bytes(skb, in + offsetof(struct iphdr, check), &new.ip_check, 2, 0) ||
-	    bpf_skb_store_bytes(skb, in + offsetof(struct iphdr, saddr), &new.t.saddr, 8, 0) ||
-	    bpf_skb_store_bytes(skb, in + LL_IP4_HLEN, &new.t.sport, 4, 0))
+	    bpf_skb_store_bytes(skb, in + offsetof(struct iphdr, saddr), &new.t.saddr, 8, 0))
 		return -1;
+	if (p->inner.proto == IPPROTO_ICMP) {
+		__be16 id = new.t.sport | new.t.dport;
+
+		if (bpf_skb_store_bytes(skb, in + LL_IP4_HLEN + offsetof(struct ll_icmp_echo, id),
+					&id, 2, 0))
+			return -1;
+	} else if (bpf_skb_store_bytes(skb, in + LL_IP4_HLEN, &new.t.sport, 4, 0)) {
+		return -1;
+	}
 	if (has_l4 && bpf_skb_store_bytes(skb, l4_check, &new.l4_check, 2, 0))
 		return -1;
 	for (int i = 0; i < 2; i++) {

@@ -38,10 +38,13 @@ static __noinline int ll_xdp_rewrite(struct xdp_md *ctx, const struct ll_pkt *p,
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
 	struct ipv6hdr *ip6 = LL_XDP_PTR(data, p->l3_off);
 	struct iphdr *iph = LL_XDP_PTR(data, p->l3_off);
-	int udp = p->proto == IPPROTO_UDP;
+	int udp = p->proto == IPPROTO_UDP, echo = p->proto == IPPROTO_ICMP && p->has_ports;
+	/* The L4 checksum covers the addresses (pseudo-header) and the ports. */
+	int pseudo = ll_l4_rewritable(p->proto);
+	struct ll_icmp_echo *ih = 0;
 	struct ll_addrs6 *to6 = 0;
 	__u16 *l4csum = 0, l4c = 0;
-	__be16 *ports = 0;
+	__be16 *ports = 0, id;
 	__u32 zero = 0;
 
 	if (p->family == LL_AF_INET6) {
@@ -51,7 +54,12 @@ static __noinline int ll_xdp_rewrite(struct xdp_md *ctx, const struct ll_pkt *p,
 	} else if ((void *)(iph + 1) > end) {
 		return -1;
 	}
-	if (!ll_l4_rewritable(p->proto)) {
+	if (echo) {
+		ih = LL_XDP_PTR(data, p->l4_off);
+		if ((void *)(ih + 1) > end)
+			return -1;
+		l4csum = &ih->check;
+	} else if (!pseudo) {
 		/* the addresses only */
 	} else if (udp) {
 		struct udphdr *uh = LL_XDP_PTR(data, p->l4_off);
@@ -83,13 +91,13 @@ static __noinline int ll_xdp_rewrite(struct xdp_md *ctx, const struct ll_pkt *p,
 			const __be32 *t = (const __be32 *)(i ? to6->daddr : to6->saddr);
 
 			for (int w = 0; w < 4; w++) {
-				if (ports)
+				if (pseudo)
 					l4c = ll_csum_replace4(l4c, a[w], t[w]);
 				a[w] = t[w];
 			}
 		} else {
 			iph->check = ll_csum_replace4(iph->check, *addr, to_addr);
-			if (ports)
+			if (pseudo)
 				l4c = ll_csum_replace4(l4c, *addr, to_addr);
 			*addr = to_addr;
 		}
@@ -97,6 +105,10 @@ static __noinline int ll_xdp_rewrite(struct xdp_md *ctx, const struct ll_pkt *p,
 			l4c = ll_csum_replace2(l4c, ports[i], to_port);
 			ports[i] = to_port;
 		}
+	}
+	if (ih && ih->id != (id = ll_echo_id(p, nat))) {
+		l4c = ll_csum_replace2(l4c, ih->id, id);
+		ih->id = id;
 	}
 	/* A UDP checksum of 0 means none; a computed 0 is sent as 0xffff. */
 	if (l4csum && (!udp || *l4csum))
@@ -206,13 +218,14 @@ static __noinline int ll_xdp_icmp_rewrite(struct xdp_md *ctx, const struct ll_ta
 
 	if (p->family == LL_AF_INET6)
 		return ll_xdp_icmp6_rewrite(ctx, t);
-	if ((void *)(ports + 2) > end)
+	/* An echo's identifier follows its type, code and checksum. */
+	if ((void *)(ports + 3) > end)
 		return -1;
 	l4_check = (void *)in + (ll_icmp_l4_check_off(LL_IP4_HLEN, p->inner.proto) & 0x3f);
 	old.ip_check = in->check;
-	if (ll_l4_rewritable(p->inner.proto) && (void *)(l4_check + 1) <= end) {
+	if (ll_icmp_quoted_l4(p->inner.proto) && (void *)(l4_check + 1) <= end) {
 		old.l4_check = *l4_check;
-		has_l4 = p->inner.proto == IPPROTO_TCP || old.l4_check;
+		has_l4 = p->inner.proto != IPPROTO_UDP || old.l4_check;
 	}
 	diff = ll_icmp_fields(t, &old, &new, has_l4);
 	if (diff < 0)
@@ -221,8 +234,12 @@ static __noinline int ll_xdp_icmp_rewrite(struct xdp_md *ctx, const struct ll_ta
 	in->check = new.ip_check;
 	in->saddr = new.t.saddr;
 	in->daddr = new.t.daddr;
-	ports[0] = new.t.sport;
-	ports[1] = new.t.dport;
+	if (p->inner.proto == IPPROTO_ICMP) {
+		ports[2] = new.t.sport | new.t.dport;
+	} else {
+		ports[0] = new.t.sport;
+		ports[1] = new.t.dport;
+	}
 	if (has_l4 && (void *)(l4_check + 1) <= end)
 		*l4_check = new.l4_check;
 	ip->check = ll_csum_replace4(ip->check, ip->saddr, t->q.saddr);
