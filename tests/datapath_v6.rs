@@ -336,6 +336,20 @@ fn icmp6_error(src: Ipv6Addr, dst: Ipv6Addr, kind: u8, frame: &[u8]) -> Vec<u8> 
     ipv6(&src, &dst, ICMPV6, &body)
 }
 
+/// An ICMPv6 message of type `kind` laid out as an echo, from `src` to
+/// `dst` with identifier `id` and a valid checksum.
+fn echo6(src: Ipv6Addr, dst: Ipv6Addr, kind: u8, id: u16) -> Vec<u8> {
+    let mut body = vec![kind, 0, 0, 0];
+    body.extend_from_slice(&id.to_be_bytes());
+    body.extend_from_slice(b"\x00\x01loxilight ping");
+    let c = !fold(pseudo(&src, &dst, ICMPV6, body.len()) + sum16(&body));
+    body[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv6(&src, &dst, ICMPV6, &body)
+}
+
+const ECHO_REQUEST: u8 = 128;
+const ECHO_REPLY: u8 = 129;
+const ROUTER_SOLICIT: u8 = 133;
 const PACKET_TOO_BIG: u8 = 2;
 const TIME_EXCEEDED: u8 = 3;
 
@@ -407,8 +421,8 @@ fn snat_rule(src: Ipv6Addr, action: FwAction) -> FwEntry {
 
 /// IPv6 SNAT: a new flow leaves from the rule's address with its own port
 /// while free, another client's flow with the same port gets another one,
-/// replies and ICMPv6 errors come back to each client, and packets without
-/// ports go to Linux untranslated.
+/// replies and ICMPv6 errors come back to each client, pings get their
+/// identifiers as ports, and other ICMPv6 goes to Linux untranslated.
 #[test]
 fn ipv6_snat_translates_flows_replies_and_errors() {
     let public = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
@@ -456,9 +470,19 @@ fn ipv6_snat_translates_flows_replies_and_errors() {
         let want = icmp6_error(router, CLIENT, PACKET_TOO_BIG, &frame(c1, server, TCP, ACK));
         assert_eq!(run(&dp, hook, &err), want, "{hook:?}: ICMPv6 error");
 
-        // ICMPv6 has no ports to tell flows apart: Linux gets it as it is.
-        let ping = icmp6_error(CLIENT, *server.ip(), 128, &frame(c1, server, TCP, ACK));
-        assert_eq!(run(&dp, hook, &ping), ping, "{hook:?}: echo request");
+        // Pings: the identifier is the port, kept while free.
+        let host = *server.ip();
+        let out = run(&dp, hook, &echo6(CLIENT, host, ECHO_REQUEST, 77));
+        assert_eq!(out, echo6(public, host, ECHO_REQUEST, 77), "{hook:?}: ping");
+        let out = run(&dp, hook, &echo6(client2, host, ECHO_REQUEST, 77));
+        let id = u16::from_be_bytes([out[ETH_HLEN + 44], out[ETH_HLEN + 45]]);
+        assert_ne!(id, 77, "{hook:?}: two pings share no identifier");
+        assert_eq!(out, echo6(public, host, ECHO_REQUEST, id), "{hook:?}");
+        let back = run(&dp, hook, &echo6(host, public, ECHO_REPLY, id));
+        assert_eq!(back, echo6(host, client2, ECHO_REPLY, 77), "{hook:?}: pong");
+        // Other ICMPv6 has no ports to tell flows apart: Linux gets it.
+        let rs = echo6(CLIENT, host, ROUTER_SOLICIT, 0);
+        assert_eq!(run(&dp, hook, &rs), rs, "{hook:?}: router solicitation");
         let r = reasons(&dp);
         assert_eq!(
             (
@@ -466,7 +490,7 @@ fn ipv6_snat_translates_flows_replies_and_errors() {
                 r[ll_reason::LL_R_NAT_ICMP.0 as usize],
                 r[ll_reason::LL_R_PASS_NO_SNAT.0 as usize]
             ),
-            (2, 1, 1),
+            (4, 1, 1),
             "{hook:?}"
         );
 

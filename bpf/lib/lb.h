@@ -49,6 +49,12 @@ static __always_inline int ll_l4_rewritable(__u8 proto)
 	return proto == IPPROTO_TCP || proto == IPPROTO_UDP;
 }
 
+/* Whether p is an ICMP or ICMPv6 echo, whose identifier is its port. */
+static __always_inline int ll_is_echo(const struct ll_pkt *p)
+{
+	return p->has_ports && (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6);
+}
+
 /* The identifier ICMP echo p gets from translation nat: the port of the
  * side that holds it (a request's source, a reply's destination; the
  * other is 0, see ll_echo_ports). */

@@ -76,7 +76,7 @@ static __noinline int ll_nat_claim_port(int v6, void *rkey, const struct ll_ct *
 	long err;
 
 	cfg = bpf_map_lookup_elem(&ll_nat_ports, &zero);
-	if (proto == IPPROTO_ICMP) {
+	if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
 		/* Echo identifiers are no ports: any will do. */
 		min = 0;
 		span = 65536;

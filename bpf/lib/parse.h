@@ -63,7 +63,7 @@ struct ll_pkt {
 	__u8 tcp_flags;     /* TCP: FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10; SCTP: see
 			     * ll_sctp_flags; ICMP: the type */
 	__u8 ttl;           /* TTL or hop limit */
-	__u8 has_ports;     /* TCP, UDP, SCTP or ICMP echo with its header present */
+	__u8 has_ports;     /* TCP, UDP, SCTP or ICMP(v6) echo with its header present */
 	__u8 ip_options;    /* IPv4 options or an IPv6 hop-by-hop header */
 	__u8 vlan;          /* one 802.1Q/802.1ad tag in the frame */
 	__u8 l2_mcast;      /* group bit of the destination MAC */
@@ -135,15 +135,19 @@ struct ll_icmp_echo {
 	__be16 seq;
 };
 
-/* The echo identifier as a port pair: the source port of a request, the
- * destination port of a reply, the other 0. Returns 0 if not an echo. */
-static __always_inline int ll_echo_ports(const struct ll_icmp_echo *ih, __be16 *sport,
+#define LL_ICMP6_ECHO_REQUEST 128
+#define LL_ICMP6_ECHO_REPLY 129
+
+/* The echo identifier of an ICMP (v6: ICMPv6) echo as a port pair: the
+ * source port of a request, the destination port of a reply, the other 0.
+ * Returns 0 if not an echo. */
+static __always_inline int ll_echo_ports(int v6, const struct ll_icmp_echo *ih, __be16 *sport,
 					 __be16 *dport)
 {
-	if (ih->type == LL_ICMP_ECHO) {
+	if (ih->type == (v6 ? LL_ICMP6_ECHO_REQUEST : LL_ICMP_ECHO)) {
 		*sport = ih->id;
 		*dport = 0;
-	} else if (ih->type == LL_ICMP_ECHOREPLY) {
+	} else if (ih->type == (v6 ? LL_ICMP6_ECHO_REPLY : LL_ICMP_ECHOREPLY)) {
 		*sport = 0;
 		*dport = ih->id;
 	} else {
@@ -169,7 +173,7 @@ static __always_inline void ll_parse_icmp_err(void *data, void *data_end, __u32 
 		return;
 	p->inner.proto = in->protocol;
 	if (in->protocol == IPPROTO_ICMP) {
-		if (!ll_echo_ports(echo, &p->inner.t.sport, &p->inner.t.dport))
+		if (!ll_echo_ports(0, echo, &p->inner.t.sport, &p->inner.t.dport))
 			return;
 	} else if (in->protocol == IPPROTO_TCP || in->protocol == IPPROTO_UDP ||
 		   in->protocol == IPPROTO_SCTP) {
@@ -234,7 +238,7 @@ static __always_inline int ll_parse_icmp(void *data, void *data_end, __u32 l3_en
 	if ((void *)(ih + 1) > data_end || p->l4_off + sizeof(*ih) > l3_end)
 		return LL_R_PASS_TRUNCATED;
 	p->tcp_flags = ih->type;
-	if (ll_echo_ports(ih, &p->sport, &p->dport)) {
+	if (ll_echo_ports(0, ih, &p->sport, &p->dport)) {
 		p->has_ports = 1;
 		return LL_PARSED;
 	}
@@ -290,6 +294,15 @@ static __always_inline int ll_parse_ports(void *data, void *data_end, __u32 l3_e
 	} else if (p->proto == IPPROTO_ICMP && p->family == LL_AF_INET) {
 		return ll_parse_icmp(data, data_end, l3_end, p);
 	} else if (p->proto == IPPROTO_ICMPV6) {
+		struct ll_icmp_echo *ih = data + p->l4_off;
+
+		/* An echo's identifier is its port, as for ICMP. */
+		if ((void *)(ih + 1) <= data_end && p->l4_off + sizeof(*ih) <= l3_end &&
+		    ll_echo_ports(1, ih, &p->sport, &p->dport)) {
+			p->tcp_flags = ih->type;
+			p->has_ports = 1;
+			return LL_PARSED;
+		}
 		ll_parse_icmp6_err(data, data_end, l3_end, p);
 	}
 	return LL_PARSED;

@@ -27,23 +27,27 @@ static __always_inline int ll_tc_addr6(struct __sk_buff *skb, __u32 off, const _
 
 /* Rewrites the sides of p that nat (an IPv6 packet's addresses: ll_nat6)
  * translates. ll_tuple is laid out like the headers, so side i (0: source,
- * 1: destination) is the i-th address and port of both; an ICMP echo's
- * identifier is rewritten apart (ll_echo_id), and its checksum covers no
- * address. A subprogram of its own, off the entry program's frame. */
-static __noinline int ll_tc_rewrite(struct __sk_buff *skb, const struct ll_pkt *p,
+ * 1: destination) is the i-th address and port of both; an ICMP(v6)
+ * echo's identifier is rewritten apart (ll_echo_id), and ICMP's checksum
+ * covers no address. A subprogram of its own, off the entry program's frame. */
+__noinline int ll_tc_rewrite(struct __sk_buff *skb, const struct ll_pkt *p,
 				    const struct ll_nat *nat)
 {
-	int echo = p->proto == IPPROTO_ICMP && p->has_ports;
-	__u32 csum_off = p->l4_off + (echo			  ? offsetof(struct ll_icmp_echo, check)
-				      : p->proto == IPPROTO_TCP ? offsetof(struct tcphdr, check)
-								: offsetof(struct udphdr, check));
-	/* UDP checksum 0 means "none": leave it so. */
-	__u64 l4flags = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
-	/* The L4 checksum covers the addresses (pseudo-header) and the ports. */
-	int pseudo = ll_l4_rewritable(p->proto);
 	struct ll_addrs6 *to6 = 0;
-	__u32 zero = 0;
+	__u32 zero = 0, csum_off;
+	int echo, pseudo;
+	__u64 l4flags;
 
+	if (!p || !nat)
+		return -1;
+	echo = ll_is_echo(p);
+	csum_off = p->l4_off + (echo			? offsetof(struct ll_icmp_echo, check)
+				: p->proto == IPPROTO_TCP ? offsetof(struct tcphdr, check)
+							  : offsetof(struct udphdr, check));
+	/* UDP checksum 0 means "none": leave it so. */
+	l4flags = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	/* The L4 checksum covers the addresses (pseudo-header): ICMPv6's too. */
+	pseudo = ll_l4_rewritable(p->proto) || p->proto == IPPROTO_ICMPV6;
 	if (p->family == LL_AF_INET6) {
 		to6 = bpf_map_lookup_elem(&ll_nat6, &zero);
 		if (!to6)
@@ -72,7 +76,7 @@ static __noinline int ll_tc_rewrite(struct __sk_buff *skb, const struct ll_pkt *
 			if (bpf_skb_store_bytes(skb, addr_off, &new_addr, sizeof(new_addr), 0))
 				return -1;
 		}
-		if (pseudo && old_port != new_port) {
+		if (pseudo && !echo && old_port != new_port) {
 			if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port,
 						l4flags | sizeof(new_port)))
 				return -1;

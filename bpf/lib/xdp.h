@@ -32,21 +32,27 @@ static __always_inline __u16 ll_csum_replace2(__u16 check, __be16 from, __be16 t
 /* Rewrites the sides of p that nat (an IPv6 packet's addresses: ll_nat6)
  * translates (side i as in ll_tc_rewrite); a subprogram of its own, off the
  * entry program's frame. */
-static __noinline int ll_xdp_rewrite(struct xdp_md *ctx, const struct ll_pkt *p,
+__noinline int ll_xdp_rewrite(struct xdp_md *ctx, const struct ll_pkt *p,
 				     const struct ll_nat *nat)
 {
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
-	struct ipv6hdr *ip6 = LL_XDP_PTR(data, p->l3_off);
-	struct iphdr *iph = LL_XDP_PTR(data, p->l3_off);
-	int udp = p->proto == IPPROTO_UDP, echo = p->proto == IPPROTO_ICMP && p->has_ports;
-	/* The L4 checksum covers the addresses (pseudo-header) and the ports. */
-	int pseudo = ll_l4_rewritable(p->proto);
 	struct ll_icmp_echo *ih = 0;
 	struct ll_addrs6 *to6 = 0;
 	__u16 *l4csum = 0, l4c = 0;
 	__be16 *ports = 0, id;
+	struct ipv6hdr *ip6;
+	struct iphdr *iph;
+	int udp, echo, pseudo;
 	__u32 zero = 0;
 
+	if (!p || !nat)
+		return -1;
+	ip6 = LL_XDP_PTR(data, p->l3_off);
+	iph = LL_XDP_PTR(data, p->l3_off);
+	udp = p->proto == IPPROTO_UDP;
+	echo = ll_is_echo(p);
+	/* The L4 checksum covers the addresses (pseudo-header): ICMPv6's too. */
+	pseudo = ll_l4_rewritable(p->proto) || p->proto == IPPROTO_ICMPV6;
 	if (p->family == LL_AF_INET6) {
 		to6 = bpf_map_lookup_elem(&ll_nat6, &zero);
 		if (!to6 || (void *)(ip6 + 1) > end)
@@ -59,7 +65,7 @@ static __noinline int ll_xdp_rewrite(struct xdp_md *ctx, const struct ll_pkt *p,
 		if ((void *)(ih + 1) > end)
 			return -1;
 		l4csum = &ih->check;
-	} else if (!pseudo) {
+	} else if (!ll_l4_rewritable(p->proto)) {
 		/* the addresses only */
 	} else if (udp) {
 		struct udphdr *uh = LL_XDP_PTR(data, p->l4_off);

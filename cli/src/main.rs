@@ -381,7 +381,7 @@ struct CtFilter {
     /// server's port)
     #[arg(long, value_name = "PORT")]
     ctport: Option<String>,
-    /// tcp, udp, sctp or icmp
+    /// tcp, udp, sctp, icmp or icmp6
     #[arg(long)]
     proto: Option<String>,
     /// e.g. est, syn-sent, fin-wait, time-wait, closed, udp-new, udp-est

@@ -15,7 +15,6 @@ use crate::datapath::{self, monotonic_ns, Ct4, Ct6, Datapath, Removal, CT_BATCH}
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
-const SCTP: u8 = 132;
 const ICMP: u8 = 1;
 
 /// How old a NAT64 reservation must be before its flow's absence makes it
@@ -68,10 +67,10 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
-    /// The timeout of a flow of protocol `proto` in state `st`. SCTP goes
-    /// through TCP's states (bpf/lib/common.h) and takes their timeouts.
+    /// The timeout of a flow of protocol `proto` in state `st`, by the
+    /// protocol whose states it goes through (filter::states_of).
     pub fn of(&self, proto: u8, st: ll_ct_state) -> Duration {
-        let proto = if proto == SCTP { TCP } else { proto };
+        let proto = super::filter::states_of(proto);
         match (proto, st) {
             (TCP, ll_ct_state::LL_CT_SYN_SENT) => self.tcp_syn_sent,
             (TCP, ll_ct_state::LL_CT_SYN_RECV) => self.tcp_syn_recv,
@@ -350,12 +349,14 @@ mod tests {
                 t.of(UDP, ll_ct_state::LL_CT_REPLIED).as_secs(),
                 t.of(ICMP, ll_ct_state::LL_CT_UNREPLIED).as_secs(),
                 t.of(ICMP, ll_ct_state::LL_CT_REPLIED).as_secs(),
-                t.of(SCTP, ll_ct_state::LL_CT_ESTABLISHED).as_secs(),
-                t.of(SCTP, ll_ct_state::LL_CT_TIME_WAIT).as_secs(),
+                // SCTP and ICMPv6 echo go through TCP's and ICMP's states.
+                t.of(132, ll_ct_state::LL_CT_ESTABLISHED).as_secs(),
+                t.of(132, ll_ct_state::LL_CT_TIME_WAIT).as_secs(),
+                t.of(58, ll_ct_state::LL_CT_REPLIED).as_secs(),
                 t.of(47, ll_ct_state::LL_CT_REPLIED).as_secs(),
             ])
             .collect();
-        assert_eq!(got, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 3, 7, 11]);
+        assert_eq!(got, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 3, 7, 12, 11]);
     }
 
     #[test]

@@ -9,6 +9,7 @@ const TCP: u8 = 6;
 const UDP: u8 = 17;
 const ICMP: u8 = 1;
 const SCTP: u8 = 132;
+const ICMPV6: u8 = 58;
 
 pub fn proto_name(proto: u8) -> &'static str {
     match proto {
@@ -16,6 +17,7 @@ pub fn proto_name(proto: u8) -> &'static str {
         UDP => "udp",
         ICMP => "icmp",
         SCTP => "sctp",
+        ICMPV6 => "icmp6",
         _ => "-",
     }
 }
@@ -26,9 +28,10 @@ fn parse_proto(field: &str, s: &str) -> Result<u8> {
         "udp" => Ok(UDP),
         "icmp" => Ok(ICMP),
         "sctp" => Ok(SCTP),
+        "icmp6" => Ok(ICMPV6),
         other => Err(Error::invalid(
             field,
-            format!("unknown protocol {other:?} (tcp, udp, sctp or icmp)"),
+            format!("unknown protocol {other:?} (tcp, udp, sctp, icmp or icmp6)"),
         )),
     }
 }
@@ -52,12 +55,20 @@ const STATES: [(&str, u8, ll_ct_state); 14] = [
     ("est", 0, ll_ct_state::LL_CT_REPLIED),
 ];
 
-/// The name of state `st` of a flow of protocol `proto`. SCTP goes through
-/// TCP's states (bpf/lib/common.h) and shows their names.
-pub fn state_name(proto: u8, st: ll_ct_state) -> &'static str {
-    let proto = match proto {
+/// The protocol whose states (names, timeouts) a flow of `proto` goes
+/// through: SCTP TCP's (bpf/lib/common.h), ICMPv6 echo ICMP echo's.
+pub fn states_of(proto: u8) -> u8 {
+    match proto {
         SCTP => TCP,
-        TCP | UDP | ICMP => proto,
+        ICMPV6 => ICMP,
+        _ => proto,
+    }
+}
+
+/// The name of state `st` of a flow of protocol `proto`.
+pub fn state_name(proto: u8, st: ll_ct_state) -> &'static str {
+    let proto = match states_of(proto) {
+        p @ (TCP | UDP | ICMP) => p,
         _ => 0,
     };
     STATES
@@ -103,8 +114,7 @@ impl Filter {
             "" => None,
             s => {
                 let s = s.to_ascii_lowercase();
-                // SCTP's states are TCP's.
-                let states_of = proto.map(|q| if q == SCTP { TCP } else { q });
+                let states_of = proto.map(states_of);
                 // "est" is TCP's unless the protocol says otherwise.
                 let (_, p, st) = STATES
                     .iter()
@@ -218,6 +228,13 @@ mod tests {
             err(parse("", 0, "sctp", "udp-est")),
             "filter.state: udp-est is a udp state, not sctp"
         );
+        // ICMPv6 echo's are ICMP's.
+        let f = parse("", 0, "icmp6", "icmp-est").unwrap();
+        assert_eq!(
+            (f.proto, f.state),
+            (Some(ICMPV6), Some(ll_ct_state::LL_CT_REPLIED))
+        );
+        assert_eq!(state_name(ICMPV6, ll_ct_state::LL_CT_REPLIED), "icmp-est");
     }
 
     #[test]
