@@ -97,7 +97,7 @@ enum ll_reason {
 	LL_R_DROP_NAT_PORTS,     /* no free source port for a source-translated flow: refused */
 	LL_R_PASS_NO_NAT_ADDR,   /* no LB address on the interface towards the endpoint */
 	LL_R_PASS_ONEARM_EGRESS, /* onearm: the endpoint is not reached through the ingress interface */
-	LL_R_PASS_NO_SNAT,       /* a SNAT rule matched a packet without ports (ICMPv6, ICMP but echo): untranslated to Linux */
+	LL_R_PASS_NO_SNAT,       /* a SNAT rule matched a packet without ports (ICMP(v6) but echo): untranslated to Linux */
 	LL_R_PASS_NAT64,         /* NAT64 packet not translatable (IP options, VLAN tag, UDP without
 				  * checksum, a reply whose flow is gone): untranslated to Linux */
 	LL_R_NAT_ICMP,           /* ICMP error about a tracked flow, translated as the flow is */
