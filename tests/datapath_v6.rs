@@ -480,6 +480,13 @@ fn ipv6_snat_translates_flows_replies_and_errors() {
         assert_eq!(out, echo6(public, host, ECHO_REQUEST, id), "{hook:?}");
         let back = run(&dp, hook, &echo6(host, public, ECHO_REPLY, id));
         assert_eq!(back, echo6(host, client2, ECHO_REPLY, 77), "{hook:?}: pong");
+        // A "time exceeded" about the translated echo reaches its client
+        // about its own (traceroute over ICMPv6).
+        let about = echo6(public, host, ECHO_REQUEST, id);
+        let err = icmp6_error(router, public, TIME_EXCEEDED, &about);
+        let mine = echo6(client2, host, ECHO_REQUEST, 77);
+        let want = icmp6_error(router, client2, TIME_EXCEEDED, &mine);
+        assert_eq!(run(&dp, hook, &err), want, "{hook:?}: error about a ping");
         // Other ICMPv6 has no ports to tell flows apart: Linux gets it.
         let rs = echo6(CLIENT, host, ROUTER_SOLICIT, 0);
         assert_eq!(run(&dp, hook, &rs), rs, "{hook:?}: router solicitation");
@@ -490,7 +497,7 @@ fn ipv6_snat_translates_flows_replies_and_errors() {
                 r[ll_reason::LL_R_NAT_ICMP.0 as usize],
                 r[ll_reason::LL_R_PASS_NO_SNAT.0 as usize]
             ),
-            (4, 1, 1),
+            (4, 2, 1),
             "{hook:?}"
         );
 

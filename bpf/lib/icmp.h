@@ -134,7 +134,8 @@ static __always_inline __s64 ll_icmp_fields(const struct ll_tail *t, struct ll_i
 }
 
 /* ll_icmp_fields for an ICMPv6 error: *old holds the quoted addresses,
- * ports and L4 checksum as read, *new gets them translated (t->quoted6).
+ * ports (an echo: its identifier as parsed, see ll_echo_ports) and L4
+ * checksum as read, *new gets them translated (t->quoted6).
  * Returns the change of the ICMPv6 checksum over them (the outer
  * addresses, in its pseudo-header, are the caller's). */
 static __always_inline __s64 ll_icmp6_fields(const struct ll_tail *t, struct ll_icmp6_fields *old,
@@ -157,14 +158,16 @@ static __always_inline __s64 ll_icmp6_fields(const struct ll_tail *t, struct ll_
 /* Where the quoted packet's L4 checksum is, from its header's start. */
 static __always_inline __u32 ll_icmp_l4_check_off(__u32 ip_hlen, __u8 proto)
 {
-	return ip_hlen + (proto == IPPROTO_TCP ? 16 : proto == IPPROTO_ICMP ? 2 : 6);
+	return ip_hlen + (proto == IPPROTO_TCP					? 16
+			  : proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6 ? 2
+									     : 6);
 }
 
 /* Whether the quoted packet's L4 checksum is translated with it (an echo's
- * covers its identifier), and whether a value of 0 is one (UDP: "none"). */
+ * covers its identifier, ICMPv6's its addresses too). */
 static __always_inline int ll_icmp_quoted_l4(__u8 proto)
 {
-	return ll_l4_rewritable(proto) || proto == IPPROTO_ICMP;
+	return ll_l4_rewritable(proto) || proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6;
 }
 
 #endif

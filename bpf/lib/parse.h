@@ -193,8 +193,8 @@ static __always_inline void ll_parse_icmp_err(void *data, void *data_end, __u32 
 #define LL_ICMP6_ERR_MIN 1
 #define LL_ICMP6_ERR_MAX 4
 
-/* An ICMPv6 error's quoted packet, when it is TCP, UDP or SCTP right after
- * its IPv6 header: p->icmp_err, and in ll_ct6_keys.icmp the key of the
+/* An ICMPv6 error's quoted packet, when it is TCP, UDP, SCTP or an ICMPv6
+ * echo right after its IPv6 header: p->icmp_err, and in ll_ct6_keys.icmp the key of the
  * flow a reply to it would belong to (the IPv6 addresses would not fit
  * the pipeline's frame). */
 static __always_inline void ll_parse_icmp6_err(void *data, void *data_end, __u32 l3_end,
@@ -202,7 +202,8 @@ static __always_inline void ll_parse_icmp6_err(void *data, void *data_end, __u32
 {
 	struct ll_icmp_echo *ih = data + p->l4_off;
 	struct ipv6hdr *in = (void *)(ih + 1);
-	__be16 *ports = (void *)(in + 1);
+	__be16 *ports = (void *)(in + 1), sport, dport;
+	struct ll_icmp_echo *echo = (void *)(in + 1);
 	struct ll_ct6_keys *k6;
 	__u32 zero = 0;
 
@@ -211,17 +212,24 @@ static __always_inline void ll_parse_icmp6_err(void *data, void *data_end, __u32
 		return;
 	if (ih->type < LL_ICMP6_ERR_MIN || ih->type > LL_ICMP6_ERR_MAX || in->version != 6)
 		return;
-	if (in->nexthdr != IPPROTO_TCP && in->nexthdr != IPPROTO_UDP &&
-	    in->nexthdr != IPPROTO_SCTP)
+	if (in->nexthdr == IPPROTO_ICMPV6) {
+		if ((void *)(echo + 1) > data_end || !ll_echo_ports(1, echo, &sport, &dport))
+			return;
+	} else if (in->nexthdr == IPPROTO_TCP || in->nexthdr == IPPROTO_UDP ||
+		   in->nexthdr == IPPROTO_SCTP) {
+		sport = ports[0];
+		dport = ports[1];
+	} else {
 		return;
+	}
 	k6 = bpf_map_lookup_elem(&ll_ct6_keys, &zero);
 	if (!k6)
 		return;
 	__builtin_memset(&k6->icmp, 0, sizeof(k6->icmp));
 	__builtin_memcpy(k6->icmp.saddr, &in->daddr, 16);
 	__builtin_memcpy(k6->icmp.daddr, &in->saddr, 16);
-	k6->icmp.sport = ports[1];
-	k6->icmp.dport = ports[0];
+	k6->icmp.sport = dport;
+	k6->icmp.dport = sport;
 	k6->icmp.proto = in->nexthdr;
 	p->icmp_err = 1;
 }

@@ -155,17 +155,24 @@ static __always_inline int ll_tc_icmp6_rewrite(struct __sk_buff *skb, const stru
 	int has_l4 = 0;
 	__s64 diff;
 
+	/* An echo's identifier, as the port of either side (the sums do not
+	 * mind which), instead of the ports. */
+	int echo = t->quoted6.proto == IPPROTO_ICMPV6;
+	__u32 ports = in + LL_IP6_HLEN + (echo ? offsetof(struct ll_icmp_echo, id) : 0);
+	__be16 id;
+
 	if (bpf_skb_load_bytes(skb, in + offsetof(struct ipv6hdr, saddr), old.saddr, 32) ||
-	    bpf_skb_load_bytes(skb, in + LL_IP6_HLEN, &old.sport, 4))
+	    bpf_skb_load_bytes(skb, ports, &old.sport, echo ? 2 : 4))
 		return -1;
-	if (ll_l4_rewritable(t->quoted6.proto) && l4_check + 2 <= skb->len &&
+	if (ll_icmp_quoted_l4(t->quoted6.proto) && l4_check + 2 <= skb->len &&
 	    !bpf_skb_load_bytes(skb, l4_check, &old.l4_check, 2))
-		has_l4 = t->quoted6.proto == IPPROTO_TCP || old.l4_check;
+		has_l4 = t->quoted6.proto != IPPROTO_UDP || old.l4_check;
 	diff = ll_icmp6_fields(t, &old, &new, has_l4);
 	if (diff < 0 || bpf_l4_csum_replace(skb, csum, 0, diff, 0))
 		return -1;
+	id = new.sport | new.dport;
 	if (bpf_skb_store_bytes(skb, in + offsetof(struct ipv6hdr, saddr), new.saddr, 32, 0) ||
-	    bpf_skb_store_bytes(skb, in + LL_IP6_HLEN, &new.sport, 4, 0))
+	    bpf_skb_store_bytes(skb, ports, echo ? &id : &new.sport, echo ? 2 : 4, 0))
 		return -1;
 	if (has_l4 && bpf_skb_store_bytes(skb, l4_check, &new.l4_check, 2, 0))
 		return -1;
@@ -182,15 +189,19 @@ static __always_inline int ll_tc_icmp6_rewrite(struct __sk_buff *skb, const stru
 /* Rewrites ICMP error t->p as ll_icmp_decide translated it (t->q): the
  * quoted header (addresses, its checksum, ports and L4 checksum when
  * quoted), the ICMP checksum over those, then the outer addresses. */
-static __noinline int ll_tc_icmp_rewrite(struct __sk_buff *skb, const struct ll_tail *t)
+__noinline int ll_tc_icmp_rewrite(struct __sk_buff *skb, const struct ll_tail *t)
 {
-	const struct ll_pkt *p = &t->p;
-	__u32 in = p->inner.l3_off;
-	__u32 l4_check = in + ll_icmp_l4_check_off(LL_IP4_HLEN, p->inner.proto);
 	struct ll_icmp_fields old = {}, new = {};
+	const struct ll_pkt *p;
+	__u32 in, l4_check;
 	int has_l4 = 0;
 	__s64 diff;
 
+	if (!t)
+		return -1;
+	p = &t->p;
+	in = p->inner.l3_off;
+	l4_check = in + ll_icmp_l4_check_off(LL_IP4_HLEN, p->inner.proto);
 	if (p->family == LL_AF_INET6)
 		return ll_tc_icmp6_rewrite(skb, t);
 	if (bpf_skb_load_bytes(skb, in + offsetof(struct iphdr, check), &old.ip_check, 2))

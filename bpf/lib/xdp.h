@@ -180,23 +180,32 @@ static __always_inline int ll_xdp_icmp6_rewrite(struct xdp_md *ctx, const struct
 	int has_l4 = 0;
 	__s64 diff;
 
-	if ((void *)(ports + 2) > end)
+	int echo = t->quoted6.proto == IPPROTO_ICMPV6;
+
+	/* An echo's identifier follows its type, code and checksum. */
+	if ((void *)(ports + 3) > end)
 		return -1;
 	l4_check = (void *)ports + (ll_icmp_l4_check_off(0, t->quoted6.proto) & 0x1f);
 	__builtin_memcpy(old.saddr, &in->saddr, 32);
-	old.sport = ports[0];
-	old.dport = ports[1];
-	if (ll_l4_rewritable(t->quoted6.proto) && (void *)(l4_check + 1) <= end) {
+	/* An echo's identifier as the port of either side (the sums do not
+	 * mind which). */
+	old.sport = echo ? ports[2] : ports[0];
+	old.dport = echo ? 0 : ports[1];
+	if (ll_icmp_quoted_l4(t->quoted6.proto) && (void *)(l4_check + 1) <= end) {
 		old.l4_check = *l4_check;
-		has_l4 = t->quoted6.proto == IPPROTO_TCP || old.l4_check;
+		has_l4 = t->quoted6.proto != IPPROTO_UDP || old.l4_check;
 	}
 	diff = ll_icmp6_fields(t, &old, &new, has_l4);
 	if (diff < 0)
 		return -1;
 	check = ll_csum_apply(icmp->check, (__u32)diff);
 	__builtin_memcpy(&in->saddr, new.saddr, 32);
-	ports[0] = new.sport;
-	ports[1] = new.dport;
+	if (echo) {
+		ports[2] = new.sport | new.dport;
+	} else {
+		ports[0] = new.sport;
+		ports[1] = new.dport;
+	}
 	if (has_l4 && (void *)(l4_check + 1) <= end)
 		*l4_check = new.l4_check;
 	/* The outer addresses, in the pseudo-header. */
@@ -210,18 +219,21 @@ static __always_inline int ll_xdp_icmp6_rewrite(struct xdp_md *ctx, const struct
 
 /* As ll_tc_icmp_rewrite, with direct writes (ll_icmp_decide let through
  * only plain headers: the quoted one starts at a fixed offset). */
-static __noinline int ll_xdp_icmp_rewrite(struct xdp_md *ctx, const struct ll_tail *t)
+__noinline int ll_xdp_icmp_rewrite(struct xdp_md *ctx, const struct ll_tail *t)
 {
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
-	const struct ll_pkt *p = &t->p;
 	struct iphdr *ip = data + ETH_HLEN;
 	struct ll_icmp_echo *icmp = (void *)(ip + 1);
 	struct iphdr *in = (void *)(icmp + 1);
 	__be16 *ports = (void *)(in + 1), *l4_check;
 	struct ll_icmp_fields old = {}, new = {};
+	const struct ll_pkt *p;
 	int has_l4 = 0;
 	__s64 diff;
 
+	if (!t)
+		return -1;
+	p = &t->p;
 	if (p->family == LL_AF_INET6)
 		return ll_xdp_icmp6_rewrite(ctx, t);
 	/* An echo's identifier follows its type, code and checksum. */
