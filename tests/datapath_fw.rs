@@ -34,19 +34,7 @@ fn load() -> Datapath {
 
 /// A rule matching everything, allowing it.
 fn any(id: u32, preference: u32) -> FwEntry {
-    FwEntry {
-        id,
-        preference,
-        src: None,
-        dst: None,
-        sport: (0, u16::MAX),
-        dport: (0, u16::MAX),
-        proto: None,
-        ifindex: None,
-        action: FwAction::Allow,
-        record: false,
-        mark: None,
-    }
+    FwEntry::matching_all(id, preference, FwAction::Allow)
 }
 
 fn net(ip: impl Into<IpAddr>, len: u8) -> Option<(IpAddr, u8)> {

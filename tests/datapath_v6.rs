@@ -405,17 +405,8 @@ fn icmp6_errors_about_nat66_flows_are_translated_back() {
 /// A firewall rule: IPv6 sources in `src`/64 get `action`.
 fn snat_rule(src: Ipv6Addr, action: FwAction) -> FwEntry {
     FwEntry {
-        id: 1,
-        preference: 10,
         src: Some((src.into(), 64)),
-        dst: None,
-        sport: (0, u16::MAX),
-        dport: (0, u16::MAX),
-        proto: None,
-        ifindex: None,
-        action,
-        record: false,
-        mark: None,
+        ..FwEntry::matching_all(1, 10, action)
     }
 }
 

@@ -61,6 +61,26 @@ pub struct FwEntry {
     pub mark: Option<u32>,
 }
 
+impl FwEntry {
+    /// A rule matching every packet, without record or mark; narrow it
+    /// with struct update syntax.
+    pub fn matching_all(id: u32, preference: u32, action: FwAction) -> FwEntry {
+        FwEntry {
+            id,
+            preference,
+            src: None,
+            dst: None,
+            sport: (0, u16::MAX),
+            dport: (0, u16::MAX),
+            proto: None,
+            ifindex: None,
+            action,
+            record: false,
+            mark: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FwAction {
     Allow,

@@ -159,17 +159,8 @@ const FW_RULES: u32 = 10_000;
 /// first packet is classified against all of them and matches the last.
 fn firewall_rules() -> Vec<FwEntry> {
     let rule = |id: u32, src: Ipv4Addr, len: u8, action| FwEntry {
-        id,
-        preference: id,
         src: Some((IpAddr::V4(src), len)),
-        dst: None,
-        sport: (0, u16::MAX),
-        dport: (0, u16::MAX),
-        proto: None,
-        ifindex: None,
-        action,
-        record: false,
-        mark: None,
+        ..FwEntry::matching_all(id, id, action)
     };
     std::iter::once(rule(0, Ipv4Addr::new(10, 1, 0, 0), 16, FwAction::Allow))
         .chain((1..FW_RULES).map(|i| rule(i, Ipv4Addr::from(0x0b00_0000 + i), 32, FwAction::Drop)))
