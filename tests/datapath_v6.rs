@@ -565,32 +565,43 @@ fn ipv6_masquerade_uses_a_global_address_of_the_egress_interface() {
 /// IPv6 fullnat: the flow reaches the endpoint from the LB's address on the
 /// endpoint's link, with the client's port while free and another one for
 /// a second client using the same; replies come back from the VIP. Onearm
-/// leaves an endpoint behind another interface than the ingress to Linux.
+/// reaches an endpoint behind the ingress interface from the LB's address
+/// there, and leaves one behind another interface to Linux.
 #[test]
 fn ipv6_fullnat_translates_both_sides() {
     let lb = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 2, 0xfe);
+    let lb_in = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 3, 0xfe);
     let client2 = Ipv6Addr::new(0xfd00, 0xc, 0, 0, 0, 0, 0, 8);
+    let on_link = |net: Ipv6Addr, ifindex| Route {
+        dst: Prefix {
+            ip: net.into(),
+            len: 112,
+        },
+        kind: RouteKind::Unicast,
+        metric: 0,
+        nexthops: vec![NextHop {
+            gateway: None,
+            ifindex,
+        }],
+    };
     for hook in HOOKS {
         let dp = load();
-        dp.set_route(&Route {
-            dst: Prefix {
-                ip: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 2, 0).into(),
-                len: 112,
-            },
-            kind: RouteKind::Unicast,
-            metric: 0,
-            nexthops: vec![NextHop {
-                gateway: None,
-                ifindex: 5,
-            }],
-        })
+        // What BPF_PROG_TEST_RUN gives as the ingress interface.
+        let ingress = if hook == HookKind::Tc { 0 } else { 1 };
+        dp.set_route(&on_link(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 2, 0), 5))
+            .unwrap();
+        dp.set_route(&on_link(
+            Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 3, 0),
+            ingress,
+        ))
         .unwrap();
-        dp.set_source_addrs(&[Addr {
-            ip: lb.into(),
+        let addr = |ip: Ipv6Addr, ifindex| Addr {
+            ip: ip.into(),
             prefix: 112,
-            ifindex: 5,
-        }])
-        .unwrap();
+            ifindex,
+        };
+        dp.set_source_addrs(&[addr(lb, 5), addr(lb_in, ingress)])
+            .unwrap();
         let fullnat = LbRule {
             mode: Mode::FullNat,
             ..rule(Protocol::Tcp, Selection::RoundRobin, &[(EP1, 8080)])
@@ -625,6 +636,28 @@ fn ipv6_fullnat_translates_both_sides() {
         assert_eq!(
             reasons(&dp)[ll_reason::LL_R_PASS_ONEARM_EGRESS.0 as usize],
             1,
+            "{hook:?}"
+        );
+        // An endpoint behind the ingress interface: from the LB's address there.
+        let near = LbRule {
+            key: ServiceKey {
+                port: 82,
+                ..fullnat.key
+            },
+            ..rule(Protocol::Tcp, Selection::RoundRobin, &[(EP2, 8080)])
+        };
+        dp.program_service(
+            3,
+            &LbRule {
+                mode: Mode::OneArm,
+                ..near
+            },
+        )
+        .unwrap();
+        let out = run(&dp, hook, &frame(c1, sa(VIP, 82), TCP, SYN));
+        assert_eq!(
+            out,
+            frame(sa(lb_in, 40000), sa(EP2, 8080), TCP, SYN),
             "{hook:?}"
         );
     }
