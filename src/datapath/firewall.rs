@@ -383,18 +383,6 @@ impl Tuple {
     }
 }
 
-/// An address as the datapath keeps it: IPv4 in the first 4 bytes.
-fn addr_bytes(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(a) => {
-            let mut b = [0; 16];
-            b[..4].copy_from_slice(&a.octets());
-            b
-        }
-        IpAddr::V6(a) => a.octets(),
-    }
-}
-
 fn rule_value(e: &FwEntry) -> ll_fw_rule {
     let mut v = ll_fw_rule {
         id: e.id,
@@ -411,7 +399,7 @@ fn rule_value(e: &FwEntry) -> ll_fw_rule {
             ll_fw_action::LL_FW_REDIRECT
         }
         FwAction::Snat { addr, port } => {
-            v.snat_addr = addr_bytes(addr);
+            v.snat_addr = super::network::family_bytes(&addr).1;
             v.snat_port = port.unwrap_or(0).to_be();
             ll_fw_action::LL_FW_SNAT
         }

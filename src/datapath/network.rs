@@ -19,7 +19,9 @@ const IF_ATTACHED: u32 = 0x2;
 /// bpf/lib/common.h LL_MAX_NEXTHOPS
 pub const MAX_NEXTHOPS: usize = 8;
 
-fn family_bytes(ip: &IpAddr) -> (u32, [u8; 16]) {
+/// An address's family and its bytes as the maps keep them (IPv4 in the
+/// first 4).
+pub(super) fn family_bytes(ip: &IpAddr) -> (u32, [u8; 16]) {
     let mut b = [0u8; 16];
     match ip {
         IpAddr::V4(v4) => {
