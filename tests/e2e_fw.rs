@@ -812,16 +812,7 @@ fn snat_and_masquerade_are_what_the_server_sees() {
     }
     // A ping goes out from that address too, its identifier kept.
     assert_eq!(lab.ping(&b1, 4242).unwrap().to_string(), b1);
-    let pings: Vec<Value> = ct_entries(&ct_json(&lab, &["--proto=icmp"]))
-        .into_iter()
-        .filter(|e| e["srcIp"] == CLIENT_IP)
-        .collect();
-    assert!(
-        pings.iter().any(|e| e["action"]
-            .as_str()
-            .is_some_and(|a| a.starts_with("snat-10.77.2.1:4242"))),
-        "{pings:#?}"
-    );
+    assert_pinged_as(&lab, "icmp", CLIENT_IP, "snat-10.77.2.1:4242");
 
     // The same over IPv6, whose masquerade takes no link-local address.
     let b1_6 = lab.backends[0].ip6.clone();
@@ -841,6 +832,23 @@ fn snat_and_masquerade_are_what_the_server_sees() {
     ] {
         assert!(seen.starts_with("[fd77:2::1]:"), "masqueraded as {seen}");
     }
+    assert_eq!(lab.ping(&b1_6, 4343).unwrap().to_string(), b1_6);
+    assert_pinged_as(&lab, "icmp6", "fd77:1::2", "snat-[fd77:2::1]:4343");
+}
+
+/// Asserts that conntrack holds a `proto` echo flow from `client` whose
+/// translation starts with `action`.
+fn assert_pinged_as(lab: &Lab, proto: &str, client: &str, action: &str) {
+    let pings: Vec<Value> = ct_entries(&ct_json(lab, &[&format!("--proto={proto}")]))
+        .into_iter()
+        .filter(|e| e["srcIp"] == client)
+        .collect();
+    assert!(
+        pings
+            .iter()
+            .any(|e| e["action"].as_str().is_some_and(|a| a.starts_with(action))),
+        "{pings:#?}"
+    );
 }
 
 #[test]

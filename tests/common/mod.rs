@@ -20,7 +20,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -474,10 +474,11 @@ impl Lab {
         in_netns(ns, || http_request(addr, path, Duration::from_secs(5)))
     }
 
-    /// One ICMP echo from the client namespace to `ip` with identifier `id`
-    /// (there is no ping binary to rely on); returns the reply's source.
-    pub fn ping(&self, ip: &str, id: u16) -> io::Result<Ipv4Addr> {
-        let dst: Ipv4Addr = ip.parse().map_err(invalid)?;
+    /// One ICMP or ICMPv6 echo from the client namespace to `ip` with
+    /// identifier `id` (there is no ping binary to rely on); returns the
+    /// reply's source.
+    pub fn ping(&self, ip: &str, id: u16) -> io::Result<IpAddr> {
+        let dst: IpAddr = ip.parse().map_err(invalid)?;
         in_netns(&self.client, || ping_once(dst, id, Duration::from_secs(2)))
     }
 
@@ -747,9 +748,9 @@ fn enter_netns(ns: &str) {
     }
 }
 
-/// Sends an echo request over a raw socket and waits for the reply with the
-/// same identifier.
-fn ping_once(dst: Ipv4Addr, id: u16, timeout: Duration) -> io::Result<Ipv4Addr> {
+/// Sends an ICMP or ICMPv6 echo request over a raw socket and waits for the
+/// reply with the same identifier; returns its source.
+fn ping_once(dst: IpAddr, id: u16, timeout: Duration) -> io::Result<IpAddr> {
     use std::os::fd::{FromRawFd, OwnedFd};
     let check = |r: libc::c_int| {
         if r < 0 {
@@ -758,14 +759,12 @@ fn ping_once(dst: Ipv4Addr, id: u16, timeout: Duration) -> io::Result<Ipv4Addr> 
             Ok(r)
         }
     };
-    // SAFETY: a plain socket(2); the fd is owned (and closed) at once.
-    let fd = unsafe {
-        OwnedFd::from_raw_fd(check(libc::socket(
-            libc::AF_INET,
-            libc::SOCK_RAW,
-            libc::IPPROTO_ICMP,
-        ))?)
+    let (domain, proto, request, reply) = match dst {
+        IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP, 8, 0),
+        IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6, 128, 129),
     };
+    // SAFETY: a plain socket(2); the fd is owned (and closed) at once.
+    let fd = unsafe { OwnedFd::from_raw_fd(check(libc::socket(domain, libc::SOCK_RAW, proto))?) };
     let tv = libc::timeval {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_usec: timeout.subsec_micros() as libc::suseconds_t,
@@ -780,22 +779,43 @@ fn ping_once(dst: Ipv4Addr, id: u16, timeout: Duration) -> io::Result<Ipv4Addr> 
             std::mem::size_of::<libc::timeval>() as libc::socklen_t,
         )
     })?;
-    let mut msg = vec![8, 0, 0, 0];
+    let mut msg = vec![request, 0, 0, 0];
     msg.extend_from_slice(&id.to_be_bytes());
     msg.extend_from_slice(&[0, 1]);
     msg.extend_from_slice(b"loxilight ping");
-    let sum: u32 = msg
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
-        .sum();
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let c = !((sum & 0xffff) + (sum >> 16)) as u16;
-    msg[2..4].copy_from_slice(&c.to_be_bytes());
-    // SAFETY: zeroed sockaddr_in is valid; fields set below.
-    let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    to.sin_family = libc::AF_INET as libc::sa_family_t;
-    to.sin_addr.s_addr = u32::from(dst).to_be();
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // The kernel checksums ICMPv6 (its pseudo-header has the addresses).
+    if dst.is_ipv4() {
+        let sum: u32 = msg
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+            .sum();
+        let sum = (sum & 0xffff) + (sum >> 16);
+        let c = !((sum & 0xffff) + (sum >> 16)) as u16;
+        msg[2..4].copy_from_slice(&c.to_be_bytes());
+    }
+    // SAFETY: a zeroed sockaddr_storage is valid; the family's fields are
+    // set below, within its size.
+    let mut to: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match dst {
+        IpAddr::V4(v4) => {
+            // SAFETY: sockaddr_storage holds a sockaddr_in.
+            let sin = unsafe {
+                &mut *(&mut to as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
+            };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_addr.s_addr = u32::from(v4).to_be();
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        IpAddr::V6(v6) => {
+            // SAFETY: sockaddr_storage holds a sockaddr_in6.
+            let sin6 = unsafe {
+                &mut *(&mut to as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_addr.s6_addr = v6.octets();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    } as libc::socklen_t;
     // SAFETY: msg and to outlive the call, lengths given.
     let sent = unsafe {
         libc::sendto(
@@ -803,7 +823,7 @@ fn ping_once(dst: Ipv4Addr, id: u16, timeout: Duration) -> io::Result<Ipv4Addr> 
             msg.as_ptr().cast(),
             msg.len(),
             0,
-            (&to as *const libc::sockaddr_in).cast(),
+            (&to as *const libc::sockaddr_storage).cast(),
             len,
         )
     };
@@ -813,9 +833,9 @@ fn ping_once(dst: Ipv4Addr, id: u16, timeout: Duration) -> io::Result<Ipv4Addr> 
     let deadline = Instant::now() + timeout;
     let mut buf = [0u8; 2048];
     while Instant::now() < deadline {
-        // SAFETY: zeroed sockaddr_in is valid.
-        let mut from: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        let mut from_len = len;
+        // SAFETY: a zeroed sockaddr_storage is valid.
+        let mut from: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut from_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         // SAFETY: buf and from outlive the call, lengths given.
         let n = unsafe {
             libc::recvfrom(
@@ -823,18 +843,34 @@ fn ping_once(dst: Ipv4Addr, id: u16, timeout: Duration) -> io::Result<Ipv4Addr> 
                 buf.as_mut_ptr().cast(),
                 buf.len(),
                 0,
-                (&mut from as *mut libc::sockaddr_in).cast(),
+                (&mut from as *mut libc::sockaddr_storage).cast(),
                 &mut from_len,
             )
         };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        // A raw socket gets the IP header too.
-        let ihl = usize::from(buf[0] & 0x0f) * 4;
-        let icmp = &buf[ihl.min(n as usize)..n as usize];
-        if icmp.len() >= 8 && icmp[0] == 0 && icmp[4..6] == id.to_be_bytes() {
-            return Ok(Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr)));
+        // A raw IPv4 socket gets the IP header too; an IPv6 one does not.
+        let start = if dst.is_ipv4() {
+            usize::from(buf[0] & 0x0f) * 4
+        } else {
+            0
+        };
+        let icmp = &buf[start.min(n as usize)..n as usize];
+        if icmp.len() >= 8 && icmp[0] == reply && icmp[4..6] == id.to_be_bytes() {
+            // SAFETY: recvfrom filled in an address of the socket's family.
+            let src = unsafe {
+                if dst.is_ipv4() {
+                    let sin =
+                        &*(&from as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+                    IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes())
+                } else {
+                    let sin6 =
+                        &*(&from as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
+                    IpAddr::from(sin6.sin6_addr.s6_addr)
+                }
+            };
+            return Ok(src);
         }
     }
     Err(io::Error::new(io::ErrorKind::TimedOut, "no echo reply"))
