@@ -508,6 +508,11 @@ fn ipv6_snat_translates_flows_replies_and_errors() {
             frame(nat3, server, TCP, ACK),
             "{hook:?}: the rule's port"
         );
+        // That address leaving the host takes the flow with it (the
+        // daemon's mirror calls this), and only that flow.
+        let flushed = dp.flush_translated_to(IpAddr::V6(*nat3.ip())).unwrap();
+        assert_eq!(flushed, 2, "{hook:?}: both entries of the one flow");
+        assert_eq!(dp.flush_translated_to(IpAddr::V6(public)).unwrap(), 0);
     }
 }
 

@@ -289,6 +289,13 @@ fn fullnat_at(hook: &str) {
         shown
     });
     assert!(mirrored, "the new address never reached the datapath");
+    // The flows translated to the old address went with it; b2's stay.
+    let actions = ct_actions(&lab);
+    assert!(
+        !actions.iter().any(|a| a.starts_with("snat-10.77.2.1:"))
+            && actions.iter().any(|a| a.starts_with("snat-10.77.3.1:")),
+        "{actions:?}"
+    );
     let peers: Vec<(String, SocketAddr)> = (0..2).map(|_| ask(&lab)).collect();
     let (_, peer) = peers
         .iter()

@@ -5,6 +5,7 @@
 //! An entry that was inserted, not deleted and is not in the table any more
 //! was evicted by the LRU.
 use std::io;
+use std::net::{IpAddr, Ipv6Addr};
 use std::ops::ControlFlow;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::Ordering;
@@ -12,7 +13,7 @@ use std::sync::atomic::Ordering;
 use libbpf_rs::libbpf_sys;
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
-use super::types::{ll_ct, ll_ct6, ll_ct6_key, ll_ct_key, ll_ct_stat};
+use super::types::{ll_ct, ll_ct6, ll_ct6_key, ll_ct_dir, ll_ct_key, ll_ct_stat, ll_xlate};
 use super::{percpu_values, pod, Datapath, Error, Result};
 
 /// One of the two conntrack tables, each with its own counters: IPv4 flows
@@ -27,6 +28,9 @@ pub trait CtTable {
     /// The key of the other direction of the flow that (k, v) belongs to:
     /// the translated tuple turned around (as ll_ct_partner in bpf/lib/ct.h).
     fn partner(k: &Self::Key, v: &Self::Value) -> Self::Key;
+    /// The source of v's packets after translation (an IPv4-mapped one,
+    /// NAT64's IPv4 side, as IPv4).
+    fn nat_source(v: &Self::Value) -> IpAddr;
 }
 
 /// IPv4 flows.
@@ -53,6 +57,9 @@ impl CtTable for Ct4 {
             pad: [0; 3],
         }
     }
+    fn nat_source(v: &ll_ct) -> IpAddr {
+        v.nat.saddr.to_ne_bytes().into()
+    }
 }
 
 impl CtTable for Ct6 {
@@ -73,6 +80,9 @@ impl CtTable for Ct6 {
             proto: k.proto,
             pad: [0; 3],
         }
+    }
+    fn nat_source(v: &ll_ct6) -> IpAddr {
+        Ipv6Addr::from(v.nat6.saddr).to_canonical()
     }
 }
 
@@ -282,6 +292,22 @@ impl Datapath {
             }
         })?;
         failed.map_or(Ok(deleted), Err)
+    }
+
+    /// Flushes the flows whose source was translated to `ip` (masquerade,
+    /// SNAT, fullnat, onearm, NAT64), once `ip` has left the host: their
+    /// replies could not come back, and their next packet takes a new
+    /// translation (as Linux's masquerade flushes on an address's removal).
+    /// Returns how many entries went.
+    pub fn flush_translated_to(&self, ip: IpAddr) -> Result<u64> {
+        fn to_ip<T: CtTable>(v: &T::Value, ip: IpAddr) -> bool {
+            let ct = T::ct(v);
+            ct.dir == ll_ct_dir::LL_CT_ORIGINAL
+                && ct.xlate.0 & ll_xlate::LL_XLATE_SRC.0 != 0
+                && T::nat_source(v) == ip
+        }
+        Ok(self.flush_table::<Ct4>(|_, v| to_ip::<Ct4>(v, ip))?
+            + self.flush_table::<Ct6>(|_, v| to_ip::<Ct6>(v, ip))?)
     }
 
     /// The IPv4 table's running totals.

@@ -25,7 +25,7 @@ use super::types::{
     ll_counters, ll_ct, ll_ct_dir, ll_fw_action, ll_fw_block, ll_fw_block_key, ll_fw_event,
     ll_fw_gen, ll_fw_iface_key, ll_fw_lpm_key, ll_fw_rule, ll_fw_set, ll_xlate,
 };
-use super::{percpu_sum, pod, Ct4, Ct6, Datapath, Error, Result, SVC_NONE};
+use super::{percpu_sum, pod, Ct4, Ct6, CtTable, Datapath, Error, Result, SVC_NONE};
 
 /// Rules in one rule set at most (bpf/lib/common.h LL_FW_MAX_RULES).
 pub const FW_MAX_RULES: usize = 16384;
@@ -478,19 +478,12 @@ impl Datapath {
         };
         self.flush_table::<Ct4>(|k, v| {
             let (s, d) = (k.saddr.to_ne_bytes(), k.daddr.to_ne_bytes());
-            let nat_src = v.nat.saddr.to_ne_bytes().into();
-            judged(
-                Tuple::new(s.into(), d.into(), k.sport, k.dport, k.proto),
-                v,
-                nat_src,
-            )
+            let t = Tuple::new(s.into(), d.into(), k.sport, k.dport, k.proto);
+            judged(t, v, Ct4::nat_source(v))
         })?;
         self.flush_table::<Ct6>(|k, v| {
-            judged(
-                Tuple::new(k.saddr.into(), k.daddr.into(), k.sport, k.dport, k.proto),
-                &v.ct,
-                v.nat6.saddr.into(),
-            )
+            let t = Tuple::new(k.saddr.into(), k.daddr.into(), k.sport, k.dport, k.proto);
+            judged(t, &v.ct, Ct6::nat_source(v))
         })
         .map(|_| ())
     }

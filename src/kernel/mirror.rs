@@ -231,7 +231,13 @@ impl Mirror {
         // The same address may still be on another interface.
         match self.addrs.values().find(|o| o.ip == a.ip) {
             Some(other) => self.dp.set_local(other)?,
-            None => self.dp.del_local(&a.ip)?,
+            None => {
+                self.dp.del_local(&a.ip)?;
+                let flushed = self.dp.flush_translated_to(a.ip)?;
+                if flushed > 0 {
+                    tracing::info!(address = %a.ip, entries = flushed, "flows translated to a removed address flushed");
+                }
+            }
         }
         Ok(())
     }
