@@ -350,6 +350,7 @@ fn echo6(src: Ipv6Addr, dst: Ipv6Addr, kind: u8, id: u16) -> Vec<u8> {
 const ECHO_REQUEST: u8 = 128;
 const ECHO_REPLY: u8 = 129;
 const ROUTER_SOLICIT: u8 = 133;
+const NEIGHBOUR_SOLICIT: u8 = 135;
 const PACKET_TOO_BIG: u8 = 2;
 const TIME_EXCEEDED: u8 = 3;
 
@@ -665,5 +666,33 @@ fn ipv6_fullnat_translates_both_sides() {
             frame(sa(lb_in, 40000), sa(EP2, 8080), TCP, SYN),
             "{hook:?}"
         );
+    }
+}
+
+/// A ping to an IPv6 VIP with an `icmp` rule goes to an endpoint (ICMPv6
+/// echo, its identifier the flow's port, round robin per identifier) and
+/// the reply comes back from the VIP; other ICMPv6 to the VIP (neighbour
+/// discovery) is Linux's.
+#[test]
+fn ping6_to_a_vip_is_answered_by_an_endpoint() {
+    for hook in HOOKS {
+        let dp = load();
+        let icmp = rule(Protocol::Icmp, Selection::RoundRobin, &[(EP1, 0), (EP2, 0)]);
+        let icmp = LbRule {
+            key: ServiceKey {
+                port: 0,
+                ..icmp.key
+            },
+            ..icmp
+        };
+        dp.program_service(1, &icmp).unwrap();
+        let out = run(&dp, hook, &echo6(CLIENT, VIP, ECHO_REQUEST, 7));
+        assert_eq!(out, echo6(CLIENT, EP1, ECHO_REQUEST, 7), "{hook:?}");
+        let back = run(&dp, hook, &echo6(EP1, CLIENT, ECHO_REPLY, 7));
+        assert_eq!(back, echo6(VIP, CLIENT, ECHO_REPLY, 7), "{hook:?}: reply");
+        let out = run(&dp, hook, &echo6(CLIENT, VIP, ECHO_REQUEST, 8));
+        assert_eq!(out, echo6(CLIENT, EP2, ECHO_REQUEST, 8), "{hook:?}: rr");
+        let solicit = echo6(CLIENT, VIP, NEIGHBOUR_SOLICIT, 0);
+        assert_eq!(run(&dp, hook, &solicit), solicit, "{hook:?}: NDP");
     }
 }

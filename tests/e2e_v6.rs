@@ -1,6 +1,6 @@
 //! End-to-end IPv6 load balancing (NAT66): loxilight and loxicmd in a
-//! namespace lab with Linux forwarding off, real TCP and UDP over IPv6 from
-//! the client to two IPv6 backends, at TC and at XDP. Needs root.
+//! namespace lab with Linux forwarding off, real TCP, UDP and pings over
+//! IPv6 from the client to two IPv6 backends, at TC and at XDP. Needs root.
 
 mod common;
 
@@ -29,7 +29,22 @@ fn lab_with_v6_rules(tag: &str, hook: &str) -> Lab {
         &format!("--udp={PORT}:{UDP_PORT}"),
         &eps,
     ]);
+    lab.loxicmd_ok(&["create", "lb", VIP6, "--icmp", &eps]);
     lab
+}
+
+/// Echo requests namespace `ns` has received over IPv6 (Icmp6InEchos).
+fn echoes6_received(lab: &Lab, ns: &str) -> u64 {
+    let snmp6 = lab
+        .in_ns(ns, || {
+            std::fs::read_to_string("/proc/thread-self/net/snmp6")
+        })
+        .unwrap_or_else(|e| panic!("reading {ns}'s /proc/net/snmp6: {e}"));
+    snmp6
+        .lines()
+        .find_map(|l| l.strip_prefix("Icmp6InEchos"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Icmp6InEchos in {ns}'s /proc/net/snmp6"))
 }
 
 /// Answers to `n` requests; a first packet may wait for the next hop to be
@@ -51,6 +66,30 @@ fn nat66(hook: &str) {
     assert_eq!(tally(&http), want, "TCP round robin over IPv6: {http:?}");
     let udp = answers(10, || lab.udp_request(VIP6, PORT, None));
     assert_eq!(tally(&udp), want, "UDP round robin over IPv6: {udp:?}");
+
+    // Pings: the icmp rule hands each identifier's echoes to a backend,
+    // whose reply comes back from the VIP.
+    let echoes = || -> Vec<u64> {
+        lab.backends
+            .iter()
+            .map(|b| echoes6_received(&lab, &b.ns))
+            .collect()
+    };
+    let before = echoes();
+    for id in 0x6c00..0x6c04 {
+        let from = (0..3).find_map(|_| lab.ping(VIP6, id).ok());
+        assert_eq!(
+            from.map(|ip| ip.to_string()).as_deref(),
+            Some(VIP6),
+            "ping {id:#x}"
+        );
+    }
+    let got: Vec<u64> = echoes().iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(
+        got,
+        [2, 2],
+        "echoes per backend, round robin per identifier"
+    );
 
     // Conntrack lists the IPv6 flows with their translation, filters them
     // by an IPv6 address, and they go with their rule.

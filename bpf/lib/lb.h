@@ -328,8 +328,9 @@ static __always_inline int ll_lb_new_flow(int v6, const struct ll_pkt *p, __u32 
 	__be32 client = v6 ? ll_fold6(p->saddr6) : p->saddr;
 	int r;
 
-	/* Only an echo request starts an ICMP flow. */
-	if (p->proto == IPPROTO_ICMP && p->tcp_flags != LL_ICMP_ECHO)
+	/* Only an echo request starts an ICMP or ICMPv6 flow. */
+	if ((p->proto == IPPROTO_ICMP && p->tcp_flags != LL_ICMP_ECHO) ||
+	    (p->proto == IPPROTO_ICMPV6 && p->tcp_flags != LL_ICMP6_ECHO_REQUEST))
 		return LL_LB_NONE;
 	svc = ll_svc_lookup(v6, p, &svc6);
 	if (!svc)

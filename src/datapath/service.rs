@@ -49,7 +49,7 @@ pub(super) fn svc_key(k: &ServiceKey) -> SvcKey {
         IpAddr::V6(ip) => SvcKey::V6(ll_svc6_key {
             vip: ip.octets(),
             port: k.port.to_be(),
-            proto: k.proto.number(),
+            proto: k.proto_number(),
             pad: 0,
         }),
     }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use crate::datapath::types::{ll_ct_dir, ll_reason};
 use crate::datapath::{self, Datapath};
 use crate::kernel::MirrorStats;
-use crate::rules::{Protocol, RuleStore};
+use crate::rules::RuleStore;
 use text::{Kind, Writer};
 
 pub use http::serve;
@@ -40,7 +40,10 @@ pub struct Sources {
 }
 
 fn proto_label(n: u8) -> String {
-    Protocol::from_number(n).map_or_else(|| n.to_string(), |p| p.as_str().to_owned())
+    match crate::conntrack::proto_name(n) {
+        "-" => n.to_string(),
+        name => name.to_owned(),
+    }
 }
 
 /// The whole exposition. Reads every conntrack entry, so it runs off the

@@ -45,12 +45,6 @@ impl Protocol {
         }
     }
 
-    pub fn from_number(n: u8) -> Option<Protocol> {
-        [Protocol::Tcp, Protocol::Udp, Protocol::Sctp, Protocol::Icmp]
-            .into_iter()
-            .find(|p| p.number() == n)
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
@@ -245,6 +239,15 @@ pub struct ServiceKey {
 }
 
 impl ServiceKey {
+    /// The IP protocol number of the service's packets: an IPv6 VIP's
+    /// `icmp` is ICMPv6.
+    pub fn proto_number(&self) -> u8 {
+        match (self.proto, self.ip) {
+            (Protocol::Icmp, IpAddr::V6(_)) => 58,
+            (proto, _) => proto.number(),
+        }
+    }
+
     /// The last port the service matches.
     pub fn last_port(&self) -> u16 {
         self.port_max.max(self.port)
@@ -711,12 +714,6 @@ impl LbRule {
                 "IPv6 VIPs take single ports, no port ranges",
             ));
         }
-        if self.key.proto == Protocol::Icmp {
-            return Err(Error::invalid(
-                format!("{field}.service.protocol"),
-                "ICMPv6 is left to Linux: an IPv6 VIP takes tcp, udp or sctp",
-            ));
-        }
         if !self.sources.is_empty() {
             return Err(Error::invalid(
                 format!("{field}.sources"),
@@ -906,7 +903,6 @@ mod tests {
         assert_eq!(Protocol::parse("p", "TCP").unwrap(), Protocol::Tcp);
         assert_eq!(Protocol::parse("p", "Sctp").unwrap(), Protocol::Sctp);
         assert_eq!(Protocol::parse("p", "icmp").unwrap(), Protocol::Icmp);
-        assert_eq!(Protocol::from_number(132), Some(Protocol::Sctp));
         assert!(Protocol::parse("p", "gre")
             .unwrap_err()
             .to_string()
