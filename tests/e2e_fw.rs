@@ -799,20 +799,7 @@ fn snat_and_masquerade_are_what_the_server_sees() {
         )),
     ]);
     // Masquerade: the address of the interface towards b1, any free port.
-    create(
-        &lab,
-        &format!("sourceIP:{CLIENT_IP}/32,preference:10"),
-        &["--masquerade"],
-    );
-    for seen in [
-        tcp_seen(&lab, &client, to).unwrap(),
-        udp_seen(&lab, &client, to).unwrap(),
-    ] {
-        assert!(seen.starts_with("10.77.2.1:"), "masqueraded as {seen}");
-    }
-    // A ping goes out from that address too, its identifier kept.
-    assert_eq!(lab.ping(&b1, 4242).unwrap().to_string(), b1);
-    assert_pinged_as(&lab, "icmp", CLIENT_IP, "snat-10.77.2.1:4242");
+    assert_masqueraded(&lab, &format!("{CLIENT_IP}/32"), to, "10.77.2.1");
 
     // The same over IPv6, whose masquerade takes no link-local address.
     let b1_6 = lab.backends[0].ip6.clone();
@@ -821,33 +808,45 @@ fn snat_and_masquerade_are_what_the_server_sees() {
     create(&lab, &snat6, &["--snat=fd77:2::1,4000"]);
     assert_eq!(tcp_seen(&lab, &client, to6).unwrap(), "[fd77:2::1]:4000");
     lab.loxicmd_ok(&["delete", "firewall", &rule(&snat6)]);
-    create(
-        &lab,
-        "sourceIP:fd77:1::/64,preference:10",
-        &["--masquerade"],
-    );
-    for seen in [
-        tcp_seen(&lab, &client, to6).unwrap(),
-        udp_seen(&lab, &client, to6).unwrap(),
-    ] {
-        assert!(seen.starts_with("[fd77:2::1]:"), "masqueraded as {seen}");
-    }
-    assert_eq!(lab.ping(&b1_6, 4343).unwrap().to_string(), b1_6);
-    assert_pinged_as(&lab, "icmp6", "fd77:1::2", "snat-[fd77:2::1]:4343");
+    assert_masqueraded(&lab, "fd77:1::/64", to6, "fd77:2::1");
 }
 
-/// Asserts that conntrack holds a `proto` echo flow from `client` whose
-/// translation starts with `action`.
-fn assert_pinged_as(lab: &Lab, proto: &str, client: &str, action: &str) {
+/// Masquerades the client's `source` prefix, then asserts that TCP and UDP
+/// to the echo at `to` arrive from `lb` (the LB's address towards it), and
+/// that a ping leaves from it too, its identifier kept, as conntrack lists.
+fn assert_masqueraded(lab: &Lab, source: &str, to: SocketAddr, lb: &str) {
+    create(
+        lab,
+        &format!("sourceIP:{source},preference:10"),
+        &["--masquerade"],
+    );
+    // "10.77.2.1:" or "[fd77:2::1]:", as an address and port print.
+    let from = SocketAddr::new(lb.parse().unwrap(), 0).to_string();
+    let from = from.strip_suffix('0').unwrap();
+    for seen in [
+        tcp_seen(lab, &lab.client, to).unwrap(),
+        udp_seen(lab, &lab.client, to).unwrap(),
+    ] {
+        assert!(seen.starts_with(from), "masqueraded as {seen}, not {lb}");
+    }
+    const ID: u16 = 4242;
+    let host = to.ip().to_string();
+    assert_eq!(lab.ping(&host, ID).unwrap().to_string(), host);
+    let (proto, client) = if to.is_ipv4() {
+        ("icmp", CLIENT_IP)
+    } else {
+        ("icmp6", "fd77:1::2")
+    };
     let pings: Vec<Value> = ct_entries(&ct_json(lab, &[&format!("--proto={proto}")]))
         .into_iter()
         .filter(|e| e["srcIp"] == client)
         .collect();
+    let action = format!("snat-{from}{ID}");
     assert!(
         pings
             .iter()
-            .any(|e| e["action"].as_str().is_some_and(|a| a.starts_with(action))),
-        "{pings:#?}"
+            .any(|e| e["action"].as_str().is_some_and(|a| a.starts_with(&action))),
+        "{action} not in {pings:#?}"
     );
 }
 
