@@ -349,13 +349,20 @@ fn ping_and_udp_probes_see_real_answers() {
     let mut lab = Lab::new("hcprobes");
     lab.start_daemon(&[]);
     let b1 = lab.backends[0].ip.clone();
+    let b1_6 = lab.backends[0].ip6.clone();
     let b2 = lab.backends[1].ip.clone();
-    // Nobody has this address on b1's link: no echo reply ever comes.
-    let nobody = "10.77.2.99";
+    // Nobody has these addresses on b1's link: no echo reply ever comes.
+    let (nobody, nobody6) = ("10.77.2.99", "fd77:2::99");
     for (ip, args) in [
         (b1.as_str(), vec!["--probetype=ping", "--period=1"]),
         (
             nobody,
+            vec!["--probetype=ping", "--period=1", "--retries=1"],
+        ),
+        // ICMPv6 echo.
+        (b1_6.as_str(), vec!["--probetype=ping", "--period=1"]),
+        (
+            nobody6,
             vec!["--probetype=ping", "--period=1", "--retries=1"],
         ),
         // The lab's UDP servers answer with their name.
@@ -375,6 +382,14 @@ fn ping_and_udp_probes_see_real_answers() {
         lab.loxicmd_ok(&cmd);
     }
     wait_state(&lab, nobody, "down");
+    wait_state(&lab, nobody6, "down");
+    // b1's echoes reach it over IPv6 (the probes of b1 stay up, below).
+    let b1_ns = lab.backends[0].ns.clone();
+    let start = Instant::now();
+    while lab.icmp6_echoes_received(&b1_ns) < 2 {
+        assert!(start.elapsed() < DEADLINE, "no ICMPv6 probes reached b1");
+        thread::sleep(Duration::from_millis(100));
+    }
     // Up from the start, so wait for a probe to have answered: the counters
     // of the lab's UDP server, and the absence of errors.
     let start = Instant::now();
@@ -382,7 +397,7 @@ fn ping_and_udp_probes_see_real_answers() {
         assert!(start.elapsed() < DEADLINE, "no UDP probes reached b2");
         thread::sleep(Duration::from_millis(100));
     }
-    for ip in [&b1, &b2] {
+    for ip in [&b1, &b1_6, &b2] {
         let p = probe_state(&lab, ip);
         assert_eq!(
             (&p["state"], &p["lastError"]),

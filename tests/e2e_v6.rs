@@ -33,20 +33,6 @@ fn lab_with_v6_rules(tag: &str, hook: &str) -> Lab {
     lab
 }
 
-/// Echo requests namespace `ns` has received over IPv6 (Icmp6InEchos).
-fn echoes6_received(lab: &Lab, ns: &str) -> u64 {
-    let snmp6 = lab
-        .in_ns(ns, || {
-            std::fs::read_to_string("/proc/thread-self/net/snmp6")
-        })
-        .unwrap_or_else(|e| panic!("reading {ns}'s /proc/net/snmp6: {e}"));
-    snmp6
-        .lines()
-        .find_map(|l| l.strip_prefix("Icmp6InEchos"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no Icmp6InEchos in {ns}'s /proc/net/snmp6"))
-}
-
 /// Answers to `n` requests; a first packet may wait for the next hop to be
 /// resolved (Linux forwards nothing here), so each gets three tries.
 fn answers(n: usize, mut ask: impl FnMut() -> std::io::Result<String>) -> Vec<String> {
@@ -72,7 +58,7 @@ fn nat66(hook: &str) {
     let echoes = || -> Vec<u64> {
         lab.backends
             .iter()
-            .map(|b| echoes6_received(&lab, &b.ns))
+            .map(|b| lab.icmp6_echoes_received(&b.ns))
             .collect()
     };
     let before = echoes();

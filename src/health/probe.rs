@@ -17,10 +17,7 @@ use crate::rules::{EndpointProbe, ProbeType};
 pub async fn probe(p: &EndpointProbe, wait: Duration) -> Result<(), String> {
     let addr = SocketAddr::from((p.ip, p.port));
     match p.probe {
-        ProbeType::Ping => match p.ip {
-            IpAddr::V4(ip) => ping(ip).await.map_err(|e| format!("ping: {e}")),
-            IpAddr::V6(_) => Err("ping: ICMPv6 probes are not supported".into()),
-        },
+        ProbeType::Ping => ping(p.ip).await.map_err(|e| format!("ping: {e}")),
         ProbeType::Tcp => TcpStream::connect(addr)
             .await
             .map(drop)
@@ -181,16 +178,21 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     }
 }
 
-/// ICMP echo over a raw socket (the daemon runs as root), connected to the
-/// endpoint so that the kernel hands it only that address's ICMP.
-async fn ping(ip: Ipv4Addr) -> io::Result<()> {
+/// ICMP or ICMPv6 echo over a raw socket (the daemon runs as root),
+/// connected to the endpoint so that the kernel hands it only that
+/// address's messages.
+async fn ping(ip: IpAddr) -> io::Result<()> {
     static SEQ: AtomicU16 = AtomicU16::new(0);
+    let (domain, proto) = match ip {
+        IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP),
+        IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6),
+    };
     // SAFETY: plain socket(2); the fd is owned right away.
     let fd = unsafe {
         libc::socket(
-            libc::AF_INET,
+            domain,
             libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_ICMP,
+            proto,
         )
     };
     if fd < 0 {
@@ -200,28 +202,47 @@ async fn ping(ip: Ipv4Addr) -> io::Result<()> {
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: the OwnedFd stays open, and is the same fd, as long as the AsyncFd owns it.
     let sock = unsafe { AsyncFd::register(owned) }.map_err(io::Error::from)?;
-    let sa = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sa is a valid sockaddr_in of the length given.
-    let rc = unsafe {
-        libc::connect(
-            fd,
-            (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
+    let rc = match ip {
+        IpAddr::V4(v4) => {
+            let sa = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(v4).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sa is a valid sockaddr_in of the length given.
+            unsafe {
+                libc::connect(
+                    fd,
+                    (&sa as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
+        }
+        IpAddr::V6(v6) => {
+            // SAFETY: a zeroed sockaddr_in6 is valid; family and address set below.
+            let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sa.sin6_addr.s6_addr = v6.octets();
+            // SAFETY: sa is a valid sockaddr_in6 of the length given.
+            unsafe {
+                libc::connect(
+                    fd,
+                    (&sa as *const libc::sockaddr_in6).cast(),
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        }
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
+    let v6 = ip.is_ipv6();
     let id = std::process::id() as u16;
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    let req = echo_request(id, seq);
+    let req = echo_request(v6, id, seq);
     sock.async_io(tokio::io::Interest::WRITABLE, |fd| {
         // SAFETY: req is a valid buffer of its length.
         let n = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
@@ -246,7 +267,7 @@ async fn ping(ip: Ipv4Addr) -> io::Result<()> {
                 }
             })
             .await?;
-        if is_echo_reply(&buf[..n], id, seq) {
+        if is_echo_reply(v6, &buf[..n], id, seq) {
             return Ok(());
         }
     }
@@ -263,29 +284,36 @@ fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-fn echo_request(id: u16, seq: u16) -> [u8; 16] {
+/// An ICMP (v6: ICMPv6) echo request. The kernel checksums ICMPv6 on raw
+/// sockets (its pseudo-header holds addresses the socket chooses).
+fn echo_request(v6: bool, id: u16, seq: u16) -> [u8; 16] {
     let mut m = [0u8; 16];
-    m[0] = 8; // echo request
+    m[0] = if v6 { 128 } else { 8 };
     m[4..6].copy_from_slice(&id.to_be_bytes());
     m[6..8].copy_from_slice(&seq.to_be_bytes());
     m[8..].copy_from_slice(b"loxiprob");
-    let c = checksum(&m);
-    m[2..4].copy_from_slice(&c.to_be_bytes());
+    if !v6 {
+        let c = checksum(&m);
+        m[2..4].copy_from_slice(&c.to_be_bytes());
+    }
     m
 }
 
-/// A raw IPv4 socket's packet: the IP header, then ICMP.
-fn is_echo_reply(pkt: &[u8], id: u16, seq: u16) -> bool {
-    let Some(&vihl) = pkt.first() else {
-        return false;
+/// Whether a raw socket's packet is the reply: ICMP after the IP header
+/// (IPv4), ICMPv6 alone (IPv6).
+fn is_echo_reply(v6: bool, pkt: &[u8], id: u16, seq: u16) -> bool {
+    let icmp = if v6 {
+        Some(pkt)
+    } else {
+        pkt.first()
+            .and_then(|&vihl| pkt.get(usize::from(vihl & 0xf) * 4..))
     };
-    let Some(icmp) = pkt.get(usize::from(vihl & 0xf) * 4..) else {
-        return false;
-    };
-    icmp.len() >= 8
-        && icmp[0] == 0
-        && icmp[4..6] == id.to_be_bytes()
-        && icmp[6..8] == seq.to_be_bytes()
+    icmp.is_some_and(|icmp| {
+        icmp.len() >= 8
+            && icmp[0] == if v6 { 129 } else { 0 }
+            && icmp[4..6] == id.to_be_bytes()
+            && icmp[6..8] == seq.to_be_bytes()
+    })
 }
 
 #[cfg(test)]
@@ -294,9 +322,10 @@ mod tests {
 
     #[test]
     fn echo_request_checksums_to_zero() {
-        let m = echo_request(0x1234, 7);
+        let m = echo_request(false, 0x1234, 7);
         assert_eq!(checksum(&m), 0);
         assert_eq!((m[0], &m[4..8]), (8, &[0x12, 0x34, 0, 7][..]));
+        assert_eq!(echo_request(true, 0x1234, 7)[0], 128, "ICMPv6");
     }
 
     #[test]
@@ -304,11 +333,26 @@ mod tests {
         let mut pkt = vec![0x45u8];
         pkt.resize(20, 0);
         pkt.extend_from_slice(&[0, 0, 0, 0, 0x12, 0x34, 0, 7]);
-        assert!(is_echo_reply(&pkt, 0x1234, 7));
-        assert!(!is_echo_reply(&pkt, 0x1234, 8));
+        assert!(is_echo_reply(false, &pkt, 0x1234, 7));
+        assert!(!is_echo_reply(false, &pkt, 0x1234, 8));
         pkt[20] = 8;
-        assert!(!is_echo_reply(&pkt, 0x1234, 7), "a request is no reply");
-        assert!(!is_echo_reply(&pkt[..24], 0x1234, 7));
-        assert!(!is_echo_reply(&[0x4f], 0x1234, 7), "an IHL past the end");
+        assert!(
+            !is_echo_reply(false, &pkt, 0x1234, 7),
+            "a request is no reply"
+        );
+        assert!(!is_echo_reply(false, &pkt[..24], 0x1234, 7));
+        assert!(
+            !is_echo_reply(false, &[0x4f], 0x1234, 7),
+            "an IHL past the end"
+        );
+        // ICMPv6 comes without its IP header.
+        let reply6 = [129, 0, 0, 0, 0x12, 0x34, 0, 7];
+        assert!(is_echo_reply(true, &reply6, 0x1234, 7));
+        assert!(!is_echo_reply(
+            true,
+            &[128, 0, 0, 0, 0x12, 0x34, 0, 7],
+            0x1234,
+            7
+        ));
     }
 }

@@ -504,12 +504,6 @@ impl EndpointProbe {
         self.period_s = count("period", self.period_s, DEFAULT_PROBE_PERIOD, 3600)?;
         self.retries = count("retries", self.retries, DEFAULT_PROBE_RETRIES, 100)?;
         self.rise = count("rise", self.rise, DEFAULT_PROBE_RISE, 100)?;
-        if self.probe == ProbeType::Ping && self.ip.is_ipv6() {
-            return Err(Error::invalid(
-                format!("{field}.probe_type"),
-                "ping probes are ICMPv4: probe an IPv6 endpoint with tcp, udp, http or https",
-            ));
-        }
         self.port = match (self.probe, self.port) {
             (ProbeType::Ping, 0) => 0,
             (ProbeType::Ping, _) => {

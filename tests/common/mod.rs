@@ -482,6 +482,17 @@ impl Lab {
         in_netns(&self.client, || ping_once(dst, id, Duration::from_secs(2)))
     }
 
+    /// Echo requests namespace `ns` has received over IPv6 (Icmp6InEchos).
+    pub fn icmp6_echoes_received(&self, ns: &str) -> u64 {
+        let snmp6 = in_netns(ns, || fs::read_to_string("/proc/thread-self/net/snmp6"))
+            .unwrap_or_else(|e| panic!("reading {ns}'s /proc/net/snmp6: {e}"));
+        snmp6
+            .lines()
+            .find_map(|l| l.strip_prefix("Icmp6InEchos"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no Icmp6InEchos in {ns}'s /proc/net/snmp6"))
+    }
+
     /// Echo requests namespace `ns` has received (Icmp InEchos).
     pub fn icmp_echoes_received(&self, ns: &str) -> u64 {
         let snmp = in_netns(ns, || fs::read_to_string("/proc/thread-self/net/snmp"))
