@@ -289,8 +289,16 @@ fn fullnat_at(hook: &str) {
         shown
     });
     assert!(mirrored, "the new address never reached the datapath");
-    // The flows translated to the old address went with it; b2's stay.
-    let actions = ct_actions(&lab);
+    // The flows translated to the old address go with it (flushed off the
+    // mirror's event loop, so polled); b2's stay.
+    let mut actions = ct_actions(&lab);
+    for _ in 0..100 {
+        if !actions.iter().any(|a| a.starts_with("snat-10.77.2.1:")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        actions = ct_actions(&lab);
+    }
     assert!(
         !actions.iter().any(|a| a.starts_with("snat-10.77.2.1:"))
             && actions.iter().any(|a| a.starts_with("snat-10.77.3.1:")),

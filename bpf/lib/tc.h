@@ -29,7 +29,8 @@ static __always_inline int ll_tc_addr6(struct __sk_buff *skb, __u32 off, const _
  * translates. ll_tuple is laid out like the headers, so side i (0: source,
  * 1: destination) is the i-th address and port of both; an ICMP(v6)
  * echo's identifier is rewritten apart (ll_echo_id), and ICMP's checksum
- * covers no address. A subprogram of its own, off the entry program's frame. */
+ * covers no address. A global function: verified once for any packet, not
+ * again on every path that reaches it (and off the callers' frames). */
 __noinline int ll_tc_rewrite(struct __sk_buff *skb, const struct ll_pkt *p,
 				    const struct ll_nat *nat)
 {
@@ -188,7 +189,8 @@ static __always_inline int ll_tc_icmp6_rewrite(struct __sk_buff *skb, const stru
 
 /* Rewrites ICMP error t->p as ll_icmp_decide translated it (t->q): the
  * quoted header (addresses, its checksum, ports and L4 checksum when
- * quoted), the ICMP checksum over those, then the outer addresses. */
+ * quoted), the ICMP checksum over those, then the outer addresses. Global,
+ * as ll_tc_rewrite is. */
 __noinline int ll_tc_icmp_rewrite(struct __sk_buff *skb, const struct ll_tail *t)
 {
 	struct ll_icmp_fields old = {}, new = {};

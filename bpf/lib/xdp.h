@@ -30,8 +30,7 @@ static __always_inline __u16 ll_csum_replace2(__u16 check, __be16 from, __be16 t
 #define LL_XDP_PTR(data, off) ((void *)(data) + ((off) & 0xff))
 
 /* Rewrites the sides of p that nat (an IPv6 packet's addresses: ll_nat6)
- * translates (side i as in ll_tc_rewrite); a subprogram of its own, off the
- * entry program's frame. */
+ * translates (side i as in ll_tc_rewrite); global, as that one is. */
 __noinline int ll_xdp_rewrite(struct xdp_md *ctx, const struct ll_pkt *p,
 				     const struct ll_nat *nat)
 {
@@ -218,7 +217,7 @@ static __always_inline int ll_xdp_icmp6_rewrite(struct xdp_md *ctx, const struct
 }
 
 /* As ll_tc_icmp_rewrite, with direct writes (ll_icmp_decide let through
- * only plain headers: the quoted one starts at a fixed offset). */
+ * only plain headers: the quoted one starts at a fixed offset); global. */
 __noinline int ll_xdp_icmp_rewrite(struct xdp_md *ctx, const struct ll_tail *t)
 {
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;

@@ -233,10 +233,17 @@ impl Mirror {
             Some(other) => self.dp.set_local(other)?,
             None => {
                 self.dp.del_local(&a.ip)?;
-                let flushed = self.dp.flush_translated_to(a.ip)?;
-                if flushed > 0 {
-                    tracing::info!(address = %a.ip, entries = flushed, "flows translated to a removed address flushed");
-                }
+                // A walk of the whole conntrack: off the event loop.
+                let (dp, ip) = (self.dp.clone(), a.ip);
+                tokio::task::spawn_blocking(move || match dp.flush_translated_to(ip) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(address = %ip, entries = n, "flows translated to a removed address flushed")
+                    }
+                    Err(e) => {
+                        tracing::warn!(address = %ip, error = %e, "flushing the flows translated to a removed address failed")
+                    }
+                });
             }
         }
         Ok(())
